@@ -1,0 +1,284 @@
+"""Shared helpers: timing, recall@k, memory, machine info, JSON output and plots.
+
+Contract:
+
+* ``time_per_query(fn, queries)`` calls ``fn(q)`` once per query row, in order, and returns the
+  results plus per-query latencies; q/s is ``m / wall time of the whole loop``.
+* ``recall_at_k(found, gt, k)`` = mean over queries of ``|found[:k] ∩ gt[:k]| / k`` (ids < 0 never
+  match). Ground truth ids are row indices of the base set, so every system is loaded with ids 0..n-1.
+* ``write_json`` writes ``<out>/<name>.json`` atomically (``.tmp`` then rename), never an absolute
+  path of this machine in the content (callers must not pass any).
+* Plots use matplotlib's Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RECALL_TARGET = 0.95
+
+
+# --------------------------------------------------------------------------------------------- timing
+class Timer:
+    """``with Timer() as t: ...`` then ``t.seconds``."""
+
+    def __enter__(self) -> Timer:
+        self._t0 = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._t0
+
+
+def time_per_query(
+    fn: Callable[[np.ndarray], Any], queries: np.ndarray
+) -> tuple[list[Any], np.ndarray, float]:
+    """Run ``fn`` on each query row; return (results, latencies in seconds, wall seconds of the loop)."""
+    m = queries.shape[0]
+    lat = np.empty(m, dtype=np.float64)
+    out: list[Any] = [None] * m
+    clock = time.perf_counter
+    gc.collect()
+    t_start = clock()
+    for i in range(m):
+        t0 = clock()
+        out[i] = fn(queries[i])
+        lat[i] = clock() - t0
+    wall = clock() - t_start
+    return out, lat, wall
+
+
+def time_batch(fn: Callable[[np.ndarray], Any], queries: np.ndarray) -> tuple[Any, float]:
+    """Run ``fn(queries)`` once; return (result, wall seconds)."""
+    gc.collect()
+    t0 = time.perf_counter()
+    res = fn(queries)
+    return res, time.perf_counter() - t0
+
+
+def point(param: dict[str, Any], recall: float, m: int, lat: np.ndarray, wall: float) -> dict[str, Any]:
+    """One curve point: {param, recall, qps, p50_ms, p99_ms, n_queries}."""
+    return {
+        "param": param,
+        "recall": round(float(recall), 5),
+        "qps": round(m / wall, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)) * 1e3, 4),
+        "p99_ms": round(float(np.percentile(lat, 99)) * 1e3, 4),
+        "n_queries": int(m),
+    }
+
+
+# --------------------------------------------------------------------------------------------- recall
+def recall_at_k(found: np.ndarray, gt: np.ndarray, k: int = 10) -> float:
+    """Mean recall@k of ``found`` (m, >=k) against ``gt`` (m, >=k); negative ids never match."""
+    f = np.asarray(found)[:, :k].astype(np.int64)
+    t = np.asarray(gt)[:, :k].astype(np.int64)
+    if t.size == 0:
+        return 0.0
+    f = np.where(f < 0, -(2**62), f)
+    hits = (f[:, :, None] == t[:, None, :]).any(axis=2).sum()
+    return float(hits) / float(t.shape[0] * k)
+
+
+def stack_ids(rows: Sequence[np.ndarray], k: int) -> np.ndarray:
+    """Pad a list of per-query id arrays (length <= k) into an (m, k) int64 array (-1 = missing)."""
+    out = np.full((len(rows), k), -1, dtype=np.int64)
+    for i, r in enumerate(rows):
+        r = np.asarray(r).ravel()[:k]
+        out[i, : r.size] = r
+    return out
+
+
+def query_subset(nq: int, m: int, seed: int = 0) -> np.ndarray:
+    """A fixed, sorted random subset of ``m`` query indices out of ``nq`` (all of them if m >= nq)."""
+    if m >= nq:
+        return np.arange(nq)
+    return np.sort(np.random.default_rng(seed).choice(nq, size=m, replace=False))
+
+
+# --------------------------------------------------------------------------------------------- memory
+def rss_bytes() -> int:
+    """Resident set size of this process now."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) * (1 if sys.platform == "darwin" else 1024)
+
+
+def mib(n: float | int | None) -> float | None:
+    return None if n is None else round(float(n) / (1 << 20), 1)
+
+
+# --------------------------------------------------------------------------------------------- machine
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return sorted(f for f in flags if f.startswith(("avx", "fma", "sse4")))
+    except OSError:
+        pass
+    return []
+
+
+def _version(module: str) -> str | None:
+    try:
+        mod = __import__(module)
+    except ImportError:
+        return None
+    return str(getattr(mod, "__version__", "unknown"))
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, memory, Python and library versions, date (no paths, no host name)."""
+    import psutil
+
+    info: dict[str, Any] = {
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "cpu_model": _cpu_model(),
+        "cpu_count_logical": os.cpu_count(),
+        "cpu_count_physical": psutil.cpu_count(logical=False),
+        "cpu_simd_flags": _cpu_flags(),
+        "memory_gib": round(psutil.virtual_memory().total / (1 << 30), 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "numpy": _version("numpy"),
+        "numba": _version("numba"),
+        "faiss": _version("faiss"),
+        "hnswlib": _version("hnswlib"),
+        "drift_engine": _version("drift_engine"),
+        "threads": {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")},
+    }
+    try:
+        import faiss
+
+        info["faiss_compile_options"] = faiss.get_compile_options()
+        info["faiss_simd_level"] = faiss.SIMDConfig.get_level_name()
+    except (ImportError, AttributeError):
+        pass
+    return info
+
+
+# --------------------------------------------------------------------------------------------- output
+def write_json(name: str, data: dict[str, Any], out_dir: Path = RESULTS_DIR) -> Path:
+    """Write ``data`` as ``<out_dir>/<name>.json`` (atomic rename); return the path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    tmp = out_dir / f"{name}.json.tmp"
+    tmp.write_text(json.dumps(data, indent=1, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return obj.name
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def best_qps_at(
+    curve: Sequence[dict[str, Any]], target: float = RECALL_TARGET, key: str = "qps"
+) -> dict | None:
+    """The point with the highest ``key`` among those with recall >= target (None if none reaches it)."""
+    ok = [p for p in curve if p["recall"] >= target and p.get(key) is not None]
+    return max(ok, key=lambda p: p[key]) if ok else None
+
+
+def pareto(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points not beaten on both recall and q/s, sorted by recall."""
+    pts = sorted(points, key=lambda p: (-p["qps"], -p["recall"]))
+    front, best_recall = [], -1.0
+    for p in pts:
+        if p["recall"] > best_recall:
+            front.append(p)
+            best_recall = p["recall"]
+    return sorted(front, key=lambda p: p["recall"])
+
+
+_STYLE = {
+    "drift": ("tab:red", "o"),
+    "faiss-ivfsq8": ("tab:blue", "s"),
+    "faiss-ivfflat": ("tab:green", "^"),
+    "hnswlib": ("tab:purple", "D"),
+}
+
+
+def plot_curves(title: str, curves: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Recall@10 (y) against per-query q/s (x, log scale), one line per curve, a line at recall 0.95.
+
+    Each curve is ``{"label", "system", "points": [{recall, qps}, ...], "dashed": bool}``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
+    for c in curves:
+        pts = sorted(c["points"], key=lambda p: p["qps"])
+        if not pts:
+            continue
+        color, marker = _STYLE.get(c["system"], ("gray", "."))
+        ax.plot(
+            [p["qps"] for p in pts],
+            [p["recall"] for p in pts],
+            marker=marker,
+            markersize=4,
+            linewidth=1.4,
+            linestyle="--" if c.get("dashed") else "-",
+            alpha=c.get("alpha", 1.0),
+            color=color,
+            label=c["label"],
+        )
+    ax.axhline(RECALL_TARGET, color="black", linewidth=0.8, linestyle=":")
+    ax.text(ax.get_xlim()[0], RECALL_TARGET, " recall 0.95", va="bottom", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("queries/s, 1 thread, one query per call (log)")
+    ax.set_ylabel("recall@10")
+    lo = min((p["recall"] for c in curves for p in c["points"]), default=0.5)
+    ax.set_ylim(max(0.0, min(lo, 0.9) - 0.02), 1.002)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,171 @@
+"""The public Python API: ``Engine`` (a data directory) and ``Collection`` (vectors + payloads).
+
+Contract:
+
+* ``Engine.open(path, **settings)`` takes an exclusive lock on the data directory (a second engine,
+  in this or another process, gets ``DirectoryLockedError``) and opens every collection found there,
+  rebuilding its state from LMDB and segment files.
+* Collections live in ``<path>/collections/<name>/``. Creating one writes it under a hidden temporary
+  name and renames it into place (all or nothing); dropping one renames it away first, then deletes it.
+* The engine is thread-safe: reads run concurrently with one writer per collection.
+
+Example::
+
+    from drift_engine import Engine
+    with Engine.open("/var/lib/drift") as engine:
+        col = engine.create_collection("items", dim=50, metric="l2")
+        col.upsert([1, 2], vectors, payloads=[{"tag": "a"}, {"tag": "b"}])
+        col.train()
+        hits = col.search(query, k=10, filter={"tag": "a"})
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import threading
+import time
+from typing import Any
+
+from drift_engine.config import (
+    CollectionConfig,
+    CollectionParams,
+    EngineSettings,
+    validate_collection_name,
+    validate_dim,
+    validate_metric,
+)
+from drift_engine.engine.collection import Collection
+from drift_engine.errors import (
+    CollectionExistsError,
+    CollectionNotFoundError,
+    DirectoryLockedError,
+    EngineClosedError,
+)
+from drift_engine.index import adc
+from drift_engine.storage.cache import S3FIFOCache
+from drift_engine.storage.pages import fsync_dir
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = "LOCK"
+COLLECTIONS_DIR = "collections"
+
+
+class Engine:
+    """One open data directory. Use ``Engine.open``; close with ``close()`` or a ``with`` block."""
+
+    def __init__(self, path: str, settings: EngineSettings, lock_fd: int) -> None:
+        self.path = path
+        self.settings = settings
+        self._lock_fd = lock_fd
+        self._lock = threading.RLock()
+        self._closed = False
+        self.cache = S3FIFOCache(settings.cache_bytes)
+        self._root = os.path.join(path, COLLECTIONS_DIR)
+        self._collections: dict[str, Collection] = {}
+        try:
+            for name in sorted(os.listdir(self._root)):
+                full = os.path.join(self._root, name)
+                if name.startswith("."):
+                    shutil.rmtree(full, ignore_errors=True)  # an unfinished create or drop
+                    continue
+                self._collections[name] = Collection.open(full, self.cache)
+        except BaseException:
+            self._release()
+            raise
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, **settings: Any) -> Engine:
+        parsed = EngineSettings.create(**settings)
+        path = os.path.abspath(os.fspath(path))
+        os.makedirs(os.path.join(path, COLLECTIONS_DIR), exist_ok=True)
+        fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DirectoryLockedError(
+                f"data directory {path} is in use by another engine", hint="stop the other engine first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        adc.warmup()
+        return cls(path, parsed, fd)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineClosedError(f"engine at {self.path} is closed")
+
+    def create_collection(self, name: str, dim: int, metric: str = "l2", **params: Any) -> Collection:
+        """Create a collection; ``params`` are ``CollectionParams`` fields (nprobe, rerank, lam, ...)."""
+        self._check_open()
+        name = validate_collection_name(name)
+        config = CollectionConfig(name, validate_dim(dim), validate_metric(metric), CollectionParams().updated(**params))
+        with self._lock:
+            self._check_open()
+            if name in self._collections:
+                raise CollectionExistsError(f"collection {name!r} already exists")
+            final = os.path.join(self._root, name)
+            staging = os.path.join(self._root, f".{name}.creating")
+            shutil.rmtree(staging, ignore_errors=True)
+            col = Collection.create(staging, config, self.cache)
+            col.close()
+            os.rename(staging, final)
+            fsync_dir(self._root)
+            col = Collection.open(final, self.cache)
+            self._collections[name] = col
+            return col
+
+    def collection(self, name: str) -> Collection:
+        self._check_open()
+        col = self._collections.get(name)
+        if col is None:
+            raise CollectionNotFoundError(f"collection {name!r} does not exist", hint="create_collection first")
+        return col
+
+    def has_collection(self, name: str) -> bool:
+        return name in self._collections
+
+    def list_collections(self) -> list[str]:
+        self._check_open()
+        return sorted(self._collections)
+
+    def drop_collection(self, name: str) -> None:
+        self._check_open()
+        with self._lock:
+            col = self.collection(name)
+            col.close()
+            del self._collections[name]
+            doomed = os.path.join(self._root, f".{name}.dropped-{time.time_ns()}")
+            os.rename(os.path.join(self._root, name), doomed)
+            fsync_dir(self._root)
+            shutil.rmtree(doomed, ignore_errors=True)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for col in self._collections.values():
+                col.close()
+            self._collections.clear()
+            self.cache.clear()
+            self._release()
+
+    def _release(self) -> None:
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self._lock_fd)
+
+
+__all__ = ["Collection", "Engine"]

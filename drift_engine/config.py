@@ -1,0 +1,185 @@
+"""Frozen, validated settings.
+
+Two kinds of knobs:
+
+* ``EngineSettings``: per engine process (``Engine.open(path, **settings)``).
+* ``CollectionParams``: per collection, stored in the collection's LMDB, changeable at runtime with
+  ``set_params`` (except ``dim`` and ``metric``, which are fixed at creation).
+
+Every knob has a default, a range and a one-line trade-off in ``PARAM_DOCS``/``SETTING_DOCS``. Values
+are checked when set; a bad one raises ``InvalidParameterError`` naming the knob, the value and the
+allowed range, and nothing changes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from drift_engine.errors import InvalidParameterError
+
+METRICS = ("l2", "cosine", "ip")
+MAX_DIM = 16_000
+MAX_K = 10_000
+MAX_BATCH = 1_000_000
+COLLECTION_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,62}$")
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class _Spec:
+    kind: type
+    low: float
+    high: float
+    doc: str
+
+
+PARAM_SPECS: dict[str, _Spec] = {
+    "nprobe": _Spec(int, 1, 1_000_000, "buckets scanned per query: more = higher recall, slower"),
+    "rerank": _Spec(int, 1, 1_000, "candidates re-ranked exactly = rerank * k: lifts the SQ8 ceiling"),
+    "ef": _Spec(int, 1, 100_000, "HNSW search breadth in the memtable: more = higher L0 recall"),
+    "target_bucket_size": _Spec(int, 8, 10_000_000, "train aims at n / target buckets: smaller = finer routing"),
+    "kmeans_iters": _Spec(int, 1, 1_000, "Lloyd iterations at train: more = slightly better buckets, slower"),
+    "kmeans_sample": _Spec(int, 0, 100_000_000, "vectors sampled for k-means (0 = automatic)"),
+    "sq8_clip": _Spec(float, 0.0, 49.0, "percentile clipped per dimension for SQ8 ranges (outliers)"),
+    "lam": _Spec(float, 0.0, 100.0, "drift routing: weight of bucket spread x density (0 = plain IVF)"),
+    "tau": _Spec(float, 0.0, INF, "drift routing: saturation constant for drift/density (inf = plain IVF)"),
+    "rows_per_segment": _Spec(int, 1024, 1 << 30, "cap on rows written into one segment file"),
+}
+
+_ALIASES = {"lambda": "lam"}
+
+
+def canonical_param(name: str) -> str:
+    return _ALIASES.get(name, name)
+
+
+def _check(name: str, value: Any, spec: _Spec) -> Any:
+    if isinstance(value, bool):
+        raise InvalidParameterError(f"parameter {name!r} must be a number, got a boolean")
+    try:
+        converted = spec.kind(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidParameterError(
+            f"parameter {name!r} must be {spec.kind.__name__}, got {value!r}"
+        ) from None
+    if spec.kind is int and isinstance(value, float) and not float(value).is_integer():
+        raise InvalidParameterError(f"parameter {name!r} must be a whole number, got {value!r}")
+    if spec.kind is float and math.isnan(converted):
+        raise InvalidParameterError(f"parameter {name!r} must not be NaN")
+    if not (spec.low <= converted <= spec.high):
+        raise InvalidParameterError(
+            f"parameter {name!r}={value!r} is out of range [{spec.low}, {spec.high}] ({spec.doc})"
+        )
+    return converted
+
+
+@dataclass(frozen=True)
+class CollectionParams:
+    """Per-collection search/maintenance parameters (not dim/metric)."""
+
+    nprobe: int = 24
+    rerank: int = 4
+    ef: int = 64
+    target_bucket_size: int = 256
+    kmeans_iters: int = 12
+    kmeans_sample: int = 0
+    sq8_clip: float = 0.05
+    lam: float = 0.0
+    tau: float = INF
+    rows_per_segment: int = 1 << 20
+
+    def updated(self, **changes: Any) -> CollectionParams:
+        """A copy with ``changes`` applied; unknown names or bad values raise and change nothing."""
+        clean: dict[str, Any] = {}
+        for raw_name, value in changes.items():
+            name = canonical_param(raw_name)
+            spec = PARAM_SPECS.get(name)
+            if spec is None:
+                raise InvalidParameterError(
+                    f"unknown parameter {raw_name!r}; known: {', '.join(sorted(PARAM_SPECS))}"
+                )
+            clean[name] = _check(raw_name, value, spec)
+        return replace(self, **clean)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CollectionParams:
+        known = {f.name for f in fields(cls)}
+        return cls().updated(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class CollectionConfig:
+    """Fixed identity of a collection plus its current parameters."""
+
+    name: str
+    dim: int
+    metric: str
+    params: CollectionParams
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dim": self.dim, "metric": self.metric, "params": self.params.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CollectionConfig:
+        return cls(data["name"], int(data["dim"]), data["metric"], CollectionParams.from_dict(data["params"]))
+
+
+def validate_collection_name(name: Any) -> str:
+    if not isinstance(name, str) or not COLLECTION_NAME_RE.match(name):
+        raise InvalidParameterError(
+            f"invalid collection name {name!r}: use 1-63 characters [A-Za-z0-9_.-], starting with a letter or _"
+        )
+    return name
+
+
+def validate_dim(dim: Any) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, int | float) or int(dim) != dim:
+        raise InvalidParameterError(f"dimension must be a whole number, got {dim!r}")
+    if not (1 <= int(dim) <= MAX_DIM):
+        raise InvalidParameterError(f"dimension {dim} is out of range [1, {MAX_DIM}]")
+    return int(dim)
+
+
+def validate_metric(metric: Any) -> str:
+    if metric not in METRICS:
+        raise InvalidParameterError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+    return str(metric)
+
+
+SETTING_DOCS: dict[str, str] = {
+    "cache_bytes": "bytes of decoded segment blocks kept in RAM (S3-FIFO): more = fewer disk reads",
+    "durability": "sync (fsync per commit, default) | batch (fsync every batch_ms) | off (unsafe, bulk loads)",
+    "batch_ms": "group-commit window in batch mode",
+    "search_threads": "threads for CPU kernels (scans release the GIL)",
+}
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    cache_bytes: int = 1 << 30
+    durability: str = "sync"
+    batch_ms: float = 10.0
+    search_threads: int = 2
+
+    @classmethod
+    def create(cls, **settings: Any) -> EngineSettings:
+        known = {f.name for f in fields(cls)}
+        for name in settings:
+            if name not in known:
+                raise InvalidParameterError(f"unknown engine setting {name!r}; known: {', '.join(sorted(known))}")
+        made = cls(**settings)
+        if isinstance(made.cache_bytes, bool) or not isinstance(made.cache_bytes, int) or made.cache_bytes < 0:
+            raise InvalidParameterError(f"cache_bytes must be a non-negative integer, got {made.cache_bytes!r}")
+        if made.durability not in ("sync", "batch", "off"):
+            raise InvalidParameterError(f"durability must be sync, batch or off, got {made.durability!r}")
+        if not (0.1 <= float(made.batch_ms) <= 10_000):
+            raise InvalidParameterError(f"batch_ms must be in [0.1, 10000], got {made.batch_ms!r}")
+        if not (1 <= int(made.search_threads) <= 256):
+            raise InvalidParameterError(f"search_threads must be in [1, 256], got {made.search_threads!r}")
+        return made

@@ -1,0 +1,162 @@
+"""Search over one pinned snapshot of L1.
+
+Contract: ``search_snapshot`` reads only the snapshot it is given (plus the block cache), never blocks
+writers, and returns at most ``k`` (id, distance) pairs sorted by exact distance (pgvector semantics:
+l2 = Euclidean, cosine = 1 - cos, ip = -dot), ties broken by lower id. Rows that are dead in the
+snapshot, or outside ``allowed`` masks (filters), are never returned.
+
+Trained collections: route to ``nprobe`` buckets (``index.routing``), ADC-scan their extents segment by
+segment (one numba call per segment), keep the best ``rerank * k`` approximate candidates, re-rank them
+exactly with the float32 vectors. Untrained collections: exact scan of every live row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from drift_engine.engine.snapshot import Snapshot
+from drift_engine.index import adc
+from drift_engine.index.routing import route
+
+_EMPTY_IDS = np.empty(0, dtype=np.int64)
+_EMPTY_DIST = np.empty(0, dtype=np.float32)
+
+
+def _top_k(ids: np.ndarray, dists: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if ids.size > k:
+        part = np.argpartition(dists, k - 1)[:k]
+        ids, dists = ids[part], dists[part]
+    order = np.lexsort((ids, dists))
+    return ids[order], dists[order]
+
+
+def _skip_for(snap: Snapshot, seg_id: int, allowed: Mapping[int, np.ndarray] | None) -> np.ndarray:
+    if allowed is None:
+        return snap.dead[seg_id]
+    return allowed[seg_id]
+
+
+def exact_scan(
+    snap: Snapshot, query: np.ndarray, k: int, metric: str, allowed: Mapping[int, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force over every live row of every segment (untrained collections)."""
+    all_ids, all_d = [], []
+    for seg_id, seg in snap.segments.items():
+        if seg.n_rows == 0:
+            continue
+        skip = _skip_for(snap, seg_id, allowed)
+        live = np.flatnonzero(skip == 0)
+        if live.size == 0:
+            continue
+        dists = adc.rerank(metric, query, seg.vectors(), live.astype(np.int64))
+        ids = seg.ids()[live]
+        if ids.size > k:
+            part = np.argpartition(dists, k - 1)[:k]
+            ids, dists = ids[part], dists[part]
+        all_ids.append(ids)
+        all_d.append(dists)
+    if not all_ids:
+        return _EMPTY_IDS, _EMPTY_DIST
+    return _top_k(np.concatenate(all_ids), np.concatenate(all_d), k)
+
+
+def probe_plan(snap: Snapshot, bucket_ids: np.ndarray) -> dict[int, tuple[list[int], list[int]]]:
+    """segment id -> (starts, counts) of the extents of the probed buckets."""
+    plan: dict[int, tuple[list[int], list[int]]] = {}
+    buckets = snap.buckets
+    for b in bucket_ids.tolist():
+        for ext in buckets[b].extents:
+            entry = plan.get(ext.segment_id)
+            if entry is None:
+                plan[ext.segment_id] = ([ext.start], [ext.count])
+            else:
+                entry[0].append(ext.start)
+                entry[1].append(ext.count)
+    return plan
+
+
+def ivf_scan(
+    snap: Snapshot,
+    query: np.ndarray,
+    k: int,
+    nprobe: int,
+    rerank: int,
+    metric: str,
+    allowed: Mapping[int, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Route, ADC-scan, re-rank: the trained-collection search."""
+    assert snap.routing is not None and snap.sq8 is not None
+    probe = route(snap.routing, query, nprobe, metric)
+    plan = probe_plan(snap, probe)
+    if not plan:
+        return _EMPTY_IDS, _EMPTY_DIST
+    pq = adc.prepare_query(metric, query, snap.sq8.mins, snap.sq8.scales)
+    r = max(k, rerank * k)
+    found: list[tuple[int, np.ndarray, np.ndarray]] = []
+    for seg_id, (starts, counts) in plan.items():
+        seg = snap.segments[seg_id]
+        approx, rows = adc.scan(
+            pq,
+            seg.codes(),
+            np.asarray(starts, dtype=np.int64),
+            np.asarray(counts, dtype=np.int64),
+            _skip_for(snap, seg_id, allowed),
+            r,
+        )
+        if rows.size:
+            found.append((seg_id, approx, rows))
+    if not found:
+        return _EMPTY_IDS, _EMPTY_DIST
+    if len(found) > 1:
+        # keep the global best r approximate candidates before paying for exact distances
+        approx_all = np.concatenate([f[1] for f in found])
+        if approx_all.size > r:
+            cut = np.partition(approx_all, r - 1)[r - 1]
+            found = [(s, a, rows[a <= cut]) for s, a, rows in found]
+    ids_parts, dist_parts = [], []
+    for seg_id, _approx, rows in found:
+        if rows.size == 0:
+            continue
+        seg = snap.segments[seg_id]
+        dist_parts.append(adc.rerank(metric, query, seg.vectors(), rows))
+        ids_parts.append(seg.ids()[rows])
+    ids = np.concatenate(ids_parts) if len(ids_parts) > 1 else ids_parts[0]
+    dists = np.concatenate(dist_parts) if len(dist_parts) > 1 else dist_parts[0]
+    return _top_k(ids, dists, k)
+
+
+def search_snapshot(
+    snap: Snapshot,
+    query: np.ndarray,
+    k: int,
+    nprobe: int,
+    rerank: int,
+    metric: str,
+    allowed: Mapping[int, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    if not snap.trained:
+        return exact_scan(snap, query, k, metric, allowed)
+    return ivf_scan(snap, query, k, nprobe, rerank, metric, allowed)
+
+
+def search_filtered(
+    snap: Snapshot,
+    query: np.ndarray,
+    k: int,
+    nprobe: int,
+    rerank: int,
+    metric: str,
+    allowed: Mapping[int, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """A filtered search widens nprobe until it fills k or has probed every bucket."""
+    if not snap.trained:
+        return exact_scan(snap, query, k, metric, allowed)
+    n_buckets = len(snap.buckets)
+    probe = nprobe
+    while True:
+        ids, dists = ivf_scan(snap, query, k, probe, rerank, metric, allowed)
+        if ids.size >= k or probe >= n_buckets:
+            return ids, dists
+        probe = min(n_buckets, probe * 2)

@@ -1,0 +1,155 @@
+"""The DriftError hierarchy.
+
+Contract: every error the engine raises on purpose is a ``DriftError`` subclass whose message says
+*what* was wrong and *why* it was refused.  Each class carries the gRPC status code name it maps to
+(``grpc_code``), so the server can turn it into a status and the client can turn the status back into
+the same class (``error_for_code``).  An error raised for bad input is raised before anything is
+written: the store is unchanged.
+"""
+
+from __future__ import annotations
+
+
+class DriftError(Exception):
+    """Base class of every error the engine raises deliberately."""
+
+    grpc_code = "INTERNAL"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if self.hint is None else f"{self.message} (hint: {self.hint})"
+
+
+# --- bad input (INVALID_ARGUMENT) -------------------------------------------------------------
+class InvalidArgumentError(DriftError):
+    """A request argument is malformed or out of range."""
+
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class DimensionMismatchError(InvalidArgumentError):
+    """A vector's length differs from the collection's dimension."""
+
+
+class InvalidVectorError(InvalidArgumentError):
+    """A vector is empty, non-finite (NaN/Inf) or otherwise unusable."""
+
+
+class InvalidParameterError(InvalidArgumentError):
+    """A collection or engine parameter is unknown or outside its range."""
+
+
+class InvalidFilterError(InvalidArgumentError):
+    """A search filter is not an equality dict over payload keys."""
+
+
+class InvalidPayloadError(InvalidArgumentError):
+    """A payload is not a JSON object (dict with string keys and JSON-serialisable values)."""
+
+
+# --- lookups (NOT_FOUND / ALREADY_EXISTS) -----------------------------------------------------
+class CollectionNotFoundError(DriftError):
+    grpc_code = "NOT_FOUND"
+
+
+class CollectionExistsError(DriftError):
+    grpc_code = "ALREADY_EXISTS"
+
+
+class DuplicateIdError(DriftError):
+    """An insert named an id that already exists and did not ask for replace."""
+
+    grpc_code = "ALREADY_EXISTS"
+
+
+# --- limits (RESOURCE_EXHAUSTED) --------------------------------------------------------------
+class RequestTooLargeError(DriftError):
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+# --- state (FAILED_PRECONDITION / UNAVAILABLE) -------------------------------------------------
+class EngineClosedError(DriftError):
+    grpc_code = "FAILED_PRECONDITION"
+
+
+class DirectoryLockedError(DriftError):
+    """Another engine process already owns the data directory."""
+
+    grpc_code = "FAILED_PRECONDITION"
+
+
+class WritesStoppedError(DriftError):
+    """A durability failure (fsync error) stopped writes; the engine must be reopened."""
+
+    grpc_code = "UNAVAILABLE"
+
+
+class EngineUnavailableError(DriftError):
+    """The engine server cannot be reached (client side)."""
+
+    grpc_code = "UNAVAILABLE"
+
+
+# --- integrity (DATA_LOSS) --------------------------------------------------------------------
+class CorruptionError(DriftError):
+    """On-disk data failed a checksum or a structural check; names the file and where."""
+
+    grpc_code = "DATA_LOSS"
+
+
+# --- transport-level (client side) ------------------------------------------------------------
+class AuthenticationError(DriftError):
+    grpc_code = "UNAUTHENTICATED"
+
+
+class PermissionDeniedError(DriftError):
+    grpc_code = "PERMISSION_DENIED"
+
+
+class DeadlineExceededError(DriftError):
+    grpc_code = "DEADLINE_EXCEEDED"
+
+
+class CancelledError(DriftError):
+    grpc_code = "CANCELLED"
+
+
+ALL_ERRORS: tuple[type[DriftError], ...] = (
+    DriftError,
+    InvalidArgumentError,
+    DimensionMismatchError,
+    InvalidVectorError,
+    InvalidParameterError,
+    InvalidFilterError,
+    InvalidPayloadError,
+    CollectionNotFoundError,
+    CollectionExistsError,
+    DuplicateIdError,
+    RequestTooLargeError,
+    EngineClosedError,
+    DirectoryLockedError,
+    WritesStoppedError,
+    EngineUnavailableError,
+    CorruptionError,
+    AuthenticationError,
+    PermissionDeniedError,
+    DeadlineExceededError,
+    CancelledError,
+)
+
+_BY_NAME = {cls.__name__: cls for cls in ALL_ERRORS}
+
+
+def error_class(name: str, grpc_code: str | None = None) -> type[DriftError]:
+    """The DriftError subclass called ``name``; falls back to the base class of ``grpc_code``."""
+    cls = _BY_NAME.get(name)
+    if cls is not None:
+        return cls
+    for candidate in ALL_ERRORS:
+        if candidate.grpc_code == grpc_code and candidate.__bases__[0] is DriftError:
+            return candidate
+    return DriftError

@@ -1,0 +1,300 @@
+"""Bucket routing: which buckets a query probes, with drift-aware scoring (DESIGN §8).
+
+Contract
+--------
+* A ``RoutingTable`` is immutable and built once per snapshot from the bucket headers
+  (``buckets.routing_table``).  ``RoutingTable.build`` precomputes, per bucket ``b``::
+
+      w(b)     = a_b / (a_b + tau)                 (0 when tau = inf)
+      ĉ(b)     = c_b + w(b) · (μ_b − c_b)          (the drift-corrected centroid; exactly c_b when w = 0)
+      bonus(b) = lam · r_b · n_b / (n_b + tau)     (0 when tau = inf or lam = 0)
+
+  and ``‖ĉ‖²``.  ``lam = 0, tau = inf`` is plain IVF.
+* ``route`` scores every bucket and returns the ``min(nprobe, nb)`` best bucket ids, best first, ties to the
+  lower table position.  The score (lower is better) is ``dist(q, ĉ) − bonus`` where ``dist`` is the
+  Euclidean distance for ``l2`` and ``cosine`` (unit vectors) and ``−q·ĉ`` for ``ip`` (as FAISS IVF-IP).
+  Distances use the expansion ``‖ĉ‖² − 2q·ĉ`` (+‖q‖²) like FAISS, in float32 about the mean of the ĉ
+  (which keeps the rounding small for data far from the origin); when no bucket has a bonus the l2/cosine
+  ranking uses the squared distance itself, so with ``lam = 0, tau = inf`` the order is nearest-centroid
+  order (ĉ = c bit for bit, bonus exactly 0), up to float32 rounding of exact near-ties.
+* ``route_batch`` routes many queries (a flush assigning vectors, a batch of searches) with BLAS in blocks;
+  it returns ``(m, min(nprobe, nb))`` ids.  Its scores are computed the same way but by a different
+  summation order, so near-exact ties may order differently from ``route``.
+* All functions are pure; the table may be shared by any number of threads.  ``route`` is one numba
+  ``nogil`` call (a bounded heap keeps the best ``nprobe`` when nprobe is small, a stable sort otherwise).
+* Bad input (unknown metric, ``nprobe < 1``, wrong dimension, negative or non-finite ``lam``, ``tau <= 0``,
+  inconsistent table arrays) raises ``InvalidArgumentError`` / ``DimensionMismatchError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit
+
+from drift_engine.errors import DimensionMismatchError, InvalidArgumentError, InvalidParameterError
+from drift_engine.index.adc import _heap_offer, _heap_sort
+
+__all__ = ["RoutingTable", "route", "route_batch"]
+
+_METRICS = ("l2", "ip", "cosine")
+_BLOCK_BYTES = 4 << 20
+
+
+@dataclass(frozen=True, eq=False)
+class RoutingTable:
+    """Per-bucket routing state of one snapshot (see the module docstring).
+
+    Construct with ``build`` (or directly: the derived fields ``adjusted`` = ĉ, ``adjusted_sq`` = ‖ĉ‖²,
+    ``bonus`` and ``has_bonus`` are always computed from the others).  All arrays are read-only."""
+
+    bucket_ids: np.ndarray  # int64[nb]
+    centroids: np.ndarray  # float32[nb, d]: c, set when the bucket was made
+    means: np.ndarray  # float32[nb, d]: μ = running_sum / n (= c when n == 0)
+    inserts: np.ndarray  # float64[nb]: a_b, inserts since c was set
+    counts: np.ndarray  # float64[nb]: n_b live vectors
+    spreads: np.ndarray  # float32[nb]: r_b
+    lam: float = 0.0
+    tau: float = float("inf")
+    adjusted: np.ndarray = field(init=False, repr=False)  # float32[nb, d]: ĉ
+    adjusted_sq: np.ndarray = field(init=False, repr=False)  # float32[nb]: ‖ĉ‖²
+    origin: np.ndarray = field(init=False, repr=False)  # float32[d]: mean of ĉ (scores are computed about it)
+    centered: np.ndarray = field(init=False, repr=False)  # float32[nb, d]: ĉ − origin
+    centered_sq: np.ndarray = field(init=False, repr=False)  # float32[nb]: ‖ĉ − origin‖²
+    bonus: np.ndarray = field(init=False, repr=False)  # float32[nb]
+    has_bonus: bool = field(init=False, repr=False)
+
+    @property
+    def n_buckets(self) -> int:
+        return int(self.bucket_ids.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.centroids.shape[1])
+
+    @classmethod
+    def build(
+        cls,
+        bucket_ids: np.ndarray,
+        centroids: np.ndarray,
+        means: np.ndarray,
+        inserts: np.ndarray,
+        counts: np.ndarray,
+        spreads: np.ndarray,
+        *,
+        lam: float,
+        tau: float,
+    ) -> RoutingTable:
+        """Validate the per-bucket arrays and precompute ĉ, ‖ĉ‖² and the density bonus."""
+        return cls(bucket_ids, centroids, means, inserts, counts, spreads, lam=lam, tau=tau)
+
+    def __post_init__(self) -> None:
+        lam = float(self.lam)
+        tau = float(self.tau)
+        if not np.isfinite(lam) or lam < 0:
+            raise InvalidParameterError(f"lambda must be a finite number >= 0, got {lam}")
+        if np.isnan(tau) or tau <= 0:
+            raise InvalidParameterError(f"tau must be > 0 (inf disables drift correction), got {tau}")
+        ids = np.array(self.bucket_ids, dtype=np.int64)
+        c = np.array(self.centroids, dtype=np.float32, order="C")
+        mu = np.array(self.means, dtype=np.float32, order="C")
+        a = np.array(self.inserts, dtype=np.float64)
+        n = np.array(self.counts, dtype=np.float64)
+        r = np.array(self.spreads, dtype=np.float32)
+        nb = ids.shape[0]
+        if ids.ndim != 1 or c.ndim != 2 or c.shape[0] != nb or c.shape[1] == 0:
+            raise InvalidArgumentError(f"bucket_ids {ids.shape} and centroids {c.shape} do not match")
+        if mu.shape != c.shape or a.shape != (nb,) or n.shape != (nb,) or r.shape != (nb,):
+            raise InvalidArgumentError(
+                f"routing arrays disagree: centroids {c.shape}, means {mu.shape}, inserts {a.shape}, "
+                f"counts {n.shape}, spreads {r.shape}"
+            )
+        if np.isinf(tau):
+            adjusted = c.copy()
+            bonus = np.zeros(nb, dtype=np.float32)
+        else:
+            w = a / (a + tau)
+            adjusted = (c + w[:, None] * (mu.astype(np.float64) - c)).astype(np.float32)
+            still = w == 0
+            adjusted[still] = c[still]  # bit-exact c for buckets without inserts
+            bonus = (lam * r.astype(np.float64) * (n / (n + tau))).astype(np.float32)
+        if not (np.isfinite(adjusted).all() and np.isfinite(bonus).all()):
+            raise InvalidArgumentError("routing table has non-finite centroids, means, counts or spreads")
+        adjusted_sq = np.einsum("ij,ij->i", adjusted, adjusted).astype(np.float32)
+        origin = (
+            adjusted.mean(axis=0, dtype=np.float64).astype(np.float32)
+            if nb
+            else np.zeros(c.shape[1], np.float32)
+        )
+        centered = np.ascontiguousarray(adjusted - origin)
+        centered_sq = np.einsum("ij,ij->i", centered, centered).astype(np.float32)
+        for arr in (ids, c, mu, a, n, r, adjusted, adjusted_sq, bonus, origin, centered, centered_sq):
+            arr.flags.writeable = False
+        values = {
+            "bucket_ids": ids,
+            "centroids": c,
+            "means": mu,
+            "inserts": a,
+            "counts": n,
+            "spreads": r,
+            "lam": lam,
+            "tau": tau,
+            "adjusted": adjusted,
+            "adjusted_sq": adjusted_sq,
+            "origin": origin,
+            "centered": centered,
+            "centered_sq": centered_sq,
+            "bonus": bonus,
+            "has_bonus": bool(np.any(bonus != 0)),
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# single-query kernel
+# ---------------------------------------------------------------------------------------------------
+@njit(nogil=True, fastmath=True, cache=True)
+def _scores(q, chat, chat_sq, bonus, mode, out):
+    """out[b] = score of bucket b, with ĉ (and for l2 also q) taken about the table's origin o.  mode 0:
+    ‖ĉ‖² − 2q·ĉ (= ‖q − ĉ‖² − ‖q‖², ranks as squared L2); 1: sqrt(‖q − ĉ‖²) − bonus; 2: −q·ĉ − bonus
+    (= the true score + q·o, the same constant for every bucket)."""
+    nb, d = chat.shape
+    q_sq = np.float32(0.0)
+    for j in range(d):
+        q_sq += q[j] * q[j]
+    b = 0
+    while b < nb:
+        if b + 4 <= nb:
+            c0 = chat[b]
+            c1 = chat[b + 1]
+            c2 = chat[b + 2]
+            c3 = chat[b + 3]
+            t0 = np.float32(0.0)
+            t1 = np.float32(0.0)
+            t2 = np.float32(0.0)
+            t3 = np.float32(0.0)
+            for j in range(d):
+                qj = q[j]
+                t0 += qj * c0[j]
+                t1 += qj * c1[j]
+                t2 += qj * c2[j]
+                t3 += qj * c3[j]
+            out[b] = t0
+            out[b + 1] = t1
+            out[b + 2] = t2
+            out[b + 3] = t3
+            b += 4
+        else:
+            c0 = chat[b]
+            t0 = np.float32(0.0)
+            for j in range(d):
+                t0 += q[j] * c0[j]
+            out[b] = t0
+            b += 1
+    if mode == 0:
+        for i in range(nb):
+            out[i] = chat_sq[i] - np.float32(2.0) * out[i]
+    elif mode == 1:
+        for i in range(nb):
+            out[i] = np.sqrt(max(q_sq + chat_sq[i] - np.float32(2.0) * out[i], np.float32(0.0))) - bonus[i]
+    else:
+        for i in range(nb):
+            out[i] = -out[i] - bonus[i]
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _route_one(q, origin, chat, chat_sq, bonus, mode, p, bucket_ids):
+    nb, d = chat.shape
+    qc = np.empty(d, dtype=np.float32)
+    for j in range(d):  # l2: ‖q − ĉ‖ = ‖(q − o) − (ĉ − o)‖; ip: −q·ĉ = −q·(ĉ − o) − q·o, same ranking
+        qc[j] = q[j] if mode == 2 else q[j] - origin[j]
+    scores = np.empty(nb, dtype=np.float32)
+    _scores(qc, chat, chat_sq, bonus, mode, scores)
+    out = np.empty(p, dtype=np.int64)
+    if p * 8 >= nb:
+        order = np.argsort(scores, kind="mergesort")
+        for i in range(p):
+            out[i] = bucket_ids[order[i]]
+        return out
+    hd = np.empty(p, dtype=np.float32)
+    hr = np.empty(p, dtype=np.int64)
+    size = 0
+    for i in range(nb):
+        s = scores[i]
+        if size < p or s <= hd[0]:
+            size = _heap_offer(hd, hr, size, p, s, i)
+    _heap_sort(hd, hr, size)
+    for i in range(p):
+        out[i] = bucket_ids[hr[i]]
+    return out
+
+
+def _mode(table: RoutingTable, metric: str) -> int:
+    if metric == "ip":
+        return 2
+    if metric == "l2" or metric == "cosine":
+        return 1 if table.has_bonus else 0
+    raise InvalidArgumentError(f"unknown metric {metric!r}; expected one of {', '.join(_METRICS)}")
+
+
+def route(table: RoutingTable, query: np.ndarray, nprobe: int, metric: str) -> np.ndarray:
+    """Ids (int64[min(nprobe, nb)]) of the buckets ``query`` should probe, best first."""
+    mode = _mode(table, metric)
+    if nprobe < 1:
+        raise InvalidArgumentError(f"nprobe must be >= 1, got {nprobe}")
+    q = query if query.dtype == np.float32 else np.asarray(query, dtype=np.float32)
+    if q.ndim != 1 or q.shape[0] != table.centroids.shape[1]:
+        raise DimensionMismatchError(f"query has shape {q.shape}, the routing table dimension {table.dim}")
+    nb = table.bucket_ids.shape[0]
+    if nb == 0:
+        return np.empty(0, dtype=np.int64)
+    p = min(int(nprobe), nb)
+    return _route_one(
+        q, table.origin, table.centered, table.centered_sq, table.bonus, mode, p, table.bucket_ids
+    )
+
+
+def route_batch(table: RoutingTable, queries: np.ndarray, nprobe: int, metric: str) -> np.ndarray:
+    """Ids (int64[m, min(nprobe, nb)]) of the buckets each query row should probe, best first."""
+    mode = _mode(table, metric)
+    if nprobe < 1:
+        raise InvalidArgumentError(f"nprobe must be >= 1, got {nprobe}")
+    qs = np.ascontiguousarray(queries, dtype=np.float32)
+    if qs.ndim != 2 or qs.shape[1] != table.dim:
+        raise DimensionMismatchError(
+            f"queries have shape {qs.shape}, the routing table dimension {table.dim}"
+        )
+    nb = table.n_buckets
+    m = qs.shape[0]
+    p = min(int(nprobe), nb)
+    out = np.empty((m, p), dtype=np.int64)
+    if m == 0 or p == 0:
+        return out
+    chat_t = np.ascontiguousarray(table.centered.T * np.float32(-1.0 if mode == 2 else -2.0))
+    step = max(1, min(m, max(64, _BLOCK_BYTES // (4 * nb))))
+    for lo in range(0, m, step):
+        blk = qs[lo : lo + step] if mode == 2 else qs[lo : lo + step] - table.origin
+        s = blk @ chat_t
+        if mode == 2:
+            s -= table.bonus
+        else:
+            s += table.centered_sq
+            if mode == 1:
+                s += np.einsum("ij,ij->i", blk, blk)[:, None]
+                np.maximum(s, 0.0, out=s)
+                np.sqrt(s, out=s)
+                s -= table.bonus
+        if p == 1:
+            pos = np.argmin(s, axis=1)[:, None]
+        else:
+            if p < nb:
+                head = np.argpartition(s, p - 1, axis=1)[:, :p]
+                head.sort(axis=1)
+            else:
+                head = np.broadcast_to(np.arange(nb), s.shape)
+            vals = np.take_along_axis(s, head, axis=1)
+            pos = np.take_along_axis(head, np.argsort(vals, axis=1, kind="stable"), axis=1)
+        out[lo : lo + step] = table.bucket_ids[pos]
+    return out

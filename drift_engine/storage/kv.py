@@ -1,0 +1,341 @@
+"""LMDB key-value store: one environment (a directory) per collection, named sub-databases.
+
+Contract:
+
+* Durability: the environment is opened with ``sync=True, metasync=True``, so a write batch is
+  durable when ``with kv.write()`` returns.  A batch is applied in ONE LMDB write transaction when
+  the ``with`` block exits normally; an exception inside the block applies nothing.  Operations
+  apply in the order they were buffered (a later put of a key wins over an earlier one).
+* ``drop(db)`` empties a sub-database (the name stays).  Sub-databases are created by the first
+  batch that writes to them; reading one that does not exist yet sees it empty.
+* Map growth: when a batch does not fit (``lmdb.MapFullError``) the map size is doubled
+  (``Environment.set_mapsize``) and the whole batch retried.  LMDB requires that no transaction is
+  active in the process while the map is resized, so every read holds a shared guard for the life
+  of its transaction and the resize waits for those readers to finish.  A thread that still holds
+  an open ``iterate`` generator must not write a batch that needs the map to grow: that is refused
+  with an error instead of deadlocking.
+* Reads: ``get`` / ``get_many`` / ``count`` each run in one read transaction (a consistent
+  snapshot); ``iterate`` keeps its read transaction (and the guard) open until the generator is
+  exhausted or closed, yields ``(key, value)`` copies in key order, and should be consumed promptly.
+* Keys are 1..511 bytes (LMDB's limit); ``encode_i64`` gives int64 keys whose byte order is their
+  numeric order.
+
+Thread-safety: any number of threads may read concurrently; writes are serialised by a lock.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import lmdb
+
+from drift_engine.errors import EngineClosedError, InvalidArgumentError
+
+_MAX_GROWTHS = 40
+_SIGN = 1 << 63
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+_U64 = struct.Struct(">Q")
+
+
+def encode_i64(value: int) -> bytes:
+    """8 bytes big-endian with the sign bit flipped: byte order equals numeric order."""
+    if not _I64_MIN <= value <= _I64_MAX:
+        raise InvalidArgumentError(f"encode_i64: {value} is outside the int64 range")
+    return _U64.pack((value + _SIGN) & 0xFFFFFFFFFFFFFFFF)
+
+
+def decode_i64(data: bytes) -> int:
+    """Inverse of ``encode_i64``."""
+    if len(data) != 8:
+        raise InvalidArgumentError(f"decode_i64: expected 8 bytes, got {len(data)}")
+    return _U64.unpack(data)[0] - _SIGN
+
+
+class _MapGuard:
+    """Shared/exclusive guard: readers share it while a transaction is open; resizing excludes them.
+
+    A pending resize stops new readers (so a steady stream of reads cannot starve it), except in a
+    thread that already holds a shared token (an open iterator): letting that thread read on avoids
+    a deadlock between its nested read and the resize waiting for its iterator.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers: dict[object, int] = {}  # token -> ident of the thread that acquired it
+        self._per_thread: dict[int, int] = {}  # thread ident -> tokens it holds
+        self._resizing = False
+
+    def acquire_shared(self) -> object:
+        token = object()
+        me = threading.get_ident()
+        with self._cond:
+            while self._resizing and me not in self._per_thread:
+                self._cond.wait()
+            self._readers[token] = me
+            self._per_thread[me] = self._per_thread.get(me, 0) + 1
+        return token
+
+    def release_shared(self, token: object) -> None:
+        with self._cond:
+            owner = self._readers.pop(token, None)
+            if owner is not None:
+                left = self._per_thread[owner] - 1
+                if left:
+                    self._per_thread[owner] = left
+                else:
+                    del self._per_thread[owner]
+            if not self._readers:
+                self._cond.notify_all()
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        token = self.acquire_shared()
+        try:
+            yield
+        finally:
+            self.release_shared(token)
+
+    @contextmanager
+    def exclusive(self, path: str) -> Iterator[None]:
+        with self._cond:
+            if threading.get_ident() in self._per_thread:
+                raise InvalidArgumentError(
+                    f"{path}: cannot grow the LMDB map while this thread holds an open iterate() "
+                    "generator; finish or close it before writing"
+                )
+            while self._resizing:
+                self._cond.wait()
+            self._resizing = True
+            try:
+                while self._readers:
+                    self._cond.wait()
+            except BaseException:
+                self._resizing = False
+                self._cond.notify_all()
+                raise
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+def _as_key(value: Any, what: str, path: str) -> bytes:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise InvalidArgumentError(f"{path}: {what} must be bytes, got {type(value).__name__}")
+    return bytes(value)
+
+
+class WriteBatch:
+    """Buffered operations of one ``KV.write()`` block; applied atomically when the block exits."""
+
+    def __init__(self, kv: KV) -> None:
+        self._kv = kv
+        self._ops: list[tuple[str, bytes, bytes, bytes]] = []
+        self._closed = False
+
+    def _add(self, op: str, db: str, key: bytes = b"", value: bytes = b"") -> None:
+        if self._closed:
+            raise InvalidArgumentError(f"{self._kv.path}: write batch used after its `with` block ended")
+        self._ops.append((op, self._kv._db_name(db), key, value))
+
+    def put(self, db: str, key: bytes, value: bytes) -> None:
+        self._add("put", db, self._kv._check_key(key), _as_key(value, "value", self._kv.path))
+
+    def delete(self, db: str, key: bytes) -> None:
+        self._add("delete", db, self._kv._check_key(key))
+
+    def drop(self, db: str) -> None:
+        """Remove every entry of ``db``."""
+        self._add("drop", db)
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+
+class KV:
+    """An LMDB environment with named sub-databases; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        map_size: int = 64 << 20,
+        max_dbs: int = 16,
+        readonly: bool = False,
+    ) -> None:
+        self.path = os.fspath(path)
+        if map_size <= 0 or max_dbs <= 0:
+            raise InvalidArgumentError(f"{self.path}: map_size and max_dbs must be > 0")
+        if not readonly:
+            os.makedirs(self.path, exist_ok=True)
+        self.readonly = readonly
+        self._env = lmdb.open(
+            self.path,
+            subdir=True,
+            map_size=map_size,
+            max_dbs=max_dbs,
+            sync=True,
+            metasync=True,
+            lock=True,
+            readonly=readonly,
+        )
+        self._max_key = self._env.max_key_size()
+        self._write_lock = threading.Lock()
+        self._guard = _MapGuard()
+        self._dbs: dict[bytes, Any] = {}
+        self.closed = False
+        with self._env.begin() as txn:
+            names = [bytes(k) for k, _ in txn.cursor()]
+        for name in names:  # every key of the main database names a sub-database we created
+            self._dbs[name] = self._env.open_db(name, create=False)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _db_name(self, db: str) -> bytes:
+        if not isinstance(db, str) or not db:
+            raise InvalidArgumentError(f"{self.path}: sub-database name must be a non-empty str, got {db!r}")
+        return db.encode("utf-8")
+
+    def _check_key(self, key: bytes) -> bytes:
+        k = _as_key(key, "key", self.path)
+        if not 1 <= len(k) <= self._max_key:
+            raise InvalidArgumentError(f"{self.path}: key must be 1..{self._max_key} bytes, got {len(k)}")
+        return k
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise EngineClosedError(f"{self.path}: KV store is closed")
+
+    def _handle(self, db: str) -> Any | None:
+        """The handle of an existing sub-database, or None when it does not exist (yet)."""
+        self._check_open()
+        name = self._db_name(db)
+        handle = self._dbs.get(name)
+        if handle is not None or not self.readonly:
+            # A writable store creates sub-databases only through its own batches, which register them.
+            return handle
+        try:  # read-only: another process may have created it since we opened
+            handle = self._env.open_db(name, create=False)
+        except lmdb.NotFoundError:
+            return None
+        self._dbs[name] = handle
+        return handle
+
+    # -- reads ----------------------------------------------------------------------------------
+    def get(self, db: str, key: bytes) -> bytes | None:
+        with self._guard.shared():
+            handle = self._handle(db)
+            if handle is None:
+                return None
+            with self._env.begin(db=handle) as txn:
+                return txn.get(key)
+
+    def get_many(self, db: str, keys: Iterable[bytes]) -> list[bytes | None]:
+        keys = list(keys)
+        with self._guard.shared():
+            handle = self._handle(db)
+            if handle is None:
+                return [None] * len(keys)
+            with self._env.begin(db=handle) as txn:
+                return [txn.get(k) for k in keys]
+
+    def iterate(self, db: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs of ``db`` whose key starts with ``prefix``, in key order, from one snapshot."""
+        self._check_open()
+        self._db_name(db)
+        return self._iterate(db, _as_key(prefix, "prefix", self.path))
+
+    def _iterate(self, db: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        token = self._guard.acquire_shared()
+        try:
+            handle = self._handle(db)
+            if handle is None:
+                return
+            with self._env.begin(db=handle) as txn, txn.cursor() as cur:
+                found = cur.set_range(prefix) if prefix else cur.first()
+                while found:
+                    key = cur.key()
+                    if not key.startswith(prefix):
+                        break
+                    yield key, cur.value()
+                    found = cur.next()
+        finally:
+            self._guard.release_shared(token)
+
+    def count(self, db: str) -> int:
+        with self._guard.shared():
+            handle = self._handle(db)
+            if handle is None:
+                return 0
+            with self._env.begin() as txn:
+                return int(txn.stat(handle)["entries"])
+
+    # -- writes ---------------------------------------------------------------------------------
+    @contextmanager
+    def write(self) -> Iterator[WriteBatch]:
+        """``with kv.write() as b: b.put(...)`` -- applied atomically when the block exits cleanly."""
+        self._check_open()
+        if self.readonly:
+            raise InvalidArgumentError(f"{self.path}: KV store is opened read-only")
+        batch = WriteBatch(self)
+        try:
+            yield batch
+        finally:
+            batch._closed = True
+        if batch._ops:
+            self._apply(batch._ops)
+
+    def _apply(self, ops: list[tuple[str, bytes, bytes, bytes]]) -> None:
+        with self._write_lock:
+            self._check_open()
+            for _ in range(_MAX_GROWTHS):
+                try:
+                    self._apply_once(ops)
+                    return
+                except lmdb.MapFullError:
+                    with self._guard.exclusive(self.path):
+                        self._env.set_mapsize(self._env.info()["map_size"] * 2)
+            raise InvalidArgumentError(f"{self.path}: write batch does not fit even after growing the map")
+
+    def _apply_once(self, ops: list[tuple[str, bytes, bytes, bytes]]) -> None:
+        new: dict[bytes, Any] = {}
+        try:
+            with self._env.begin(write=True) as txn:
+                for op, name, key, value in ops:
+                    handle = self._dbs.get(name)
+                    if handle is None:
+                        handle = new.get(name)
+                    if handle is None:
+                        handle = new[name] = self._env.open_db(name, txn=txn, create=True)
+                    if op == "put":
+                        txn.put(key, value, db=handle)
+                    elif op == "delete":
+                        txn.delete(key, db=handle)
+                    else:
+                        txn.drop(handle, delete=False)
+        except lmdb.DbsFullError as exc:
+            raise InvalidArgumentError(
+                f"{self.path}: too many sub-databases (max_dbs is too small for {sorted(new)})"
+            ) from exc
+        self._dbs.update(new)  # handles opened in a committed transaction stay valid
+
+    def close(self) -> None:
+        """Close the environment once no read or write is in flight.  Idempotent."""
+        with self._write_lock:
+            if self.closed:
+                return
+            with self._guard.exclusive(self.path):
+                self.closed = True
+                self._env.close()
+
+    def __enter__(self) -> KV:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
