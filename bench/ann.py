@@ -112,6 +112,7 @@ def _dataset_info(name: str) -> dict[str, Any]:
 
 def _curve_summary(run: dict[str, Any], points: list[dict[str, Any]]) -> dict[str, Any]:
     best = common.best_qps_at(points)
+    best_cpu = common.best_qps_at(points, key="qps_cpu")
     best_b = common.best_qps_at(points, key="qps_batch")
     top = max(points, key=lambda p: (p["recall"], p["qps"]), default=None)
     build = run.get("build", {})
@@ -120,6 +121,7 @@ def _curve_summary(run: dict[str, Any], points: list[dict[str, Any]]) -> dict[st
         "param_at_0.95": best["param"] if best else None,
         "p50_ms_at_0.95": best["p50_ms"] if best else None,
         "p99_ms_at_0.95": best["p99_ms"] if best else None,
+        "best_qps_cpu_at_0.95": best_cpu["qps_cpu"] if best_cpu else None,
         "best_qps_batch_at_0.95": best_b["qps_batch"] if best_b else None,
         "max_recall": top["recall"] if top else None,
         "param_at_max_recall": top["param"] if top else None,
@@ -128,6 +130,21 @@ def _curve_summary(run: dict[str, Any], points: list[dict[str, Any]]) -> dict[st
         "index_mib": run.get("memory", {}).get("index_mib"),
         "peak_rss_mib": run.get("memory", {}).get("peak_rss_mib"),
     }
+
+
+def _ratios(drift: dict[str, Any], sq8: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    d_best = common.best_qps_at([p for c in drift["curves"] for p in c["points"]], key=key)
+    ratios: dict[str, Any] = {}
+    bests = []
+    for r in sq8:
+        f_best = common.best_qps_at(r["curves"][0]["points"], key=key)
+        label = "same_nlist" if r["nlist"] == drift["nlist"] else f"nlist={r['nlist']}"
+        ratios[label] = round(d_best[key] / f_best[key], 2) if d_best and f_best else None
+        if f_best:
+            bests.append(f_best[key])
+    if d_best and bests:
+        ratios["vs_best_faiss_sq8"] = round(d_best[key] / max(bests), 2)
+    return ratios
 
 
 def summarize(runs: list[dict[str, Any]], dataset: str) -> dict[str, Any]:
@@ -147,30 +164,22 @@ def summarize(runs: list[dict[str, Any]], dataset: str) -> dict[str, Any]:
     sq8 = [r for r in runs if r["system"] == "faiss-ivfsq8" and "error" not in r]
     if drift is None:
         return out
-    d_best = common.best_qps_at([p for c in drift["curves"] for p in c["points"]])
-    ratios: dict[str, Any] = {}
-    for r in sq8:
-        f_best = common.best_qps_at(r["curves"][0]["points"])
-        label = "same_nlist" if r["nlist"] == drift["nlist"] else f"nlist={r['nlist']}"
-        ratios[label] = round(d_best["qps"] / f_best["qps"], 2) if d_best and f_best else None
-    bests = [common.best_qps_at(r["curves"][0]["points"]) for r in sq8]
-    bests = [b for b in bests if b]
-    if d_best and bests:
-        ratios["vs_best_faiss_sq8"] = round(d_best["qps"] / max(b["qps"] for b in bests), 2)
+    ratios = {"wall": _ratios(drift, sq8, "qps"), "cpu": _ratios(drift, sq8, "qps_cpu")}
     out["drift_over_faiss_sq8_qps_at_0.95"] = ratios
     if dataset.startswith("glove"):
-        worst = min((v for v in ratios.values() if v is not None), default=None)
-        max_rec = max(p["recall"] for c in drift["curves"] for p in c["points"])
-        lt = drift["build"].get("load_plus_train_s")
-        out["targets"] = {
-            "drift_over_faiss_sq8_qps (min over nlists)": {
+        targets: dict[str, Any] = {}
+        for clock, rat in ratios.items():
+            worst = min((v for v in rat.values() if v is not None), default=None)
+            targets[f"drift_over_faiss_sq8_qps ({clock} clock, min over nlists)"] = {
                 "value": worst,
                 "target": ">= 2.0",
                 "met": worst is not None and worst >= 2.0,
-            },
-            "max_recall": {"value": max_rec, "target": ">= 0.995", "met": max_rec >= 0.995},
-            "load_plus_train_s": {"value": lt, "target": "<= 15", "met": lt is not None and lt <= 15.0},
-        }
+            }
+        max_rec = max(p["recall"] for c in drift["curves"] for p in c["points"])
+        lt = drift["build"].get("load_plus_train_s")
+        targets["max_recall"] = {"value": max_rec, "target": ">= 0.995", "met": max_rec >= 0.995}
+        targets["load_plus_train_s"] = {"value": lt, "target": "<= 15", "met": lt is not None and lt <= 15.0}
+        out["targets"] = targets
     return out
 
 

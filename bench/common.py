@@ -3,7 +3,9 @@
 Contract:
 
 * ``time_per_query(fn, queries)`` calls ``fn(q)`` once per query row, in order, and returns the
-  results plus per-query latencies; q/s is ``m / wall time of the whole loop``.
+  results, per-query wall latencies, and the wall and process-CPU time of the whole loop; q/s is
+  ``m / wall time`` (``qps``) and ``m / CPU time`` (``qps_cpu``: robust to a busy shared machine, where
+  a single-threaded process is often descheduled).
 * ``recall_at_k(found, gt, k)`` = mean over queries of ``|found[:k] ∩ gt[:k]| / k`` (ids < 0 never
   match). Ground truth ids are row indices of the base set, so every system is loaded with ids 0..n-1.
 * ``write_json`` writes ``<out>/<name>.json`` atomically (``.tmp`` then rename), never an absolute
@@ -22,6 +24,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,42 +47,70 @@ class Timer:
         self.seconds = time.perf_counter() - self._t0
 
 
-def time_per_query(
-    fn: Callable[[np.ndarray], Any], queries: np.ndarray
-) -> tuple[list[Any], np.ndarray, float]:
-    """Run ``fn`` on each query row; return (results, latencies in seconds, wall seconds of the loop)."""
+@dataclass
+class LoopTiming:
+    """One timed pass: per-query ``results``, wall latencies (s), wall and process-CPU seconds."""
+
+    results: list[Any]
+    lat: np.ndarray
+    wall: float
+    cpu: float
+
+    @property
+    def m(self) -> int:
+        return len(self.results)
+
+
+def time_per_query(fn: Callable[[np.ndarray], Any], queries: np.ndarray) -> LoopTiming:
+    """Run ``fn`` on each query row, in order, timing each call (wall) and the whole loop (wall, CPU)."""
     m = queries.shape[0]
     lat = np.empty(m, dtype=np.float64)
     out: list[Any] = [None] * m
     clock = time.perf_counter
     gc.collect()
+    c_start = time.process_time()
     t_start = clock()
     for i in range(m):
         t0 = clock()
         out[i] = fn(queries[i])
         lat[i] = clock() - t0
     wall = clock() - t_start
-    return out, lat, wall
+    return LoopTiming(out, lat, wall, time.process_time() - c_start)
 
 
-def time_batch(fn: Callable[[np.ndarray], Any], queries: np.ndarray) -> tuple[Any, float]:
-    """Run ``fn(queries)`` once; return (result, wall seconds)."""
+def time_batch(fn: Callable[[np.ndarray], Any], queries: np.ndarray) -> tuple[Any, float, float]:
+    """Run ``fn(queries)`` once; return (result, wall seconds, process-CPU seconds)."""
     gc.collect()
+    c0 = time.process_time()
     t0 = time.perf_counter()
     res = fn(queries)
-    return res, time.perf_counter() - t0
+    return res, time.perf_counter() - t0, time.process_time() - c0
 
 
-def point(param: dict[str, Any], recall: float, m: int, lat: np.ndarray, wall: float) -> dict[str, Any]:
-    """One curve point: {param, recall, qps, p50_ms, p99_ms, n_queries}."""
+def point(param: dict[str, Any], recall: float, t: LoopTiming) -> dict[str, Any]:
+    """One curve point: {param, recall, qps, qps_cpu, p50_ms, p99_ms, n_queries}.
+
+    ``qps`` = queries / wall time of the loop; ``qps_cpu`` = queries / process CPU time of the loop,
+    which leaves out the time the process sat descheduled on a busy machine."""
     return {
         "param": param,
         "recall": round(float(recall), 5),
-        "qps": round(m / wall, 1),
-        "p50_ms": round(float(np.percentile(lat, 50)) * 1e3, 4),
-        "p99_ms": round(float(np.percentile(lat, 99)) * 1e3, 4),
-        "n_queries": int(m),
+        "qps": round(t.m / t.wall, 1),
+        "qps_cpu": round(t.m / max(t.cpu, 1e-9), 1),
+        "p50_ms": round(float(np.percentile(t.lat, 50)) * 1e3, 4),
+        "p99_ms": round(float(np.percentile(t.lat, 99)) * 1e3, 4),
+        "n_queries": int(t.m),
     }
+
+
+def add_batch(
+    p: dict[str, Any], found: np.ndarray, gt: np.ndarray, wall: float, cpu: float
+) -> dict[str, Any]:
+    """Add the batched-call q/s (wall and CPU) and its recall (a check) to point ``p``."""
+    p["qps_batch"] = round(p["n_queries"] / wall, 1)
+    p["qps_batch_cpu"] = round(p["n_queries"] / max(cpu, 1e-9), 1)
+    p["recall_batch"] = round(recall_at_k(found, gt), 5)
+    return p
 
 
 # --------------------------------------------------------------------------------------------- recall
@@ -241,42 +272,45 @@ _STYLE = {
 
 
 def plot_curves(title: str, curves: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Recall@10 (y) against per-query q/s (x, log scale), one line per curve, a line at recall 0.95.
+    """Recall@10 (y) against per-query q/s (x, log scale): left panel wall-clock q/s, right panel
+    process-CPU q/s; one line per curve and a line at recall 0.95.
 
-    Each curve is ``{"label", "system", "points": [{recall, qps}, ...], "dashed": bool}``.
+    Each curve is ``{"label", "system", "points": [{recall, qps, qps_cpu}, ...], "dashed", "alpha"}``.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
-    for c in curves:
-        pts = sorted(c["points"], key=lambda p: p["qps"])
-        if not pts:
-            continue
-        color, marker = _STYLE.get(c["system"], ("gray", "."))
-        ax.plot(
-            [p["qps"] for p in pts],
-            [p["recall"] for p in pts],
-            marker=marker,
-            markersize=4,
-            linewidth=1.4,
-            linestyle="--" if c.get("dashed") else "-",
-            alpha=c.get("alpha", 1.0),
-            color=color,
-            label=c["label"],
-        )
-    ax.axhline(RECALL_TARGET, color="black", linewidth=0.8, linestyle=":")
-    ax.text(ax.get_xlim()[0], RECALL_TARGET, " recall 0.95", va="bottom", fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("queries/s, 1 thread, one query per call (log)")
-    ax.set_ylabel("recall@10")
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6.5), dpi=100, sharey=True)
     lo = min((p["recall"] for c in curves for p in c["points"]), default=0.5)
-    ax.set_ylim(max(0.0, min(lo, 0.9) - 0.02), 1.002)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="lower left")
+    panels = (("qps", "queries/s (wall clock)"), ("qps_cpu", "queries/s (process CPU time)"))
+    for ax, (key, xlabel) in zip(axes, panels, strict=True):
+        for c in curves:
+            pts = [p for p in c["points"] if p.get(key)]  # sweep order (a noisy point shows as a kink)
+            if not pts:
+                continue
+            color, marker = _STYLE.get(c["system"], ("gray", "."))
+            ax.plot(
+                [p[key] for p in pts],
+                [p["recall"] for p in pts],
+                marker=marker,
+                markersize=3.5,
+                linewidth=1.6 if c.get("alpha", 1.0) == 1.0 else 1.0,
+                linestyle="--" if c.get("dashed") else "-",
+                alpha=c.get("alpha", 1.0),
+                color=color,
+                label=c["label"],
+            )
+        ax.axhline(RECALL_TARGET, color="black", linewidth=0.8, linestyle=":")
+        ax.set_xscale("log")
+        ax.text(ax.get_xlim()[0], RECALL_TARGET, " recall 0.95", va="bottom", fontsize=8)
+        ax.set_xlabel(f"{xlabel}, 1 thread, one query per call (log)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("recall@10")
+    axes[0].set_ylim(max(0.0, min(lo, 0.9) - 0.02), 1.002)
+    axes[0].legend(fontsize=7.5, loc="lower left")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

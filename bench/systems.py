@@ -42,7 +42,7 @@ class AnnConfig:
     nprobes: list[int] = field(
         default_factory=lambda: [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256]
     )
-    reranks: list[int] = field(default_factory=lambda: [2, 4, 8])
+    reranks: list[int] = field(default_factory=lambda: [1, 2, 4])
     batch_rerank: int = 4  # drift: rerank value whose points also get search_batch q/s
     efs: list[int] = field(default_factory=lambda: [10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512])
     extra_nlists: list[int] = field(default_factory=list)
@@ -91,17 +91,16 @@ def _sweep(
     return points, "end of sweep"
 
 
-def _loop(
-    fn: Callable[[np.ndarray], Any], queries: np.ndarray, cheap_s: float
-) -> tuple[list, np.ndarray, float]:
+def _loop(fn: Callable[[np.ndarray], Any], queries: np.ndarray, cheap_s: float) -> common.LoopTiming:
     """``common.time_per_query``, repeated once more when the loop took under ``cheap_s`` seconds;
     the faster repetition counts (a shared machine's noise only ever slows a run down)."""
-    res, lat, wall = common.time_per_query(fn, queries)
-    if wall < cheap_s:
-        _res2, lat2, wall2 = common.time_per_query(fn, queries)
-        if wall2 < wall:
-            lat, wall = lat2, wall2
-    return res, lat, wall
+    t = common.time_per_query(fn, queries)
+    if t.wall < cheap_s:
+        t2 = common.time_per_query(fn, queries)
+        t = common.LoopTiming(
+            t.results, t2.lat if t2.wall < t.wall else t.lat, min(t.wall, t2.wall), min(t.cpu, t2.cpu)
+        )
+    return t
 
 
 def _memory(rss0: int, rss_built: int) -> dict[str, Any]:
@@ -160,25 +159,18 @@ def run_drift(cfg: AnnConfig) -> dict[str, Any]:
         for rerank in cfg.reranks:
 
             def measure(nprobe: int, rerank: int = rerank) -> dict[str, Any]:
-                res, lat, wall = _loop(
+                t = _loop(
                     lambda q: col.search(q, k=K, nprobe=nprobe, rerank=rerank).ids,
                     data.queries,
                     cfg.repeat_below_s,
                 )
-                found = common.stack_ids(res, K)
-                p = common.point(
-                    {"nprobe": nprobe, "rerank": rerank},
-                    common.recall_at_k(found, data.gt),
-                    len(res),
-                    lat,
-                    wall,
-                )
+                found = common.stack_ids(t.results, K)
+                p = common.point({"nprobe": nprobe, "rerank": rerank}, common.recall_at_k(found, data.gt), t)
                 if rerank == cfg.batch_rerank:
-                    (b_ids, _), b_wall = common.time_batch(
+                    (b_ids, _), b_wall, b_cpu = common.time_batch(
                         lambda qs: col.search_batch(qs, k=K, nprobe=nprobe, rerank=rerank), data.queries
                     )
-                    p["qps_batch"] = round(len(res) / b_wall, 1)
-                    p["recall_batch"] = round(common.recall_at_k(b_ids, data.gt), 5)
+                    common.add_batch(p, b_ids, data.gt, b_wall, b_cpu)
                 return p
 
             nprobes = [p for p in cfg.nprobes if buckets <= 0 or p <= buckets]
@@ -277,13 +269,10 @@ def run_faiss(cfg: AnnConfig, kind: str, nlist: int) -> dict[str, Any]:
 
     def measure(nprobe: int) -> dict[str, Any]:
         index.nprobe = nprobe
-        res, lat, wall = _loop(lambda q: index.search(q[None], K)[1][0], data.queries, cfg.repeat_below_s)
-        found = common.stack_ids(res, K)
-        p = common.point({"nprobe": nprobe}, common.recall_at_k(found, data.gt), len(res), lat, wall)
-        (_, b_ids), b_wall = common.time_batch(lambda qs: index.search(qs, K), data.queries)
-        p["qps_batch"] = round(len(res) / b_wall, 1)
-        p["recall_batch"] = round(common.recall_at_k(b_ids, data.gt), 5)
-        return p
+        t = _loop(lambda q: index.search(q[None], K)[1][0], data.queries, cfg.repeat_below_s)
+        p = common.point({"nprobe": nprobe}, common.recall_at_k(common.stack_ids(t.results, K), data.gt), t)
+        (_, b_ids), b_wall, b_cpu = common.time_batch(lambda qs: index.search(qs, K), data.queries)
+        return common.add_batch(p, b_ids, data.gt, b_wall, b_cpu)
 
     nprobes = [p for p in cfg.nprobes if p <= nlist]
     points, why = _sweep(nprobes, measure, cfg.point_budget_s)
@@ -324,17 +313,12 @@ def run_hnswlib(cfg: AnnConfig) -> dict[str, Any]:
 
     def measure(ef: int) -> dict[str, Any]:
         index.set_ef(max(ef, K))
-        res, lat, wall = _loop(
-            lambda q: index.knn_query(q, k=K, num_threads=1)[0][0], data.queries, cfg.repeat_below_s
-        )
-        found = common.stack_ids(res, K)
-        p = common.point({"ef": ef}, common.recall_at_k(found, data.gt), len(res), lat, wall)
-        (b_ids, _), b_wall = common.time_batch(
+        t = _loop(lambda q: index.knn_query(q, k=K, num_threads=1)[0][0], data.queries, cfg.repeat_below_s)
+        p = common.point({"ef": ef}, common.recall_at_k(common.stack_ids(t.results, K), data.gt), t)
+        (b_ids, _), b_wall, b_cpu = common.time_batch(
             lambda qs: index.knn_query(qs, k=K, num_threads=1), data.queries
         )
-        p["qps_batch"] = round(len(res) / b_wall, 1)
-        p["recall_batch"] = round(common.recall_at_k(b_ids, data.gt), 5)
-        return p
+        return common.add_batch(p, b_ids, data.gt, b_wall, b_cpu)
 
     points, why = _sweep(cfg.efs, measure, cfg.point_budget_s)
     return {

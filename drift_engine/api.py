@@ -109,7 +109,9 @@ class Engine:
         """Create a collection; ``params`` are ``CollectionParams`` fields (nprobe, rerank, lam, ...)."""
         self._check_open()
         name = validate_collection_name(name)
-        config = CollectionConfig(name, validate_dim(dim), validate_metric(metric), CollectionParams().updated(**params))
+        config = CollectionConfig(
+            name, validate_dim(dim), validate_metric(metric), CollectionParams().updated(**params)
+        )
         with self._lock:
             self._check_open()
             if name in self._collections:
@@ -129,7 +131,9 @@ class Engine:
         self._check_open()
         col = self._collections.get(name)
         if col is None:
-            raise CollectionNotFoundError(f"collection {name!r} does not exist", hint="create_collection first")
+            raise CollectionNotFoundError(
+                f"collection {name!r} does not exist", hint="create_collection first"
+            )
         return col
 
     def has_collection(self, name: str) -> bool:

@@ -40,7 +40,9 @@ PARAM_SPECS: dict[str, _Spec] = {
     "nprobe": _Spec(int, 1, 1_000_000, "buckets scanned per query: more = higher recall, slower"),
     "rerank": _Spec(int, 1, 1_000, "candidates re-ranked exactly = rerank * k: lifts the SQ8 ceiling"),
     "ef": _Spec(int, 1, 100_000, "HNSW search breadth in the memtable: more = higher L0 recall"),
-    "target_bucket_size": _Spec(int, 8, 10_000_000, "train aims at n / target buckets: smaller = finer routing"),
+    "target_bucket_size": _Spec(
+        int, 8, 10_000_000, "train aims at n / target buckets: smaller = finer routing"
+    ),
     "kmeans_iters": _Spec(int, 1, 1_000, "Lloyd iterations at train: more = slightly better buckets, slower"),
     "kmeans_sample": _Spec(int, 0, 100_000_000, "vectors sampled for k-means (0 = automatic)"),
     "sq8_clip": _Spec(float, 0.0, 49.0, "percentile clipped per dimension for SQ8 ranges (outliers)"),
@@ -172,10 +174,18 @@ class EngineSettings:
         known = {f.name for f in fields(cls)}
         for name in settings:
             if name not in known:
-                raise InvalidParameterError(f"unknown engine setting {name!r}; known: {', '.join(sorted(known))}")
+                raise InvalidParameterError(
+                    f"unknown engine setting {name!r}; known: {', '.join(sorted(known))}"
+                )
         made = cls(**settings)
-        if isinstance(made.cache_bytes, bool) or not isinstance(made.cache_bytes, int) or made.cache_bytes < 0:
-            raise InvalidParameterError(f"cache_bytes must be a non-negative integer, got {made.cache_bytes!r}")
+        if (
+            isinstance(made.cache_bytes, bool)
+            or not isinstance(made.cache_bytes, int)
+            or made.cache_bytes < 0
+        ):
+            raise InvalidParameterError(
+                f"cache_bytes must be a non-negative integer, got {made.cache_bytes!r}"
+            )
         if made.durability not in ("sync", "batch", "off"):
             raise InvalidParameterError(f"durability must be sync, batch or off, got {made.durability!r}")
         if not (0.1 <= float(made.batch_ms) <= 10_000):

@@ -165,7 +165,19 @@ class Collection:
             )
             try:
                 new_snap = self._commit_write(
-                    snap, buckets, sq8, keys, id_arr, vec, pay, old, old_payloads, labels, written, seg_of, row_of
+                    snap,
+                    buckets,
+                    sq8,
+                    keys,
+                    id_arr,
+                    vec,
+                    pay,
+                    old,
+                    old_payloads,
+                    labels,
+                    written,
+                    seg_of,
+                    row_of,
                 )
             except BaseException:
                 remove_files([w.path for w in written])
@@ -372,14 +384,22 @@ class Collection:
                 remove_files([w.path for w in result.written])
                 raise
             segments = {
-                w.segment_id: OpenSegment(w.path, self._cache, collection_key=self.path) for w in result.written
+                w.segment_id: OpenSegment(w.path, self._cache, collection_key=self.path)
+                for w in result.written
             }
             dead = {w.segment_id: np.zeros(w.n_rows, dtype=np.uint8) for w in result.written}
-            new = self._make_snapshot(snap, True, result.sq8, result.buckets, segments, dead, result.n_vectors)
+            new = self._make_snapshot(
+                snap, True, result.sq8, result.buckets, segments, dead, result.n_vectors
+            )
             self._snapshots.publish(new, retired=list(snap.segments.values()))
             seconds = time.perf_counter() - t0
-        log.info("trained %s: %d vectors into %d buckets in %.2fs", self.name, result.n_vectors,
-                 len(result.buckets), seconds)
+        log.info(
+            "trained %s: %d vectors into %d buckets in %.2fs",
+            self.name,
+            result.n_vectors,
+            len(result.buckets),
+            seconds,
+        )
         return {"vectors": result.n_vectors, "buckets": len(result.buckets), "seconds": seconds}
 
     # ------------------------------------------------------------------ reads
@@ -411,7 +431,7 @@ class Collection:
         k: int = 10,
         nprobe: int | None = None,
         rerank: int | None = None,
-        filter: dict[str, Any] | None = None,  # noqa: A002 - public API name
+        filter: dict[str, Any] | None = None,
     ) -> SearchResult:
         """The ``k`` nearest live vectors to ``query`` (exact distances, pgvector semantics)."""
         self._check_open()
@@ -422,7 +442,9 @@ class Collection:
             if flt is None:
                 ids, dists = search_snapshot(snap, q, k, nprobe, rerank, self.metric)
             else:
-                ids, dists = search_filtered(snap, q, k, nprobe, rerank, self.metric, self._allowed_masks(snap, flt))
+                ids, dists = search_filtered(
+                    snap, q, k, nprobe, rerank, self.metric, self._allowed_masks(snap, flt)
+                )
         return SearchResult(ids, dists, self._payload_loader)
 
     def search_batch(
@@ -431,7 +453,7 @@ class Collection:
         k: int = 10,
         nprobe: int | None = None,
         rerank: int | None = None,
-        filter: dict[str, Any] | None = None,  # noqa: A002 - public API name
+        filter: dict[str, Any] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(ids, distances) of shape (m, k); missing results are id -1 and distance inf."""
         self._check_open()
@@ -496,7 +518,12 @@ class Collection:
             if snap.trained:
                 self._snapshots.publish(
                     self._make_snapshot(
-                        snap, True, snap.sq8, dict(snap.buckets), dict(snap.segments), dict(snap.dead),
+                        snap,
+                        True,
+                        snap.sq8,
+                        dict(snap.buckets),
+                        dict(snap.segments),
+                        dict(snap.dead),
                         snap.live_count,
                     )
                 )
@@ -543,4 +570,3 @@ class Collection:
             for seg in self._snapshots.current.segments.values():
                 seg.close()
             self._kv.close()
-

@@ -8,6 +8,7 @@ unreferenced and are removed (now, or at the next open).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -98,15 +99,11 @@ def write_bucketed_segments(
 
 def remove_files(paths: list[str]) -> None:
     for path in paths:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass
 
 
-def bucket_sums(
-    labels: np.ndarray, vectors: np.ndarray
-) -> dict[int, tuple[int, np.ndarray, float]]:
+def bucket_sums(labels: np.ndarray, vectors: np.ndarray) -> dict[int, tuple[int, np.ndarray, float]]:
     """Per label: (count, float64 sum of vectors, float64 sum of squared norms)."""
     out: dict[int, tuple[int, np.ndarray, float]] = {}
     if labels.size == 0:

@@ -150,13 +150,22 @@ def search_filtered(
     metric: str,
     allowed: Mapping[int, np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A filtered search widens nprobe until it fills k or has probed every bucket."""
-    if not snap.trained:
+    """Filtered search, planned by selectivity.
+
+    When the filter keeps few rows (no more than ``nprobe`` average buckets hold), scanning exactly the
+    allowed rows is both cheaper and exact. Otherwise the IVF scan widens nprobe until it fills k or has
+    probed every bucket, then widens once more so the last-found rows are not just the nearest buckets'.
+    """
+    n_allowed = sum(int(m.size - np.count_nonzero(m)) for m in allowed.values())
+    avg_bucket = snap.live_count / max(1, len(snap.buckets))
+    if not snap.trained or n_allowed <= max(4096, nprobe * avg_bucket):
         return exact_scan(snap, query, k, metric, allowed)
     n_buckets = len(snap.buckets)
     probe = nprobe
     while True:
         ids, dists = ivf_scan(snap, query, k, probe, rerank, metric, allowed)
-        if ids.size >= k or probe >= n_buckets:
+        if probe >= n_buckets:
             return ids, dists
+        if ids.size >= k:
+            return ivf_scan(snap, query, k, min(n_buckets, probe * 2), rerank, metric, allowed)
         probe = min(n_buckets, probe * 2)

@@ -43,10 +43,14 @@ class TrainResult:
     def n_vectors(self) -> int:
         return int(self.ids.size)
 
-    def stage(self, batch) -> None:  # noqa: ANN001 - storage.kv.WriteBatch
+    def stage(self, batch) -> None:
         pack = L.Location
         for ident, label, seg, row in zip(
-            self.ids.tolist(), self.labels.tolist(), self.segment_of.tolist(), self.row_of.tolist(), strict=True
+            self.ids.tolist(),
+            self.labels.tolist(),
+            self.segment_of.tolist(),
+            self.row_of.tolist(),
+            strict=True,
         ):
             batch.put(L.DB_LOC, encode_i64(ident), pack(label, seg, row, 0).pack())
         for b, header in self.buckets.items():
@@ -89,7 +93,9 @@ def train_layout(
         raise InvalidArgumentError(f"cannot train collection {config.name!r}: it holds no vectors")
     k = n_buckets if n_buckets is not None else default_bucket_count(n, params.target_bucket_size)
     if k > n:
-        raise InvalidArgumentError(f"n_buckets={k} is more than the {n} vectors in collection {config.name!r}")
+        raise InvalidArgumentError(
+            f"n_buckets={k} is more than the {n} vectors in collection {config.name!r}"
+        )
     centroids = kmeans(
         vectors,
         k,

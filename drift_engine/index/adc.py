@@ -38,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from numba import njit, types
 
 from drift_engine.errors import DimensionMismatchError, InvalidArgumentError
 
@@ -64,6 +64,18 @@ _METRIC_CODE = {"l2": 0, "ip": 1, "cosine": 2}
 
 _PAD = 16  # codes per row are read in multiples of this many bytes (see module docstring)
 _EMPTY_SKIP = np.zeros(0, dtype=np.uint8)
+
+# Explicit kernel signatures: inputs are typed read-only (a writable array converts to it), so blocks read
+# from disk (read-only buffers) and fresh arrays share one compiled kernel instead of one per combination.
+_F32 = types.Array(types.float32, 1, "C")
+_I64 = types.Array(types.int64, 1, "C")
+_RO_F32 = types.Array(types.float32, 1, "C", readonly=True)
+_RO_F32_2D = types.Array(types.float32, 2, "C", readonly=True)
+_RO_I64 = types.Array(types.int64, 1, "C", readonly=True)
+_RO_U8 = types.Array(types.uint8, 1, "C", readonly=True)
+_RO_U8_2D = types.Array(types.uint8, 2, "C", readonly=True)
+_HEAP = (_F32, _I64, _I64, types.int64, types.boolean)  # hd, hr, size_arr, row_offset, finish
+_SCAN_BLOCK = (_RO_U8_2D, _RO_I64, _RO_I64, _RO_U8, types.boolean)  # codes, starts, counts, skip, has_skip
 
 
 @dataclass(frozen=True)
@@ -175,7 +187,12 @@ def _heap_sort(hd, hr, size):
 # ---------------------------------------------------------------------------------------------------
 # query preparation
 # ---------------------------------------------------------------------------------------------------
-@njit(nogil=True, fastmath=False, cache=True)
+@njit(
+    types.Tuple((types.float64, types.boolean))(types.int64, _RO_F32, _RO_F32, _RO_F32, _F32, _F32),
+    nogil=True,
+    fastmath=False,
+    cache=True,
+)
 def _prepare(kind_code, q, mins, scales, a, w):
     """Fill a, w; return (const, ok).  kind_code: 0 l2, 1 ip, 2 cosine.  ok is False on non-finite input."""
     d = q.shape[0]
@@ -209,9 +226,9 @@ def prepare_query(metric: str, query: np.ndarray, mins: np.ndarray, scales: np.n
     code = _METRIC_CODE.get(metric)
     if code is None:
         raise InvalidArgumentError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
-    q = np.asarray(query, dtype=np.float32)
-    mins = np.asarray(mins, dtype=np.float32)
-    scales = np.asarray(scales, dtype=np.float32)
+    q = np.ascontiguousarray(query, dtype=np.float32)
+    mins = np.ascontiguousarray(mins, dtype=np.float32)
+    scales = np.ascontiguousarray(scales, dtype=np.float32)
     if q.ndim != 1 or q.shape[0] == 0:
         raise InvalidArgumentError(f"query must be a non-empty 1-d vector, got shape {q.shape}")
     d = q.shape[0]
@@ -247,7 +264,9 @@ def _threshold(hd, size, r):
     return hd[0]
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(
+    types.int64(_RO_F32, _RO_F32, types.float64, *_SCAN_BLOCK, *_HEAP), nogil=True, fastmath=True, cache=True
+)
 def _scan_l2(a, w, const, codes, starts, counts, skip, has_skip, hd, hr, size_arr, row_offset, finish):
     """Squared-L2 ADC over row ranges into the heap (hd, hr, size_arr[0]).  Returns 0, or -1-i for a bad
     range i.  With ``finish`` the heap is sorted ascending in place afterwards."""
@@ -331,7 +350,7 @@ def _scan_l2(a, w, const, codes, starts, counts, skip, has_skip, hd, hr, size_ar
     return 0
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(types.int64(_RO_F32, types.float64, *_SCAN_BLOCK, *_HEAP), nogil=True, fastmath=True, cache=True)
 def _scan_dot(a, const, codes, starts, counts, skip, has_skip, hd, hr, size_arr, row_offset, finish):
     """``const + a·codes`` ADC over row ranges into the heap; same conventions as ``_scan_l2``."""
     n = codes.shape[0]
@@ -412,9 +431,8 @@ def _check_scan_args(
         )
     if codes.shape[1] != pq.a.shape[0]:
         raise DimensionMismatchError(f"codes have dimension {codes.shape[1]}, query has {pq.a.shape[0]}")
-    if starts.dtype != np.int64 or counts.dtype != np.int64:
-        starts = np.asarray(starts, dtype=np.int64)
-        counts = np.asarray(counts, dtype=np.int64)
+    starts = np.ascontiguousarray(starts, dtype=np.int64)
+    counts = np.ascontiguousarray(counts, dtype=np.int64)
     if starts.ndim != 1 or starts.shape != counts.shape:
         raise InvalidArgumentError(
             f"starts/counts must be 1-d of equal length, got {starts.shape}/{counts.shape}"
@@ -427,7 +445,7 @@ def _check_scan_args(
         raise InvalidArgumentError(f"skip has shape {skip.shape}, expected ({codes.shape[0]},)")
     if skip.dtype == np.bool_:
         skip = skip.view(np.uint8)
-    return starts, counts, skip, True
+    return starts, counts, np.ascontiguousarray(skip), True
 
 
 def _run_scan(pq, codes, starts, counts, skip, has_skip, hd, hr, size_arr, row_offset, finish) -> None:
@@ -516,13 +534,13 @@ def _exact_one(code, q, v):
     return np.float32(1.0) - acc
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(types.void(types.int64, _RO_F32, _RO_F32_2D, _F32), nogil=True, fastmath=True, cache=True)
 def _exact_all(code, q, vectors, out):
     for i in range(vectors.shape[0]):
         out[i] = _exact_one(code, q, vectors[i])
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(types.int64(types.int64, _RO_F32, _RO_F32_2D, _RO_I64, _F32), nogil=True, fastmath=True, cache=True)
 def _exact_rows(code, q, vectors, rows, out):
     """Exact distances of vectors[rows]; returns -1 on success or the index of the first bad row."""
     n = vectors.shape[0]
@@ -534,11 +552,13 @@ def _exact_rows(code, q, vectors, rows, out):
     return -1
 
 
-def _check_exact_args(metric: str, query: np.ndarray, vectors: np.ndarray) -> tuple[int, np.ndarray]:
+def _check_exact_args(
+    metric: str, query: np.ndarray, vectors: np.ndarray
+) -> tuple[int, np.ndarray, np.ndarray]:
     code = _METRIC_CODE.get(metric)
     if code is None:
         raise InvalidArgumentError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
-    q = query if query.dtype == np.float32 else np.asarray(query, dtype=np.float32)
+    q = np.ascontiguousarray(query, dtype=np.float32)
     if q.ndim != 1:
         raise InvalidArgumentError(f"query must be 1-d, got shape {q.shape}")
     if vectors.dtype != np.float32 or vectors.ndim != 2:
@@ -547,12 +567,12 @@ def _check_exact_args(metric: str, query: np.ndarray, vectors: np.ndarray) -> tu
         )
     if vectors.shape[1] != q.shape[0]:
         raise DimensionMismatchError(f"vectors have dimension {vectors.shape[1]}, query has {q.shape[0]}")
-    return code, q
+    return code, q, np.ascontiguousarray(vectors)
 
 
 def exact_distances(metric: str, query: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     """Exact float32 distances (pgvector semantics) from ``query`` to every row of ``vectors``."""
-    code, q = _check_exact_args(metric, query, vectors)
+    code, q, vectors = _check_exact_args(metric, query, vectors)
     out = np.empty(vectors.shape[0], dtype=np.float32)
     _exact_all(code, q, vectors, out)
     return out
@@ -560,9 +580,8 @@ def exact_distances(metric: str, query: np.ndarray, vectors: np.ndarray) -> np.n
 
 def rerank(metric: str, query: np.ndarray, vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Exact float32 distances (pgvector semantics) from ``query`` to ``vectors[rows]``, in ``rows`` order."""
-    code, q = _check_exact_args(metric, query, vectors)
-    if rows.dtype != np.int64:
-        rows = np.asarray(rows, dtype=np.int64)
+    code, q, vectors = _check_exact_args(metric, query, vectors)
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
     if rows.ndim != 1:
         raise InvalidArgumentError(f"rows must be 1-d, got shape {rows.shape}")
     out = np.empty(rows.shape[0], dtype=np.float32)
@@ -582,8 +601,11 @@ def _readonly(x: np.ndarray) -> np.ndarray:
 
 
 def warmup() -> None:
-    """Compile (or load from the on-disk cache) every kernel signature the engine uses: writable and
-    read-only code/vector blocks and skip masks (blocks read from disk or mapped are often read-only)."""
+    """Load (or compile, the first time) every kernel the query path uses — ADC scans, exact distances,
+    the heap helpers and the routing kernel — so that the first query is not slow.  Idempotent, cheap
+    once the on-disk cache is populated."""
+    from drift_engine.index import routing  # imported here: routing depends on this module
+
     d = 3
     mins = np.zeros(d, dtype=np.float32)
     scales = np.ones(d, dtype=np.float32)
@@ -598,8 +620,27 @@ def warmup() -> None:
         for c in (codes, _readonly(codes)):
             for s in (None, skip, _readonly(skip)):
                 scan(pq, c, starts, counts, s, 4)
-                scan_into(pq, c, starts, counts, s, TopK(4))
+                top = TopK(4)
+                scan_into(pq, c, starts, counts, s, top)
+                top.result()
         for v in (vectors, _readonly(vectors)):
             exact_distances(metric, q, v)
             rerank(metric, q, v, np.array([0, 7], dtype=np.int64))
-    TopK(2).result()
+    ids = np.arange(3, dtype=np.int64)
+    table = routing.RoutingTable.build(
+        ids,
+        vectors[:3],
+        vectors[:3],
+        np.zeros(3),
+        np.ones(3),
+        np.ones(3, np.float32),
+        lam=0.0,
+        tau=float("inf"),
+    )
+    bonus_table = routing.RoutingTable.build(
+        ids, vectors[:3], vectors[:3], np.zeros(3), np.ones(3), np.ones(3, np.float32), lam=0.5, tau=10.0
+    )
+    for t in (table, bonus_table):
+        for metric in METRICS:
+            for nprobe in (1, 3):
+                routing.route(t, q, nprobe, metric)

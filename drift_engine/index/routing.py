@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit
+from numba import njit, types
 
 from drift_engine.errors import DimensionMismatchError, InvalidArgumentError, InvalidParameterError
 from drift_engine.index.adc import _heap_offer, _heap_sort
@@ -39,6 +39,11 @@ from drift_engine.index.adc import _heap_offer, _heap_sort
 __all__ = ["RoutingTable", "route", "route_batch"]
 
 _METRICS = ("l2", "ip", "cosine")
+_RO_F32 = types.Array(types.float32, 1, "C", readonly=True)
+_RO_F32_2D = types.Array(types.float32, 2, "C", readonly=True)
+_RO_I64 = types.Array(types.int64, 1, "C", readonly=True)
+_F32 = types.Array(types.float32, 1, "C")
+_I64 = types.Array(types.int64, 1, "C")
 _BLOCK_BYTES = 4 << 20
 
 
@@ -155,7 +160,12 @@ class RoutingTable:
 # ---------------------------------------------------------------------------------------------------
 # single-query kernel
 # ---------------------------------------------------------------------------------------------------
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(
+    types.void(_RO_F32, _RO_F32_2D, _RO_F32, _RO_F32, types.int64, _F32),
+    nogil=True,
+    fastmath=True,
+    cache=True,
+)
 def _scores(q, chat, chat_sq, bonus, mode, out):
     """out[b] = score of bucket b, with ĉ (and for l2 also q) taken about the table's origin o.  mode 0:
     ‖ĉ‖² − 2q·ĉ (= ‖q − ĉ‖² − ‖q‖², ranks as squared L2); 1: sqrt(‖q − ĉ‖²) − bonus; 2: −q·ĉ − bonus
@@ -204,7 +214,12 @@ def _scores(q, chat, chat_sq, bonus, mode, out):
             out[i] = -out[i] - bonus[i]
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(
+    _I64(_RO_F32, _RO_F32, _RO_F32_2D, _RO_F32, _RO_F32, types.int64, types.int64, _RO_I64),
+    nogil=True,
+    fastmath=True,
+    cache=True,
+)
 def _route_one(q, origin, chat, chat_sq, bonus, mode, p, bucket_ids):
     nb, d = chat.shape
     qc = np.empty(d, dtype=np.float32)
@@ -244,7 +259,7 @@ def route(table: RoutingTable, query: np.ndarray, nprobe: int, metric: str) -> n
     mode = _mode(table, metric)
     if nprobe < 1:
         raise InvalidArgumentError(f"nprobe must be >= 1, got {nprobe}")
-    q = query if query.dtype == np.float32 else np.asarray(query, dtype=np.float32)
+    q = np.ascontiguousarray(query, dtype=np.float32)
     if q.ndim != 1 or q.shape[0] != table.centroids.shape[1]:
         raise DimensionMismatchError(f"query has shape {q.shape}, the routing table dimension {table.dim}")
     nb = table.bucket_ids.shape[0]

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from numba import njit
+from numba import njit, types
 
 from drift_engine.errors import InvalidArgumentError
 
@@ -40,6 +40,9 @@ _POINTS_PER_CENTROID = 128
 _INIT_POINTS_PER_CENTROID = 16
 _MIN_INIT_SAMPLE = 4_096
 _BLOCK_BYTES = 4 << 20
+_RO_F32_2D = types.Array(types.float32, 2, "C", readonly=True)
+_RO_I64 = types.Array(types.int64, 1, "C", readonly=True)
+_RO_F64 = types.Array(types.float64, 1, "C", readonly=True)
 
 
 def default_sample_size(n: int, k: int) -> int:
@@ -66,7 +69,12 @@ def _validate(x: np.ndarray, k: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------
 # numba helpers
 # ---------------------------------------------------------------------------------------------------
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(
+    types.Tuple((types.float64[:, ::1], types.int64[::1]))(_RO_F32_2D, _RO_I64, types.int64),
+    nogil=True,
+    fastmath=True,
+    cache=True,
+)
 def _accumulate(x, labels, k):
     """Per-cluster float64 sums and counts."""
     d = x.shape[1]
@@ -80,7 +88,7 @@ def _accumulate(x, labels, k):
     return sums, counts
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(types.void(_RO_F32_2D, _RO_F32_2D, _RO_I64, types.float32[::1]), nogil=True, fastmath=True, cache=True)
 def _exact_sq(x, centroids, labels, out):
     """out[i] = ‖x[i] − centroids[labels[i]]‖² computed directly."""
     d = x.shape[1]
@@ -136,7 +144,7 @@ def assign(x: np.ndarray, centroids: np.ndarray, *, chunk: int = 65536) -> tuple
 # ---------------------------------------------------------------------------------------------------
 # k-means++
 # ---------------------------------------------------------------------------------------------------
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(types.int64[::1](_RO_F32_2D, types.int64, _RO_F64), nogil=True, fastmath=True, cache=True)
 def _kmeanspp(x, k, u):
     """k-means++ seeding (D² sampling) over the rows of ``x``; ``u`` holds k uniform numbers in [0, 1).
     Returns the chosen row indices.  O(k · m · d), one fused pass per centre (no BLAS: small matvecs are

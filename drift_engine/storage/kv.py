@@ -34,7 +34,7 @@ from typing import Any
 
 import lmdb
 
-from drift_engine.errors import EngineClosedError, InvalidArgumentError
+from drift_engine.errors import CorruptionError, EngineClosedError, InvalidArgumentError
 
 _MAX_GROWTHS = 40
 _SIGN = 1 << 63
@@ -194,7 +194,13 @@ class KV:
         with self._env.begin() as txn:
             names = [bytes(k) for k, _ in txn.cursor()]
         for name in names:  # every key of the main database names a sub-database we created
-            self._dbs[name] = self._env.open_db(name, create=False)
+            try:
+                self._dbs[name] = self._env.open_db(name, create=False)
+            except lmdb.IncompatibleError as exc:
+                self._env.close()
+                raise CorruptionError(
+                    f"{self.path}: main database key {name!r} is not a sub-database (not a drift KV store?)"
+                ) from exc
 
     # -- helpers --------------------------------------------------------------------------------
     def _db_name(self, db: str) -> bytes:
@@ -295,35 +301,49 @@ class KV:
         with self._write_lock:
             self._check_open()
             for _ in range(_MAX_GROWTHS):
-                try:
-                    self._apply_once(ops)
+                if self._apply_once(ops):
                     return
-                except lmdb.MapFullError:
-                    with self._guard.exclusive(self.path):
-                        self._env.set_mapsize(self._env.info()["map_size"] * 2)
             raise InvalidArgumentError(f"{self.path}: write batch does not fit even after growing the map")
 
-    def _apply_once(self, ops: list[tuple[str, bytes, bytes, bytes]]) -> None:
+    def _apply_once(self, ops: list[tuple[str, bytes, bytes, bytes]]) -> bool:
+        """One attempt: True when committed, False when the map was full (and has been doubled)."""
         new: dict[bytes, Any] = {}
+        txn = self._env.begin(write=True)
         try:
-            with self._env.begin(write=True) as txn:
-                for op, name, key, value in ops:
-                    handle = self._dbs.get(name)
-                    if handle is None:
-                        handle = new.get(name)
-                    if handle is None:
-                        handle = new[name] = self._env.open_db(name, txn=txn, create=True)
-                    if op == "put":
-                        txn.put(key, value, db=handle)
-                    elif op == "delete":
-                        txn.delete(key, db=handle)
-                    else:
-                        txn.drop(handle, delete=False)
+            for op, name, key, value in ops:
+                handle = self._dbs.get(name)
+                if handle is None:
+                    handle = new.get(name)
+                if handle is None:
+                    handle = new[name] = self._env.open_db(name, txn=txn, create=True)
+                if op == "put":
+                    txn.put(key, value, db=handle)
+                elif op == "delete":
+                    txn.delete(key, db=handle)
+                else:
+                    txn.drop(handle, delete=False)
+            txn.commit()
+        except lmdb.MapFullError:
+            # py-lmdb's abort of a write txn waits until no LMDB call is in flight anywhere in the
+            # process, and set_mapsize invalidates every open transaction: so first drain our readers
+            # (the guard also holds new ones back), then abort and resize.
+            try:
+                with self._guard.exclusive(self.path):
+                    txn.abort()
+                    self._env.set_mapsize(self._env.info()["map_size"] * 2)
+            finally:
+                txn.abort()  # no-op once aborted; releases the txn if the guard refused
+            return False
         except lmdb.DbsFullError as exc:
+            txn.abort()
             raise InvalidArgumentError(
                 f"{self.path}: too many sub-databases (max_dbs is too small for {sorted(new)})"
             ) from exc
+        except BaseException:
+            txn.abort()
+            raise
         self._dbs.update(new)  # handles opened in a committed transaction stay valid
+        return True
 
     def close(self) -> None:
         """Close the environment once no read or write is in flight.  Idempotent."""

@@ -42,6 +42,28 @@ def _assert_nearest_order(table: RoutingTable, q: np.ndarray, metric: str, got: 
     np.testing.assert_allclose(got_scores, score[order], rtol=0, atol=1e-6 * scale)
 
 
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+@pytest.mark.parametrize("nb", [1, 7, 300, 2000])
+def test_plain_ivf_when_lambda_zero_and_tau_inf(metric: str, nb: int) -> None:
+    d = 24
+    table = _table(nb, d, seed=nb)
+    assert not table.has_bonus and not table.bonus.any()
+    np.testing.assert_array_equal(table.adjusted, table.centroids)  # ĉ = c bit for bit
+    rng = np.random.default_rng(1)
+    for nprobe in (1, 5, 40, nb, nb + 10):
+        for _ in range(5):
+            q = rng.standard_normal(d).astype(np.float32)
+            if metric == "cosine":
+                q /= np.linalg.norm(q)
+            got = route(table, q, nprobe, metric)
+            assert got.dtype == np.int64 and got.shape == (min(nprobe, nb),)
+            _assert_nearest_order(table, q, metric, got)
+            if nprobe <= 40:  # the head is exact (no float32 near-ties among these seeds)
+                score = _scores64(table, q, metric)
+                head = np.lexsort((np.arange(nb), score))[: got.size]
+                np.testing.assert_array_equal(got, table.bucket_ids[head])
+
+
 def test_lambda_zero_with_finite_tau_still_uses_drift_corrected_centroids() -> None:
     table = _table(50, 8, seed=2, lam=0.0, tau=100.0)
     w = table.inserts / (table.inserts + 100.0)

@@ -112,14 +112,30 @@ def test_admission_small_then_ghost_then_main() -> None:
     c = S3FIFOCache(1000)  # small queue: 100 bytes
     c.put("once", 1, 60)
     assert "once" in c._small
-    c.put("filler", 2, 60)  # small is over its budget but the total fits
     for i in range(20):  # push "once" out of the small queue without hitting it
         c.put(f"cold{i}", i, 60)
     assert "once" not in c and "once" in c._ghost
     c.put("once", 1, 60)  # remembered by the ghost queue: straight into main
     assert "once" in c._main and "once" not in c._ghost
-    c.get("filler")  # a hit in the small queue promotes on eviction instead of evicting
-    assert "filler" not in c or "filler" in c._small or "filler" in c._main
+
+
+def test_hit_in_small_promotes_to_main_and_main_reinserts_hit_entries() -> None:
+    c = S3FIFOCache(1000)
+    c.put("hot", "H", 60)
+    assert c.get("hot") == "H"  # freq 1 while in the small queue
+    for i in range(200):  # cold one-hit keys churn through the small queue
+        c.put(f"cold{i}", i, 60)
+    assert "hot" in c._main and c.get("hot") == "H"
+    # Put main under pressure with entries that are each hit once (so they are promoted too): the
+    # oldest main entry "hot" is kept by reinsertion because it keeps being hit; the others go.
+    for i in range(300):
+        c.put(f"warm{i}", i, 60)
+        c.get(f"warm{i}")
+        if i % 5 == 0:
+            c.get("hot")
+    assert "hot" in c._main
+    assert "warm0" not in c and "warm1" not in c
+    assert c.size_bytes <= c.capacity_bytes
 
 
 def test_hot_set_survives_a_scan_that_flushes_lru() -> None:

@@ -1,0 +1,33 @@
+"""Named crash points for the crash-test matrix.
+
+Contract: ``hit(name)`` does nothing unless the process was started with ``DRIFT_CRASH_AT=name``
+(optionally ``DRIFT_CRASH_SKIP=n``: let the point pass ``n`` times first). Then, on that hit, the
+process SIGKILLs itself at once: no cleanup, no buffered output, exactly like a power cut for a
+process (the OS page cache survives). Points used by the engine:
+
+* ``wal.before_write``, ``wal.after_write``, ``wal.after_fsync`` (before the write is acknowledged)
+* ``flush.after_segments`` (step 1 done), ``flush.after_commit`` (step 2: LMDB committed),
+  ``flush.after_publish`` (step 3), ``flush.after_truncate`` (step 4: WAL truncated)
+* ``retire.before_delete`` (a retired segment is about to be deleted)
+* ``train.after_segments``, ``train.after_commit``
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_TARGET = os.environ.get("DRIFT_CRASH_AT") or None
+_skip = int(os.environ.get("DRIFT_CRASH_SKIP", "0") or 0)
+
+ENABLED = _TARGET is not None
+
+
+def hit(name: str) -> None:
+    global _skip
+    if _TARGET is None or name != _TARGET:
+        return
+    if _skip > 0:
+        _skip -= 1
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
