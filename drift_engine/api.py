@@ -27,6 +27,7 @@ import os
 import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from drift_engine.config import (
@@ -64,6 +65,7 @@ class Engine:
         self._lock = threading.RLock()
         self._closed = False
         self.cache = S3FIFOCache(settings.cache_bytes)
+        self.executor = ThreadPoolExecutor(max_workers=settings.search_threads, thread_name_prefix="drift-engine")
         self._root = os.path.join(path, COLLECTIONS_DIR)
         self._collections: dict[str, Collection] = {}
         try:
@@ -72,8 +74,11 @@ class Engine:
                 if name.startswith("."):
                     shutil.rmtree(full, ignore_errors=True)  # an unfinished create or drop
                     continue
-                self._collections[name] = Collection.open(full, self.cache)
+                self._collections[name] = Collection.open(full, self.cache, self.settings, self.executor)
         except BaseException:
+            for col in self._collections.values():
+                col.close(flush=False)
+            self.executor.shutdown(wait=False)
             self._release()
             raise
 
@@ -119,11 +124,11 @@ class Engine:
             final = os.path.join(self._root, name)
             staging = os.path.join(self._root, f".{name}.creating")
             shutil.rmtree(staging, ignore_errors=True)
-            col = Collection.create(staging, config, self.cache)
+            col = Collection.create(staging, config, self.cache, self.settings, self.executor)
             col.close()
             os.rename(staging, final)
             fsync_dir(self._root)
-            col = Collection.open(final, self.cache)
+            col = Collection.open(final, self.cache, self.settings, self.executor)
             self._collections[name] = col
             return col
 
@@ -131,9 +136,7 @@ class Engine:
         self._check_open()
         col = self._collections.get(name)
         if col is None:
-            raise CollectionNotFoundError(
-                f"collection {name!r} does not exist", hint="create_collection first"
-            )
+            raise CollectionNotFoundError(f"collection {name!r} does not exist", hint="create_collection first")
         return col
 
     def has_collection(self, name: str) -> bool:
@@ -163,6 +166,7 @@ class Engine:
                 col.close()
             self._collections.clear()
             self.cache.clear()
+            self.executor.shutdown(wait=True)
             self._release()
 
     def _release(self) -> None:

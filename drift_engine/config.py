@@ -49,6 +49,8 @@ PARAM_SPECS: dict[str, _Spec] = {
     "lam": _Spec(float, 0.0, 100.0, "drift routing: weight of bucket spread x density (0 = plain IVF)"),
     "tau": _Spec(float, 0.0, INF, "drift routing: saturation constant for drift/density (inf = plain IVF)"),
     "rows_per_segment": _Spec(int, 1024, 1 << 30, "cap on rows written into one segment file"),
+    "memtable_max_vectors": _Spec(int, 16, 10_000_000, "writes per memtable before it is frozen and flushed"),
+    "auto_train_threshold": _Spec(int, 0, 1 << 40, "train automatically once an untrained collection holds this many (0 = never)"),
 }
 
 _ALIASES = {"lambda": "lam"}
@@ -92,6 +94,8 @@ class CollectionParams:
     lam: float = 0.0
     tau: float = INF
     rows_per_segment: int = 1 << 20
+    memtable_max_vectors: int = 65_536
+    auto_train_threshold: int = 100_000
 
     def updated(self, **changes: Any) -> CollectionParams:
         """A copy with ``changes`` applied; unknown names or bad values raise and change nothing."""

@@ -1,101 +1,130 @@
-"""A collection: wiring of storage, index and snapshots (embedded, in-process).
+"""A collection: wiring of the write path (WAL + memtables), L1 (buckets on disk) and snapshots.
 
 Contract:
 
-* Writes (``upsert``, ``insert``, ``delete``, ``train``) are serialised by one writer lock and follow the
-  commit order of DESIGN §7: new segment files (fsynced, renamed) -> one LMDB write transaction (the
-  commit point) -> publish a new snapshot -> retire files no longer referenced. A write that returns
-  has been committed durably (LMDB ``sync=True``). A write that raises has changed nothing.
-* Reads (``search``, ``search_batch``, ``get``) never take the writer lock: they pin the current
-  snapshot, so they run concurrently with writes and always see one committed version.
-* Before ``train`` the collection is flat: one bucket, searched exactly. ``train`` clusters all live
-  vectors into buckets (k-means) with fresh SQ8 ranges and rewrites L1 in one commit.
-* Bad input raises an ``InvalidArgumentError`` subclass before anything is written.
+* **Writes** (``upsert``, ``insert``, ``delete``) go WAL -> active memtable under one write lock
+  (``engine.writes``); a call returns once its record is durable per the durability mode, and the
+  written vectors are searchable as soon as it returns. A write that raises changed nothing.
+* **L1 changes** (Janitor flush, ``train``, maintenance) run under the L1 lock, never the write lock,
+  and follow DESIGN §7: segment files -> one LMDB transaction (commit point, with ``applied_lsn``) ->
+  publish one snapshot (L1 + memtables together, so a vector is never in neither and never twice) ->
+  truncate the WAL -> retire files once no reader can see them.
+* **Reads** (``search``, ``search_batch``, ``get``) pin the current snapshot and never wait for writers;
+  L0 and L1 results are merged by distance and the newest version of an id wins.
+* Before the first ``train`` L1 is flat (one bucket, searched exactly); ``auto_train_threshold`` trains
+  it in the background once the collection is large enough.
+* Sync methods have ``*_async`` twins that run them on the engine's thread pool (kernels release the GIL).
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import functools
 import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
 
-from drift_engine.config import CollectionConfig
+from drift_engine import crashpoints
+from drift_engine.config import CollectionConfig, EngineSettings
 from drift_engine.engine import layout as L
 from drift_engine.engine.hydrate import load_snapshot, next_counter, remove_unreferenced_segments
-from drift_engine.engine.l1_writer import remove_files, write_bucketed_segments
+from drift_engine.engine.l1_apply import L1Applier, build_routing
+from drift_engine.engine.l1_writer import remove_files
 from drift_engine.engine.payload_index import PayloadIndex
 from drift_engine.engine.results import GetResult, SearchResult
-from drift_engine.engine.search import search_filtered, search_snapshot
+from drift_engine.engine.search import search_hybrid
 from drift_engine.engine.snapshot import OpenSegment, Snapshot, SnapshotManager
 from drift_engine.engine.trainer import train_layout
-from drift_engine.engine.validate import (
-    as_filter,
-    as_ids,
-    as_k,
-    as_payloads,
-    as_positive_int,
-    as_query,
-    as_vectors,
-)
-from drift_engine.errors import DuplicateIdError, EngineClosedError, InvalidArgumentError
-from drift_engine.index.buckets import BucketHeader, routing_table
-from drift_engine.index.routing import route_batch
-from drift_engine.storage import sq8 as sq8_codec
+from drift_engine.engine.validate import as_filter, as_ids, as_k, as_payloads, as_positive_int, as_query, as_vectors
+from drift_engine.engine.writes import WritePath
+from drift_engine.errors import CorruptionError, EngineClosedError, InvalidArgumentError, InvalidParameterError
+from drift_engine.maintenance.janitor import Janitor
 from drift_engine.storage.cache import S3FIFOCache
-from drift_engine.storage.kv import KV, encode_i64
+from drift_engine.storage.kv import KV, decode_i64, encode_i64
 from drift_engine.storage.pages import fsync_dir
 
 log = logging.getLogger(__name__)
+DURABILITY_MODES = ("sync", "batch", "off")
 
 
 class Collection:
     """One collection of vectors, opened in-process. Use ``Engine`` to create or open it."""
 
-    def __init__(self, path: str, kv: KV, config: CollectionConfig, cache: S3FIFOCache) -> None:
+    def __init__(
+        self,
+        path: str,
+        kv: KV,
+        config: CollectionConfig,
+        cache: S3FIFOCache,
+        settings: EngineSettings,
+        executor: Executor | None = None,
+    ) -> None:
         self.path = path
         self._kv = kv
         self._config = config
         self._cache = cache
+        self._executor = executor
         self._seg_dir = L.segments_dir(path)
-        self._write_lock = threading.RLock()
+        self._l1_lock = threading.RLock()
         self._closed = False
         self._payloads = PayloadIndex()
         self._next_segment = next_counter(kv, L.KEY_NEXT_SEGMENT)
         remove_unreferenced_segments(kv, self._seg_dir)
-        first = load_snapshot(kv, self._seg_dir, cache, collection_key=path, config=config)
-        self._snapshots = SnapshotManager(first)
+        self._snapshots = SnapshotManager(load_snapshot(kv, self._seg_dir, cache, collection_key=path, config=config))
         for key, value in kv.iterate(L.DB_PAYLOAD):
-            from drift_engine.storage.kv import decode_i64
-
             self._payloads.add(decode_i64(key), value)
+        self._l1 = L1Applier(kv, self._seg_dir, cache, self._next_segment, path)
+        self._writes = WritePath(
+            path, lambda: self._config, settings, kv, self._snapshots, self._payloads, on_frozen=self._wake_janitor
+        )
+        self._janitor: Janitor | None = None
+        self._writes.install_first_memtable()
+        raw_lsn = kv.get(L.DB_META, L.KEY_APPLIED_LSN)
+        self._writes.replay(int(raw_lsn) if raw_lsn else 0)
+        self._janitor = Janitor(config.name, self.flush_pending, self._auto_train)
+        if len(self._snapshots.current.memtables) > 1:
+            self._janitor.wake()
 
     # ------------------------------------------------------------------ creation
     @classmethod
-    def create(cls, path: str, config: CollectionConfig, cache: S3FIFOCache) -> Collection:
+    def create(
+        cls,
+        path: str,
+        config: CollectionConfig,
+        cache: S3FIFOCache,
+        settings: EngineSettings,
+        executor: Executor | None = None,
+    ) -> Collection:
         os.makedirs(L.segments_dir(path), exist_ok=True)
         kv = KV(L.kv_dir(path))
         with kv.write() as batch:
             batch.put(L.DB_META, L.KEY_CONFIG, json.dumps(config.to_dict()).encode())
             batch.put(L.DB_META, L.KEY_TRAINED, b"0")
         fsync_dir(path)
-        return cls(path, kv, config, cache)
+        return cls(path, kv, config, cache, settings, executor)
 
     @classmethod
-    def open(cls, path: str, cache: S3FIFOCache) -> Collection:
+    def open(
+        cls, path: str, cache: S3FIFOCache, settings: EngineSettings, executor: Executor | None = None
+    ) -> Collection:
         kv = KV(L.kv_dir(path))
         raw = kv.get(L.DB_META, L.KEY_CONFIG)
         if raw is None:
-            from drift_engine.errors import CorruptionError
-
             kv.close()
             raise CorruptionError(f"{L.kv_dir(path)}: collection has no config record")
-        return cls(path, kv, CollectionConfig.from_dict(json.loads(raw)), cache)
+        try:
+            return cls(path, kv, CollectionConfig.from_dict(json.loads(raw)), cache, settings, executor)
+        except BaseException:
+            kv.close()
+            raise
 
     # ------------------------------------------------------------------ properties
     @property
@@ -115,7 +144,7 @@ class Collection:
         return self._snapshots.current
 
     def __len__(self) -> int:
-        return self._snapshots.current.live_count
+        return self._writes.count
 
     def __repr__(self) -> str:
         return f"Collection({self.name!r}, dim={self.dim}, metric={self.metric!r}, n={len(self)})"
@@ -124,255 +153,132 @@ class Collection:
         if self._closed:
             raise EngineClosedError(f"collection {self.name!r} is closed")
 
+    def _wake_janitor(self) -> None:
+        if self._janitor is not None:
+            self._janitor.wake()
+
     # ------------------------------------------------------------------ writes
-    def upsert(self, ids: Any, vectors: Any, payloads: Sequence[dict | None] | None = None) -> int:
-        """Insert or replace vectors (and payloads); returns the number written."""
-        return self._write(ids, vectors, payloads, replace=True)
+    def upsert(
+        self, ids: Any, vectors: Any, payloads: Sequence[dict | None] | None = None, *, durability: str | None = None
+    ) -> int:
+        """Insert or replace vectors (and payloads); returns the number written once durable."""
+        return self._write(ids, vectors, payloads, replace=True, durability=durability)
 
-    def insert(self, ids: Any, vectors: Any, payloads: Sequence[dict | None] | None = None) -> int:
+    def insert(
+        self, ids: Any, vectors: Any, payloads: Sequence[dict | None] | None = None, *, durability: str | None = None
+    ) -> int:
         """Like ``upsert`` but an id that already exists raises ``DuplicateIdError`` (nothing written)."""
-        return self._write(ids, vectors, payloads, replace=False)
+        return self._write(ids, vectors, payloads, replace=False, durability=durability)
 
-    def _write(self, ids: Any, vectors: Any, payloads: Any, *, replace: bool) -> int:
+    @staticmethod
+    def _durability(durability: str | None) -> str | None:
+        if durability is not None and durability not in DURABILITY_MODES:
+            raise InvalidParameterError(f"durability must be one of {', '.join(DURABILITY_MODES)}, got {durability!r}")
+        return durability
+
+    def _write(self, ids: Any, vectors: Any, payloads: Any, *, replace: bool, durability: str | None) -> int:
         self._check_open()
+        durability = self._durability(durability)
         id_arr = as_ids(ids)
         vec = as_vectors(vectors, self.dim, self.metric, n_expected=id_arr.size)
         pay = as_payloads(payloads, id_arr.size)
         if id_arr.size == 0:
             return 0
-        with self._write_lock:
+        self._writes.wait_for_room()
+        with self._writes.lock:
             self._check_open()
-            snap = self._snapshots.current
-            keys = [encode_i64(int(i)) for i in id_arr.tolist()]
-            old = self._kv.get_many(L.DB_LOC, keys)
-            if not replace:
-                dups = [i for i, loc in zip(id_arr.tolist(), old, strict=True) if loc is not None]
-                if dups:
-                    shown = ", ".join(map(str, dups[:10])) + (" ..." if len(dups) > 10 else "")
-                    raise DuplicateIdError(
-                        f"{len(dups)} id(s) already exist: {shown}", hint="use upsert to replace them"
-                    )
-            old_payloads = self._kv.get_many(L.DB_PAYLOAD, keys)
-            labels, sq8, buckets = self._assign_buckets(snap, vec)
-            written, seg_of, row_of = write_bucketed_segments(
-                self._seg_dir,
-                self._next_segment.take,
-                sq8,
-                id_arr,
-                vec,
-                labels,
-                rows_per_segment=self._config.params.rows_per_segment,
-            )
-            try:
-                new_snap = self._commit_write(
-                    snap,
-                    buckets,
-                    sq8,
-                    keys,
-                    id_arr,
-                    vec,
-                    pay,
-                    old,
-                    old_payloads,
-                    labels,
-                    written,
-                    seg_of,
-                    row_of,
-                )
-            except BaseException:
-                remove_files([w.path for w in written])
-                raise
-            self._snapshots.publish(new_snap)
-            for i, (before, after) in enumerate(zip(old_payloads, pay, strict=True)):
-                ident = int(id_arr[i])
-                if before is not None:
-                    self._payloads.remove(ident, before)
-                self._payloads.add(ident, after)
+            lsn = self._writes.upsert_locked(id_arr, vec, pay, replace=replace)
+        self._writes.wal.sync(lsn, durability)
         return int(id_arr.size)
 
-    def _assign_buckets(
-        self, snap: Snapshot, vec: np.ndarray
-    ) -> tuple[np.ndarray, Any, dict[int, BucketHeader]]:
-        buckets = dict(snap.buckets)
-        if snap.trained:
-            assert snap.routing is not None
-            labels = route_batch(snap.routing, vec, 1, self.metric)[:, 0].astype(np.int64)
-            return labels, snap.sq8, buckets
-        sq8 = snap.sq8
-        if sq8 is None:
-            # flat (untrained) collection: provisional ranges from the first batch; train replaces them
-            sq8 = sq8_codec.train_sq8(vec, 0.0)
-        if 0 not in buckets:
-            buckets[0] = BucketHeader.new(0, vec.mean(axis=0).astype(np.float32))
-        return np.zeros(vec.shape[0], dtype=np.int64), sq8, buckets
-
-    def _old_vectors(self, snap: Snapshot, locs: list[L.Location]) -> np.ndarray:
-        out = np.empty((len(locs), self.dim), dtype=np.float32)
-        for j, loc in enumerate(locs):
-            out[j] = snap.segments[loc.segment].vectors()[loc.row]
-        return out
-
-    def _commit_write(
-        self,
-        snap: Snapshot,
-        buckets: dict[int, BucketHeader],
-        sq8: Any,
-        keys: list[bytes],
-        id_arr: np.ndarray,
-        vec: np.ndarray,
-        pay: list[bytes | None],
-        old: list[bytes | None],
-        old_payloads: list[bytes | None],
-        labels: np.ndarray,
-        written: list,
-        seg_of: np.ndarray,
-        row_of: np.ndarray,
-    ) -> Snapshot:
-        old_locs = [L.Location.unpack(b) for b in old if b is not None]
-        dead = dict(snap.dead)
-        touched_dead: set[int] = set()
-        touched_buckets: set[int] = set()
-        if old_locs:
-            old_vecs = self._old_vectors(snap, old_locs)
-            by_bucket: dict[int, list[int]] = {}
-            for j, loc in enumerate(old_locs):
-                by_bucket.setdefault(loc.bucket, []).append(j)
-                if loc.segment not in touched_dead:
-                    dead[loc.segment] = dead[loc.segment].copy()
-                    touched_dead.add(loc.segment)
-                dead[loc.segment][loc.row] = 1
-            for b, rows in by_bucket.items():
-                header = buckets[b].copy()
-                header.remove(old_vecs[rows])
-                buckets[b] = header
-                touched_buckets.add(b)
-        order = np.argsort(labels, kind="stable")
-        sorted_labels = labels[order]
-        cuts = np.flatnonzero(np.diff(sorted_labels)) + 1
-        for part in np.split(order, cuts):
-            b = int(labels[part[0]])
-            header = buckets[b] if b in touched_buckets else buckets[b].copy()
-            header.add(vec[part])
-            buckets[b] = header
-            touched_buckets.add(b)
-        segments = dict(snap.segments)
-        opened: list[OpenSegment] = []
-        for w in written:
-            for b, ext in w.extents.items():
-                buckets[b].extents.append(ext)
-            dead[w.segment_id] = np.zeros(w.n_rows, dtype=np.uint8)
-        with self._kv.write() as batch:
-            for j, key in enumerate(keys):
-                loc = L.Location(int(labels[j]), int(seg_of[j]), int(row_of[j]), 0)
-                batch.put(L.DB_LOC, key, loc.pack())
-                if pay[j] is not None:
-                    batch.put(L.DB_PAYLOAD, key, pay[j])
-                elif old_payloads[j] is not None:
-                    batch.delete(L.DB_PAYLOAD, key)
-            for b in touched_buckets:
-                batch.put(L.DB_BUCKET, encode_i64(b), buckets[b].to_bytes())
-            for s in touched_dead:
-                batch.put(L.DB_DEAD, encode_i64(s), L.pack_dead(dead[s]))
-            for w in written:
-                info = {"file": os.path.basename(w.path), "rows": w.n_rows}
-                batch.put(L.DB_SEGMENT, encode_i64(w.segment_id), json.dumps(info).encode())
-            batch.put(L.DB_META, L.KEY_NEXT_SEGMENT, L.int_bytes(self._next_segment.peek()))
-            if snap.sq8 is None:
-                batch.put(L.DB_META, L.KEY_SQ8, sq8.to_bytes())
-        for w in written:
-            seg = OpenSegment(w.path, self._cache, collection_key=self.path)
-            segments[w.segment_id] = seg
-            opened.append(seg)
-        live = snap.live_count + int(id_arr.size) - len(old_locs)
-        return self._make_snapshot(snap, snap.trained, sq8, buckets, segments, dead, live)
-
-    def _make_snapshot(
-        self,
-        prev: Snapshot,
-        trained: bool,
-        sq8: Any,
-        buckets: dict[int, BucketHeader],
-        segments: dict[int, OpenSegment],
-        dead: dict[int, np.ndarray],
-        live: int,
-    ) -> Snapshot:
-        params = self._config.params
-        routing = routing_table(buckets.values(), lam=params.lam, tau=params.tau) if trained else None
-        for mask in dead.values():
-            mask.setflags(write=False)
-        return Snapshot(prev.version + 1, trained, sq8, buckets, routing, segments, dead, live)
-
-    def delete(self, ids: Any) -> int:
-        """Delete ids; ids that do not exist are ignored. Returns how many were deleted."""
+    def delete(self, ids: Any, *, durability: str | None = None) -> int:
+        """Delete ids; ids that do not exist are ignored. Returns how many were deleted, once durable."""
         self._check_open()
-        id_arr = as_ids(ids, allow_duplicates=True)
-        id_arr = np.unique(id_arr)
+        durability = self._durability(durability)
+        id_arr = np.unique(as_ids(ids, allow_duplicates=True))
         if id_arr.size == 0:
             return 0
-        with self._write_lock:
+        self._writes.wait_for_room()
+        with self._writes.lock:
             self._check_open()
-            snap = self._snapshots.current
-            keys = [encode_i64(int(i)) for i in id_arr.tolist()]
-            raw = self._kv.get_many(L.DB_LOC, keys)
-            present = [(k, L.Location.unpack(b)) for k, b in zip(keys, raw, strict=True) if b is not None]
-            if not present:
-                return 0
-            old_payloads = self._kv.get_many(L.DB_PAYLOAD, [k for k, _ in present])
-            locs = [loc for _, loc in present]
-            old_vecs = self._old_vectors(snap, locs)
-            buckets = dict(snap.buckets)
-            dead = dict(snap.dead)
-            touched_dead: set[int] = set()
-            by_bucket: dict[int, list[int]] = {}
-            for j, loc in enumerate(locs):
-                by_bucket.setdefault(loc.bucket, []).append(j)
-                if loc.segment not in touched_dead:
-                    dead[loc.segment] = dead[loc.segment].copy()
-                    touched_dead.add(loc.segment)
-                dead[loc.segment][loc.row] = 1
-            for b, rows in by_bucket.items():
-                header = buckets[b].copy()
-                header.remove(old_vecs[rows])
-                buckets[b] = header
-            with self._kv.write() as batch:
-                for key, _ in present:
-                    batch.delete(L.DB_LOC, key)
-                    batch.delete(L.DB_PAYLOAD, key)
-                for b in by_bucket:
-                    batch.put(L.DB_BUCKET, encode_i64(b), buckets[b].to_bytes())
-                for s in touched_dead:
-                    batch.put(L.DB_DEAD, encode_i64(s), L.pack_dead(dead[s]))
-            new = self._make_snapshot(
-                snap, snap.trained, snap.sq8, buckets, dict(snap.segments), dead, snap.live_count - len(locs)
-            )
-            self._snapshots.publish(new)
-            from drift_engine.storage.kv import decode_i64
+            lsn, deleted = self._writes.delete_locked(id_arr)
+        if lsn:
+            self._writes.wal.sync(lsn, durability)
+        return deleted
 
-            for (key, _), payload in zip(present, old_payloads, strict=True):
-                self._payloads.remove(decode_i64(key), payload)
-        return len(present)
+    # ------------------------------------------------------------------ flush (Janitor) and train
+    def flush(self) -> int:
+        """Freeze the active memtable and flush every frozen one into L1; returns when committed."""
+        self._check_open()
+        with self._writes.lock:
+            self._writes.rotate_locked()
+        return self.flush_pending()
 
-    # ------------------------------------------------------------------ train
+    def flush_pending(self) -> int:
+        flushed = 0
+        with self._l1_lock:
+            for mt in self._writes.frozen():
+                if self._closed:
+                    break
+                self._flush_one(mt)
+                flushed += 1
+        return flushed
+
+    def _flush_one(self, mt) -> None:
+        params = self._config.params
+        ids, vectors, payloads = mt.items()
+        tomb = mt.tombstones()
+        delete_ids = np.fromiter(tomb.keys(), dtype=np.int64, count=len(tomb))
+        applied = mt.max_lsn
+        snap = self._snapshots.current
+        fields = self._l1.apply_batch(
+            snap,
+            ids,
+            vectors,
+            payloads,
+            delete_ids,
+            applied,
+            metric=self.metric,
+            lam=params.lam,
+            tau=params.tau,
+            rows_per_segment=params.rows_per_segment,
+        )
+        self._writes.drop_flushed(mt, fields.as_changes())
+        crashpoints.hit("flush.after_publish")
+        self._writes.wal.truncate_upto(self._truncatable_lsn(applied))
+        crashpoints.hit("flush.after_truncate")
+
+    def _truncatable_lsn(self, applied: int) -> int:
+        pending = [m.min_lsn for m in self._snapshots.current.memtables if m.n_ops and m.min_lsn]
+        return min([applied, *(p - 1 for p in pending)])
+
+    def _auto_train(self) -> bool:
+        threshold = self._config.params.auto_train_threshold
+        if self._closed or threshold <= 0 or self._snapshots.current.trained or len(self) < threshold:
+            return False
+        self.train()
+        return True
+
     def train(
         self, n_buckets: int | None = None, *, progress: Callable[[str, float], None] | None = None
     ) -> dict[str, Any]:
-        """Cluster all live vectors into buckets and rewrite L1 with fresh SQ8 ranges (one commit)."""
+        """Flush, then cluster all live vectors into buckets and rewrite L1 with fresh SQ8 ranges (one commit).
+
+        Writes continue into memtables while training runs; they are flushed into the new buckets after it.
+        """
         self._check_open()
         if n_buckets is not None:
             n_buckets = as_positive_int("n_buckets", n_buckets, 10_000_000)
-        with self._write_lock:
+        with self._l1_lock:
+            self.flush()
             self._check_open()
             t0 = time.perf_counter()
             snap = self._snapshots.current
             result = train_layout(
-                snap,
-                self._config,
-                self._seg_dir,
-                self._next_segment.take,
-                n_buckets=n_buckets,
-                progress=progress,
+                snap, self._config, self._seg_dir, self._next_segment.take, n_buckets=n_buckets, progress=progress
             )
             try:
+                crashpoints.hit("train.after_segments")
                 with self._kv.write() as batch:
                     for db in (L.DB_BUCKET, L.DB_DEAD, L.DB_SEGMENT):
                         batch.drop(db)
@@ -383,32 +289,35 @@ class Collection:
             except BaseException:
                 remove_files([w.path for w in result.written])
                 raise
-            segments = {
-                w.segment_id: OpenSegment(w.path, self._cache, collection_key=self.path)
-                for w in result.written
+            crashpoints.hit("train.after_commit")
+            params = self._config.params
+            changes = {
+                "trained": True,
+                "sq8": result.sq8,
+                "buckets": result.buckets,
+                "routing": build_routing(True, result.buckets, params.lam, params.tau),
+                "segments": {
+                    w.segment_id: OpenSegment(w.path, self._cache, collection_key=self.path) for w in result.written
+                },
+                "dead": {w.segment_id: _frozen_zeros(w.n_rows) for w in result.written},
+                "live_count": result.n_vectors,
             }
-            dead = {w.segment_id: np.zeros(w.n_rows, dtype=np.uint8) for w in result.written}
-            new = self._make_snapshot(
-                snap, True, result.sq8, result.buckets, segments, dead, result.n_vectors
+            self._snapshots.update(
+                lambda cur: dataclasses.replace(cur, version=cur.version + 1, **changes),
+                retired=list(snap.segments.values()),
             )
-            self._snapshots.publish(new, retired=list(snap.segments.values()))
             seconds = time.perf_counter() - t0
-        log.info(
-            "trained %s: %d vectors into %d buckets in %.2fs",
-            self.name,
-            result.n_vectors,
-            len(result.buckets),
-            seconds,
-        )
+        log.info("trained %s: %d vectors, %d buckets, %.2fs", self.name, result.n_vectors, len(result.buckets), seconds)
         return {"vectors": result.n_vectors, "buckets": len(result.buckets), "seconds": seconds}
 
     # ------------------------------------------------------------------ reads
-    def _search_args(self, k: Any, nprobe: Any, rerank: Any) -> tuple[int, int, int]:
+    def _search_args(self, k: Any, nprobe: Any, rerank: Any, ef: Any) -> tuple[int, int, int, int]:
         params = self._config.params
         k = as_k(k)
         nprobe = params.nprobe if nprobe is None else as_positive_int("nprobe", nprobe, 1_000_000)
         rerank = params.rerank if rerank is None else as_positive_int("rerank", rerank, 1_000)
-        return k, nprobe, rerank
+        ef = params.ef if ef is None else as_positive_int("ef", ef, 100_000)
+        return k, nprobe, rerank, ef
 
     def _allowed_masks(self, snap: Snapshot, flt: dict[str, str]) -> dict[int, np.ndarray]:
         memo_key = (tuple(sorted(flt.items())), self._payloads.version)
@@ -418,12 +327,18 @@ class Collection:
         allowed_ids = self._payloads.lookup(flt)
         masks = {}
         for seg_id, seg in snap.segments.items():
-            keep = np.isin(seg.ids(), allowed_ids, assume_unique=False)
+            keep = np.isin(seg.ids(), allowed_ids)
             masks[seg_id] = np.where(keep, snap.dead[seg_id], np.uint8(1)).astype(np.uint8)
         if len(snap.filter_masks) > 64:
             snap.filter_masks.clear()
         snap.filter_masks[memo_key] = masks
         return masks
+
+    def _search_one(
+        self, snap: Snapshot, q: np.ndarray, k: int, nprobe: int, rerank: int, ef: int, flt: dict[str, str] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        masks = None if flt is None else self._allowed_masks(snap, flt)
+        return search_hybrid(snap, q, k, nprobe, rerank, ef, self.metric, masks, flt)
 
     def search(
         self,
@@ -432,19 +347,16 @@ class Collection:
         nprobe: int | None = None,
         rerank: int | None = None,
         filter: dict[str, Any] | None = None,
+        *,
+        ef: int | None = None,
     ) -> SearchResult:
         """The ``k`` nearest live vectors to ``query`` (exact distances, pgvector semantics)."""
         self._check_open()
         q = as_query(query, self.dim, self.metric)
-        k, nprobe, rerank = self._search_args(k, nprobe, rerank)
+        k, nprobe, rerank, ef = self._search_args(k, nprobe, rerank, ef)
         flt = as_filter(filter)
         with self._snapshots.pin() as snap:
-            if flt is None:
-                ids, dists = search_snapshot(snap, q, k, nprobe, rerank, self.metric)
-            else:
-                ids, dists = search_filtered(
-                    snap, q, k, nprobe, rerank, self.metric, self._allowed_masks(snap, flt)
-                )
+            ids, dists = self._search_one(snap, q, k, nprobe, rerank, ef, flt)
         return SearchResult(ids, dists, self._payload_loader)
 
     def search_batch(
@@ -454,53 +366,103 @@ class Collection:
         nprobe: int | None = None,
         rerank: int | None = None,
         filter: dict[str, Any] | None = None,
+        *,
+        ef: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(ids, distances) of shape (m, k); missing results are id -1 and distance inf."""
         self._check_open()
         qs = as_vectors(queries, self.dim, self.metric)
-        k, nprobe, rerank = self._search_args(k, nprobe, rerank)
+        k, nprobe, rerank, ef = self._search_args(k, nprobe, rerank, ef)
         flt = as_filter(filter)
         out_ids = np.full((qs.shape[0], k), -1, dtype=np.int64)
         out_d = np.full((qs.shape[0], k), np.inf, dtype=np.float32)
         with self._snapshots.pin() as snap:
-            masks = None if flt is None else self._allowed_masks(snap, flt)
             for i in range(qs.shape[0]):
-                if masks is None:
-                    ids, dists = search_snapshot(snap, qs[i], k, nprobe, rerank, self.metric)
-                else:
-                    ids, dists = search_filtered(snap, qs[i], k, nprobe, rerank, self.metric, masks)
+                ids, dists = self._search_one(snap, qs[i], k, nprobe, rerank, ef, flt)
                 out_ids[i, : ids.size] = ids
                 out_d[i, : ids.size] = dists
         return out_ids, out_d
 
     def _payload_loader(self, ids: np.ndarray) -> list[dict | None]:
-        raw = self._kv.get_many(L.DB_PAYLOAD, [encode_i64(int(i)) for i in ids.tolist()])
-        return [None if b is None else json.loads(b) for b in raw]
+        got = self.get(ids)
+        by_id = dict(zip(got.ids.tolist(), got.payloads, strict=True))
+        return [by_id.get(i) for i in ids.tolist()]
 
     def get(self, ids: Any) -> GetResult:
         """Vectors and payloads of the ids that exist, in request order (absent ids are left out)."""
         self._check_open()
         id_arr = as_ids(ids, allow_duplicates=True)
-        keys = [encode_i64(int(i)) for i in id_arr.tolist()]
-        for _attempt in range(8):
+        id_list = id_arr.tolist()
+        for _attempt in range(50):
             with self._snapshots.pin() as snap:
-                raw = self._kv.get_many(L.DB_LOC, keys)
-                locs = [None if b is None else L.Location.unpack(b) for b in raw]
-                if all(
-                    loc is None or (loc.segment in snap.segments and snap.dead[loc.segment][loc.row] == 0)
-                    for loc in locs
-                ):
-                    found = [j for j, loc in enumerate(locs) if loc is not None]
-                    vectors = np.empty((len(found), self.dim), dtype=np.float32)
-                    for out_row, j in enumerate(found):
-                        loc = locs[j]
-                        vectors[out_row] = snap.segments[loc.segment].vectors()[loc.row]
-                    payload_raw = self._kv.get_many(L.DB_PAYLOAD, [keys[j] for j in found])
-                    payloads = [None if b is None else json.loads(b) for b in payload_raw]
-                    return GetResult(id_arr[found], vectors, payloads)
-            time.sleep(0.001)  # a commit is between LMDB and publish: retry on the next snapshot
-        with self._write_lock:
+                found = self._get_from(snap, id_list)
+            if found is not None:
+                rows = [j for j, item in enumerate(found) if item is not None]
+                vectors = np.empty((len(rows), self.dim), dtype=np.float32)
+                payloads = []
+                for out_row, j in enumerate(rows):
+                    vectors[out_row] = found[j][0]
+                    payloads.append(None if found[j][1] is None else json.loads(found[j][1]))
+                return GetResult(id_arr[rows], vectors, payloads)
+            time.sleep(0.001)  # an L1 commit is between LMDB and publish: retry on the next snapshot
+        with self._l1_lock:
             return self.get(ids)
+
+    def _get_from(self, snap: Snapshot, id_list: list[int]) -> list | None:
+        out: list = [None] * len(id_list)
+        pending: list[int] = []
+        for j, ident in enumerate(id_list):
+            for mt in snap.memtables:
+                state = mt.lookup(ident)
+                if state == "live":
+                    _, vec, pay = mt.get([ident])
+                    if vec.shape[0]:
+                        out[j] = (vec[0], pay[0])
+                    break
+                if state == "deleted":
+                    break
+            else:
+                pending.append(j)
+        if not pending:
+            return out
+        keys = [encode_i64(id_list[j]) for j in pending]
+        locs = self._kv.get_many(L.DB_LOC, keys)
+        hits = [(j, key, L.Location.unpack(raw)) for j, key, raw in zip(pending, keys, locs, strict=True) if raw]
+        for _, _, loc in hits:
+            if loc.segment not in snap.segments or snap.dead[loc.segment][loc.row]:
+                return None
+        payloads = self._kv.get_many(L.DB_PAYLOAD, [key for _, key, _ in hits])
+        for (j, _, loc), pay in zip(hits, payloads, strict=True):
+            out[j] = (snap.segments[loc.segment].vectors()[loc.row], pay)
+        return out
+
+    # ------------------------------------------------------------------ async twins
+    async def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    async def upsert_async(self, *args: Any, **kwargs: Any) -> int:
+        return await self._run(self.upsert, *args, **kwargs)
+
+    async def insert_async(self, *args: Any, **kwargs: Any) -> int:
+        return await self._run(self.insert, *args, **kwargs)
+
+    async def delete_async(self, *args: Any, **kwargs: Any) -> int:
+        return await self._run(self.delete, *args, **kwargs)
+
+    async def search_async(self, *args: Any, **kwargs: Any) -> SearchResult:
+        return await self._run(self.search, *args, **kwargs)
+
+    async def search_batch_async(self, *args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        return await self._run(self.search_batch, *args, **kwargs)
+
+    async def get_async(self, *args: Any, **kwargs: Any) -> GetResult:
+        return await self._run(self.get, *args, **kwargs)
+
+    async def train_async(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return await self._run(self.train, *args, **kwargs)
+
+    async def flush_async(self) -> int:
+        return await self._run(self.flush)
 
     # ------------------------------------------------------------------ params & stats
     def set_params(self, **params: Any) -> dict[str, Any]:
@@ -508,25 +470,19 @@ class Collection:
         self._check_open()
         if not params:
             raise InvalidArgumentError("set_params needs at least one parameter")
-        with self._write_lock:
+        with self._l1_lock:
             new_params = self._config.params.updated(**params)
             new_config = CollectionConfig(self.name, self.dim, self.metric, new_params)
             with self._kv.write() as batch:
                 batch.put(L.DB_META, L.KEY_CONFIG, json.dumps(new_config.to_dict()).encode())
             self._config = new_config
-            snap = self._snapshots.current
-            if snap.trained:
-                self._snapshots.publish(
-                    self._make_snapshot(
-                        snap,
-                        True,
-                        snap.sq8,
-                        dict(snap.buckets),
-                        dict(snap.segments),
-                        dict(snap.dead),
-                        snap.live_count,
-                    )
+            self._snapshots.update(
+                lambda cur: dataclasses.replace(
+                    cur,
+                    version=cur.version + 1,
+                    routing=build_routing(cur.trained, dict(cur.buckets), new_params.lam, new_params.tau),
                 )
+            )
         return self.params()
 
     def params(self) -> dict[str, Any]:
@@ -536,15 +492,18 @@ class Collection:
         snap = self._snapshots.current
         sizes = np.array([h.count for h in snap.buckets.values()], dtype=np.int64)
         seg_bytes = sum(seg.file_size for seg in snap.segments.values())
-        kv_bytes = sum(
-            os.path.getsize(os.path.join(L.kv_dir(self.path), f)) for f in os.listdir(L.kv_dir(self.path))
-        )
+        kv_dir = L.kv_dir(self.path)
+        kv_bytes = sum(os.path.getsize(os.path.join(kv_dir, f)) for f in os.listdir(kv_dir))
+        wal = self._writes.wal.stats()
         cache = self._cache.stats()
         return {
             "name": self.name,
             "dim": self.dim,
             "metric": self.metric,
-            "count": snap.live_count,
+            "count": len(self),
+            "l1_count": snap.live_count,
+            "memtable_count": sum(len(m) for m in snap.memtables),
+            "frozen_memtables": len(snap.memtables) - 1,
             "trained": snap.trained,
             "buckets": len(snap.buckets),
             "bucket_size_min": int(sizes.min()) if sizes.size else 0,
@@ -555,18 +514,42 @@ class Collection:
             "cache_hits": cache["hits"],
             "cache_misses": cache["misses"],
             "cache_bytes": cache["size_bytes"],
-            "disk_bytes": int(seg_bytes + kv_bytes),
+            "disk_bytes": int(seg_bytes + kv_bytes + wal.get("bytes", 0)),
             "segment_bytes": int(seg_bytes),
+            "wal_bytes": int(wal.get("bytes", 0)),
+            "wal_last_lsn": int(wal.get("last_lsn", 0)),
+            "janitor_flushes": self._janitor.flushes if self._janitor else 0,
+            "janitor_error": self._janitor.last_error if self._janitor else None,
             "version": snap.version,
         }
 
     # ------------------------------------------------------------------ lifecycle
-    def close(self) -> None:
-        with self._write_lock:
+    def close(self, *, flush: bool = True) -> None:
+        """Stop the Janitor, flush memtables to L1 (best effort: the WAL holds them anyway), fsync, close."""
+        with self._writes.lock:
             if self._closed:
                 return
             self._closed = True
+        if self._janitor is not None:
+            self._janitor.stop()
+        if flush:
+            try:
+                with self._writes.lock:
+                    self._writes.rotate_locked()
+                with self._l1_lock:
+                    for mt in self._writes.frozen():
+                        self._flush_one(mt)
+            except Exception:
+                log.exception("flush at close failed; the WAL keeps the data for the next open")
+        with self._l1_lock:
+            self._writes.close()
             self._snapshots.close()
             for seg in self._snapshots.current.segments.values():
                 seg.close()
             self._kv.close()
+
+
+def _frozen_zeros(n: int) -> np.ndarray:
+    mask = np.zeros(n, dtype=np.uint8)
+    mask.setflags(write=False)
+    return mask

@@ -12,14 +12,17 @@ exactly with the float32 vectors. Untrained collections: exact scan of every liv
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 import numpy as np
 
 from drift_engine.engine.snapshot import Snapshot
+from drift_engine.engine.validate import canonical_value
 from drift_engine.index import adc
 from drift_engine.index.routing import route
 
+MAX_INTERNAL_K = 100_000
 _EMPTY_IDS = np.empty(0, dtype=np.int64)
 _EMPTY_DIST = np.empty(0, dtype=np.float32)
 
@@ -169,3 +172,65 @@ def search_filtered(
         if ids.size >= k:
             return ivf_scan(snap, query, k, min(n_buckets, probe * 2), rerank, metric, allowed)
         probe = min(n_buckets, probe * 2)
+
+
+def _payload_matcher(mt, flt: dict[str, str]):
+    """allow(id) for a memtable: its payload there has every filter key with the filter's value."""
+
+    def allow(ident: int) -> bool:
+        raw = mt.payload(ident)
+        if raw is None:
+            return False
+        obj = json.loads(raw)
+        return all(key in obj and canonical_value(obj[key]) == value for key, value in flt.items())
+
+    return allow
+
+
+def search_hybrid(
+    snap: Snapshot,
+    query: np.ndarray,
+    k: int,
+    nprobe: int,
+    rerank: int,
+    ef: int,
+    metric: str,
+    masks: Mapping[int, np.ndarray] | None = None,
+    flt: dict[str, str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """L0 (memtables, newest first) + L1, merged by distance; the newest version of an id wins."""
+    mts = [m for m in snap.memtables if m.n_ops]
+    ids_parts: list[np.ndarray] = []
+    dist_parts: list[np.ndarray] = []
+    for i, mt in enumerate(mts):
+        if len(mt) == 0:
+            continue
+        ids, dists = mt.search(query, k, ef, None if flt is None else _payload_matcher(mt, flt))
+        if i and ids.size:
+            hidden = np.zeros(ids.size, dtype=bool)
+            for newer in mts[:i]:
+                hidden |= newer.hides(ids)
+            ids, dists = ids[~hidden], dists[~hidden]
+        ids_parts.append(ids)
+        dist_parts.append(dists)
+    want = k
+    while True:
+        if masks is None:
+            ids, dists = search_snapshot(snap, query, want, nprobe, rerank, metric)
+        else:
+            ids, dists = search_filtered(snap, query, want, nprobe, rerank, metric, masks)
+        n_hidden = 0
+        if mts and ids.size:
+            hidden = np.zeros(ids.size, dtype=bool)
+            for mt in mts:
+                hidden |= mt.hides(ids)
+            n_hidden = int(np.count_nonzero(hidden))
+            ids, dists = ids[~hidden], dists[~hidden]
+        if n_hidden == 0 or ids.size >= k or want >= snap.live_count or want >= MAX_INTERNAL_K:
+            break
+        want = min(MAX_INTERNAL_K, want * 2 + n_hidden)
+    ids_parts.append(ids)
+    dist_parts.append(dists)
+    if len(ids_parts) == 1:
+        return ids_parts[0][:k], dist_parts[0][:k]
+    return _top_k(np.concatenate(ids_parts), np.concatenate(dist_parts), k)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from drift_engine import crashpoints
 from drift_engine.index.buckets import BucketHeader
 from drift_engine.index.routing import RoutingTable
 from drift_engine.storage.cache import S3FIFOCache
@@ -87,7 +88,8 @@ class Snapshot:
     routing: RoutingTable | None
     segments: Mapping[int, OpenSegment]
     dead: Mapping[int, np.ndarray]  # segment id -> uint8[n_rows], 1 = row no longer live
-    live_count: int
+    live_count: int  # live rows in L1 (memtables not included)
+    memtables: tuple = ()  # MemTable objects, newest (the active one) first; frozen ones follow
     filter_masks: dict = field(default_factory=dict, compare=False)  # per-snapshot memo, filter -> masks
 
     def skip_mask(self, segment_id: int) -> np.ndarray:
@@ -125,12 +127,18 @@ class SnapshotManager:
             self._delete(doomed)
 
     def publish(self, snap: Snapshot, retired: list[OpenSegment] | None = None) -> None:
+        self.update(lambda _current: snap, retired)
+
+    def update(self, make: Callable[[Snapshot], Snapshot], retired: list[OpenSegment] | None = None) -> Snapshot:
+        """Publish ``make(current)`` atomically (``make`` runs under the publish lock: keep it cheap)."""
         with self._lock:
+            snap = make(self._current)
             self._current = snap
             for seg in retired or ():
                 self._retired.append((snap.version, seg))
             doomed = self._collect_locked()
         self._delete(doomed)
+        return snap
 
     def _collect_locked(self) -> list[OpenSegment]:
         if not self._retired:
@@ -149,6 +157,7 @@ class SnapshotManager:
     def _delete(doomed: list[OpenSegment]) -> None:
         dirs = set()
         for seg in doomed:
+            crashpoints.hit("retire.before_delete")
             seg.close()
             try:
                 os.unlink(seg.path)
@@ -165,7 +174,7 @@ class SnapshotManager:
         with self._lock:
             return len(self._retired)
 
-    def close(self, on_segment: Callable[[OpenSegment], None] | None = None) -> None:
+    def close(self) -> None:
         with self._lock:
             doomed = [seg for _, seg in self._retired]
             self._retired = []

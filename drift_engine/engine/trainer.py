@@ -93,9 +93,7 @@ def train_layout(
         raise InvalidArgumentError(f"cannot train collection {config.name!r}: it holds no vectors")
     k = n_buckets if n_buckets is not None else default_bucket_count(n, params.target_bucket_size)
     if k > n:
-        raise InvalidArgumentError(
-            f"n_buckets={k} is more than the {n} vectors in collection {config.name!r}"
-        )
+        raise InvalidArgumentError(f"n_buckets={k} is more than the {n} vectors in collection {config.name!r}")
     centroids = kmeans(
         vectors,
         k,

@@ -45,9 +45,7 @@ def as_ids(ids: Any, *, allow_duplicates: bool = False) -> np.ndarray:
         except (TypeError, ValueError):
             raise InvalidArgumentError("ids must be integers") from None
         if any(isinstance(v, bool) for v in arr) or any(not (_I64_MIN <= v <= _I64_MAX) for v in values):
-            raise InvalidArgumentError(
-                "ids must be int64 integers (booleans and out-of-range values refused)"
-            )
+            raise InvalidArgumentError("ids must be int64 integers (booleans and out-of-range values refused)")
         arr = np.asarray(values, dtype=np.int64)
     elif arr.size and arr.dtype.kind == "u":
         if int(arr.max()) > _I64_MAX:
@@ -97,9 +95,7 @@ def as_vectors(vectors: Any, dim: int, metric: str, *, n_expected: int | None = 
     if metric == "cosine" and arr.shape[0]:
         norms = np.linalg.norm(arr, axis=1)
         if np.any(norms == 0):
-            raise InvalidVectorError(
-                f"zero vector at row {int(np.argmin(norms))} has no direction (cosine metric)"
-            )
+            raise InvalidVectorError(f"zero vector at row {int(np.argmin(norms))} has no direction (cosine metric)")
         arr /= norms[:, None]
     return arr
 

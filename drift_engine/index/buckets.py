@@ -73,9 +73,7 @@ class BucketHeader:
         else:
             self.running_sum = np.array(self.running_sum, dtype=np.float64).reshape(-1)
             if self.running_sum.shape[0] != d:
-                raise DimensionMismatchError(
-                    f"running_sum has dimension {self.running_sum.shape[0]}, centroid has {d}"
-                )
+                raise DimensionMismatchError(f"running_sum has dimension {self.running_sum.shape[0]}, centroid has {d}")
         self.count = int(self.count)
         self.running_sq = float(self.running_sq)
         self.inserts_since_centroid = int(self.inserts_since_centroid)
@@ -116,9 +114,7 @@ class BucketHeader:
         if n == 0:
             return
         if n > self.count:
-            raise InvalidArgumentError(
-                f"cannot remove {n} vectors from bucket {self.bucket_id} of {self.count}"
-            )
+            raise InvalidArgumentError(f"cannot remove {n} vectors from bucket {self.bucket_id} of {self.count}")
         self.count -= n
         if self.count == 0:
             self.running_sum = np.zeros(self.dim, dtype=np.float64)
@@ -187,22 +183,17 @@ class BucketHeader:
             raise InvalidArgumentError(f"dim must be >= 1, got {dim}")
         buf = memoryview(data)
         if len(buf) < _HEAD.size:
-            raise CorruptionError(
-                f"bucket header is {len(buf)} bytes, shorter than its {_HEAD.size}-byte head"
-            )
+            raise CorruptionError(f"bucket header is {len(buf)} bytes, shorter than its {_HEAD.size}-byte head")
         version, flags, _reserved, n_ext, bucket_id, count, inserts, running_sq = _HEAD.unpack_from(buf, 0)
         if version != FORMAT_VERSION:
             raise CorruptionError(f"bucket header has format version {version}, expected {FORMAT_VERSION}")
         expected = _HEAD.size + dim * 12 + n_ext * _EXTENT_DTYPE.itemsize
         if len(buf) != expected:
             raise CorruptionError(
-                f"bucket header {bucket_id} is {len(buf)} bytes, expected {expected} for dim {dim} "
-                f"and {n_ext} extents"
+                f"bucket header {bucket_id} is {len(buf)} bytes, expected {expected} for dim {dim} and {n_ext} extents"
             )
         if flags != 0 or count < 0 or inserts < 0:
-            raise CorruptionError(
-                f"bucket header {bucket_id} has invalid fields (flags {flags}, count {count})"
-            )
+            raise CorruptionError(f"bucket header {bucket_id} has invalid fields (flags {flags}, count {count})")
         off = _HEAD.size
         centroid = np.frombuffer(buf, dtype="<f4", count=dim, offset=off).astype(np.float32)
         off += dim * 4
@@ -213,9 +204,7 @@ class BucketHeader:
         return cls(bucket_id, centroid, count, running_sum, running_sq, inserts, extents)
 
 
-def routing_table(
-    headers: Iterable[BucketHeader], *, lam: float, tau: float, dim: int | None = None
-) -> RoutingTable:
+def routing_table(headers: Iterable[BucketHeader], *, lam: float, tau: float, dim: int | None = None) -> RoutingTable:
     """The ``RoutingTable`` of ``headers`` (in iteration order).  ``dim`` is only needed when there are
     no headers (an empty table of that dimension)."""
     hs = list(headers)

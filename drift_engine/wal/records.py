@@ -38,7 +38,13 @@ CREATE = 3
 DROP = 4
 PARAMS = 5
 
-RECORD_TYPES: dict[int, str] = {UPSERT: "UPSERT", DELETE: "DELETE", CREATE: "CREATE", DROP: "DROP", PARAMS: "PARAMS"}
+RECORD_TYPES: dict[int, str] = {
+    UPSERT: "UPSERT",
+    DELETE: "DELETE",
+    CREATE: "CREATE",
+    DROP: "DROP",
+    PARAMS: "PARAMS",
+}
 
 BODY_VERSION = 1
 
@@ -68,7 +74,7 @@ def encode_upsert(ids: np.ndarray, vectors: np.ndarray, payloads: list[bytes | N
     id_arr = _as_ids(ids, "encode_upsert")
     vec = np.asarray(vectors)
     if vec.ndim != 2:
-        raise InvalidArgumentError(f"encode_upsert: vectors must be a 2-D (n, d) array, got shape {vec.shape}")
+        raise InvalidArgumentError(f"encode_upsert: vectors must be 2-D (n, d), got shape {vec.shape}")
     n, d = vec.shape
     if n != id_arr.shape[0]:
         raise InvalidArgumentError(f"encode_upsert: {id_arr.shape[0]} ids but {n} vectors")
@@ -85,7 +91,7 @@ def encode_upsert(ids: np.ndarray, vectors: np.ndarray, payloads: list[bytes | N
             lengths[i] = _NONE_LEN
             continue
         if not isinstance(p, bytes | bytearray | memoryview):
-            raise InvalidArgumentError(f"encode_upsert: payload {i} must be bytes or None, got {type(p).__name__}")
+            raise InvalidArgumentError(f"encode_upsert: payload {i} is a {type(p).__name__}, not bytes/None")
         b = bytes(p)
         if len(b) >= _NONE_LEN:
             raise InvalidArgumentError(f"encode_upsert: payload {i} is too large ({len(b)} bytes)")
@@ -100,7 +106,7 @@ def decode_upsert(body: bytes) -> tuple[np.ndarray, np.ndarray, list[bytes | Non
     """Inverse of ``encode_upsert``: ``(ids int64[n], vectors float32[n, d], payloads, replace)``."""
     view = memoryview(body).cast("B")
     if len(view) < _UPSERT_HEAD.size:
-        raise CorruptionError(f"UPSERT body: {len(view)} bytes is shorter than its {_UPSERT_HEAD.size}-byte head")
+        raise CorruptionError(f"UPSERT body: {len(view)} bytes, shorter than its head ({_UPSERT_HEAD.size})")
     version, flags, n, d = _UPSERT_HEAD.unpack_from(view, 0)
     if version != BODY_VERSION:
         raise CorruptionError(f"UPSERT body: unknown format version {version}")
@@ -109,9 +115,7 @@ def decode_upsert(body: bytes) -> tuple[np.ndarray, np.ndarray, list[bytes | Non
     off = _UPSERT_HEAD.size
     fixed = n * 8 + n * d * 4 + n * 4
     if len(view) - off < fixed:
-        raise CorruptionError(
-            f"UPSERT body: n={n}, d={d} needs at least {off + fixed} bytes, body has {len(view)}"
-        )
+        raise CorruptionError(f"UPSERT body: n={n}, d={d} needs >= {off + fixed} bytes, body has {len(view)}")
     ids = np.frombuffer(view, dtype=_I64, count=n, offset=off).astype(np.int64)
     off += n * 8
     vectors = np.frombuffer(view, dtype=_F32, count=n * d, offset=off).astype(np.float32).reshape(n, d)
@@ -147,12 +151,12 @@ def decode_delete(body: bytes) -> np.ndarray:
     """Inverse of ``encode_delete``: ``int64[n]``."""
     view = memoryview(body).cast("B")
     if len(view) < _DELETE_HEAD.size:
-        raise CorruptionError(f"DELETE body: {len(view)} bytes is shorter than its {_DELETE_HEAD.size}-byte head")
+        raise CorruptionError(f"DELETE body: {len(view)} bytes, shorter than its head ({_DELETE_HEAD.size})")
     version, n = _DELETE_HEAD.unpack_from(view, 0)
     if version != BODY_VERSION:
         raise CorruptionError(f"DELETE body: unknown format version {version}")
     if len(view) != _DELETE_HEAD.size + 8 * n:
-        raise CorruptionError(f"DELETE body: n={n} needs {_DELETE_HEAD.size + 8 * n} bytes, body has {len(view)}")
+        raise CorruptionError(f"DELETE body: n={n} needs {_DELETE_HEAD.size + 8 * n} bytes, has {len(view)}")
     return np.frombuffer(view, dtype=_I64, count=n, offset=_DELETE_HEAD.size).astype(np.int64)
 
 

@@ -120,6 +120,7 @@ def test_delete_hides_and_stats_stay_exact(engine, rng):
     assert 1 not in res.ids.tolist()
     assert col.get([0, 3]).ids.tolist() == [3]
     live = np.arange(3, 400)
+    col.flush()  # deletes sit in the memtable as tombstones until the flush applies them to L1
     total = sum(h.count for h in col.snapshot.buckets.values())
     sums = sum(h.running_sum for h in col.snapshot.buckets.values())
     assert total == 397 == len(col)
@@ -183,6 +184,7 @@ def test_train_retires_old_segments(tmp_path, rng):
         col = eng.create_collection("t", 8)
         for start in range(0, 2000, 500):
             col.upsert(np.arange(start, start + 500), rng.standard_normal((500, 8)))
+            col.flush()
         seg_dir = tmp_path / "d" / "collections" / "t" / "segments"
         assert len(list(seg_dir.iterdir())) == 4
         col.train(n_buckets=10)

@@ -230,5 +230,9 @@ def test_rerank_refuses_out_of_range_rows() -> None:
         adc.exact_distances("l2", q, x.astype(np.float64))
 
 
-def test_warmup_runs() -> None:
+def test_warmup_and_throughput_helper() -> None:
     adc.warmup()
+    codes = np.random.default_rng(0).integers(0, 256, (2000, 24), dtype=np.uint8)
+    for metric in METRICS:
+        bps = adc.adc_throughput(codes, 3, metric=metric)
+        assert np.isfinite(bps) and bps > 1e6

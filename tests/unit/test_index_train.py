@@ -140,3 +140,49 @@ def test_assign_equals_brute_force() -> None:
     assert l2.max() < 3
     with pytest.raises(InvalidArgumentError):
         assign(x, c[:, :5])
+
+
+def test_neighbourhood_iterations_for_larger_k(monkeypatch: pytest.MonkeyPatch) -> None:
+    from drift_engine.index import train
+
+    assert 2 * train._NEIGHBOURS < 100 <= train._MAX_NEIGHBOUR_K  # k = 100 takes the neighbourhood path
+    x, labels, _ = _planted(k=100, per=20, d=8, seed=4)
+    c = kmeans(x, 100, seed=1)
+    found, _ = assign(x, c)
+    assert len(set(zip(labels.tolist(), found.tolist(), strict=True))) == 100  # planted partition exactly
+    # on unstructured data the approximate passes stay close to all-exact Lloyd
+    rng = np.random.default_rng(6)
+    y = rng.standard_normal((6000, 12)).astype(np.float32)
+    approx = assign(y, kmeans(y, 100, seed=2))[1].sum()
+    monkeypatch.setattr(train, "_MAX_NEIGHBOUR_K", 0)
+    exact = assign(y, kmeans(y, 100, seed=2))[1].sum()
+    assert approx < 1.03 * exact
+
+
+def test_neighbourhood_assignment_kernel() -> None:
+    from drift_engine.index.train import _assign_neighbours, _centroid_neighbours
+
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((800, 6)).astype(np.float32)
+    c = rng.standard_normal((40, 6)).astype(np.float32)
+    start = rng.integers(0, 40, 800).astype(np.int64)
+    # every centroid a candidate: exactly the nearest-centroid assignment
+    nbrs = _centroid_neighbours(c, 40)
+    assert all(sorted(row) == list(range(40)) for row in nbrs.tolist())
+    labels, dist = start.copy(), np.empty(800, np.float32)
+    inertia = _assign_neighbours(x, c, nbrs, labels, dist)
+    exp_labels, exp_dist = _brute_assign(x, c)
+    assert np.array_equal(labels, exp_labels)
+    np.testing.assert_allclose(dist, exp_dist, rtol=1e-5)
+    assert inertia == pytest.approx(exp_dist.sum(), rel=1e-5)
+    # few candidates: each centroid's list holds itself and its nearest others; no row gets farther
+    nbrs = _centroid_neighbours(c, 5)
+    cc = ((c[:, None, :].astype(np.float64) - c[None, :, :]) ** 2).sum(axis=2)
+    for i, row in enumerate(nbrs.tolist()):
+        assert i in row and set(row) == set(np.argsort(cc[i], kind="stable")[:5].tolist())
+    labels = start.copy()
+    before = ((x.astype(np.float64) - c[labels]) ** 2).sum(axis=1)
+    _assign_neighbours(x, c, nbrs, labels, dist)
+    assert all(labels[i] in nbrs[start[i]] for i in range(800))
+    assert np.all(dist <= before + 1e-4)
+    np.testing.assert_allclose(dist, ((x.astype(np.float64) - c[labels]) ** 2).sum(axis=1), rtol=1e-5)

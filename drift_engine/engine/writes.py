@@ -1,0 +1,222 @@
+"""The write path: WAL -> active memtable, rotation into frozen memtables, replay at open.
+
+Contract:
+
+* ``WritePath.lock`` orders writes: under it a write is validated against the current state (insert
+  of an existing id is refused), framed into one WAL record (a batch is one record: atomic), applied to
+  the active memtable, and the live count and payload index are updated. The lock is released before
+  waiting for durability, so concurrent writers share one fsync (group commit in ``wal.log``).
+* A write is acknowledged (the call returns) only after its record is durable per the durability mode
+  (``sync``: fdatasync'ed). Readers may see a write slightly before it is acknowledged; an fsync
+  failure stops all later writes (``WritesStoppedError``) and never acknowledges.
+* The newest version of an id wins: the active memtable over frozen ones (newest first), memtables
+  over L1. A memtable tombstone hides every older copy.
+* When the active memtable holds ``memtable_max_vectors`` operations it is frozen (still searchable)
+  and a fresh one takes writes; the Janitor flushes frozen memtables to L1. Writers wait (backpressure)
+  while ``MAX_FROZEN`` frozen memtables are queued.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from drift_engine import crashpoints
+from drift_engine.config import CollectionConfig, EngineSettings
+from drift_engine.engine import layout as L
+from drift_engine.engine.payload_index import PayloadIndex
+from drift_engine.engine.snapshot import SnapshotManager
+from drift_engine.errors import DuplicateIdError
+from drift_engine.memtable.hnsw import MemTable
+from drift_engine.storage.kv import KV, encode_i64
+from drift_engine.wal import records
+from drift_engine.wal.log import WriteAheadLog
+
+MAX_FROZEN = 4
+
+
+class WritePath:
+    def __init__(
+        self,
+        col_dir: str,
+        get_config: Callable[[], CollectionConfig],
+        settings: EngineSettings,
+        kv: KV,
+        snapshots: SnapshotManager,
+        payload_index: PayloadIndex,
+        on_frozen: Callable[[], None],
+    ) -> None:
+        self.lock = threading.Lock()
+        self._get_config = get_config
+        self._kv = kv
+        self._snapshots = snapshots
+        self._payloads = payload_index
+        self._on_frozen = on_frozen
+        self._frozen_cv = threading.Condition()
+        self.wal = WriteAheadLog(
+            os.path.join(col_dir, "wal"),
+            durability=settings.durability,
+            batch_ms=settings.batch_ms,
+            crash_hook=crashpoints.hit if crashpoints.ENABLED else None,
+        )
+        self.count = snapshots.current.live_count
+        self.has_payloads = kv.count(L.DB_PAYLOAD) > 0
+
+    # ------------------------------------------------------------------ memtables
+    def new_memtable(self) -> MemTable:
+        config = self._get_config()
+        return MemTable(config.dim, config.metric)
+
+    def install_first_memtable(self) -> None:
+        active = self.new_memtable()
+        self._snapshots.update(lambda cur: dataclasses.replace(cur, version=cur.version + 1, memtables=(active,)))
+
+    def frozen(self) -> list[MemTable]:
+        """Frozen memtables, oldest first (the flush order)."""
+        return list(reversed(self._snapshots.current.memtables[1:]))
+
+    def rotate_locked(self) -> MemTable | None:
+        """Freeze the active memtable (if it holds anything) and install a fresh one. Caller holds ``lock``."""
+        active = self._snapshots.current.memtables[0]
+        if active.n_ops == 0:
+            return None
+        active.freeze()
+        fresh = self.new_memtable()
+        self._snapshots.update(
+            lambda cur: dataclasses.replace(cur, version=cur.version + 1, memtables=(fresh, *cur.memtables))
+        )
+        self._on_frozen()
+        return active
+
+    def drop_flushed(self, flushed: MemTable, changes: dict) -> None:
+        """Publish L1 ``changes`` and remove the flushed memtable, atomically (one snapshot)."""
+        self._snapshots.update(
+            lambda cur: dataclasses.replace(
+                cur,
+                version=cur.version + 1,
+                memtables=tuple(m for m in cur.memtables if m is not flushed),
+                **changes,
+            )
+        )
+        with self._frozen_cv:
+            self._frozen_cv.notify_all()
+
+    def wait_for_room(self, timeout: float | None = None) -> None:
+        with self._frozen_cv:
+            self._frozen_cv.wait_for(lambda: len(self._snapshots.current.memtables) - 1 < MAX_FROZEN, timeout)
+
+    # ------------------------------------------------------------------ state lookups
+    def existing(self, ids: np.ndarray) -> tuple[np.ndarray, list[bytes | None] | None]:
+        """Which ids are live now, and (when payloads are in use) their current payloads."""
+        n = ids.size
+        exists = np.zeros(n, dtype=bool)
+        resolved = np.zeros(n, dtype=bool)
+        payloads: list[bytes | None] | None = [None] * n if self.has_payloads else None
+        id_list = ids.tolist()
+        for mt in self._snapshots.current.memtables:
+            if len(mt) == 0 and not mt.tombstones():
+                continue
+            for j in np.flatnonzero(mt.hides(ids) & ~resolved).tolist():
+                resolved[j] = True
+                if mt.lookup(id_list[j]) == "live":
+                    exists[j] = True
+                    if payloads is not None:
+                        payloads[j] = mt.payload(id_list[j])
+        todo = np.flatnonzero(~resolved).tolist()
+        if todo:
+            keys = [encode_i64(id_list[j]) for j in todo]
+            locs = self._kv.get_many(L.DB_LOC, keys)
+            found = [(j, key) for j, key, loc in zip(todo, keys, locs, strict=True) if loc is not None]
+            for j, _ in found:
+                exists[j] = True
+            if payloads is not None and found:
+                for (j, _), raw in zip(found, self._kv.get_many(L.DB_PAYLOAD, [k for _, k in found]), strict=True):
+                    payloads[j] = raw
+        return exists, payloads
+
+    # ------------------------------------------------------------------ writes
+    def upsert_locked(
+        self, ids: np.ndarray, vectors: np.ndarray, payloads: list[bytes | None], *, replace: bool
+    ) -> int:
+        exists, old_payloads = self.existing(ids)
+        if not replace and exists.any():
+            dups = ids[exists].tolist()
+            shown = ", ".join(map(str, dups[:10])) + (" ..." if len(dups) > 10 else "")
+            raise DuplicateIdError(f"{len(dups)} id(s) already exist: {shown}", hint="use upsert to replace them")
+        lsn = self.wal.append(records.UPSERT, records.encode_upsert(ids, vectors, payloads, replace))
+        self._apply_upsert(ids, vectors, payloads, lsn, exists, old_payloads)
+        return lsn
+
+    def _apply_upsert(
+        self,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        payloads: list[bytes | None],
+        lsn: int,
+        exists: np.ndarray,
+        old_payloads: list[bytes | None] | None,
+    ) -> None:
+        self._snapshots.current.memtables[0].add(ids, vectors, payloads, lsn)
+        self.count += int(ids.size - np.count_nonzero(exists))
+        if old_payloads is not None:
+            for ident, old in zip(ids.tolist(), old_payloads, strict=True):
+                if old is not None:
+                    self._payloads.remove(ident, old)
+        if any(p is not None for p in payloads):
+            self.has_payloads = True
+            for ident, new in zip(ids.tolist(), payloads, strict=True):
+                if new is not None:
+                    self._payloads.add(ident, new)
+        self._maybe_rotate_locked()
+
+    def delete_locked(self, ids: np.ndarray) -> tuple[int, int]:
+        """(lsn or 0 when nothing existed, number deleted)."""
+        exists, old_payloads = self.existing(ids)
+        present = ids[exists]
+        if present.size == 0:
+            return 0, 0
+        lsn = self.wal.append(records.DELETE, records.encode_delete(present))
+        self._apply_delete(
+            present, lsn, None if old_payloads is None else [p for p, e in zip(old_payloads, exists, strict=True) if e]
+        )
+        return lsn, int(present.size)
+
+    def _apply_delete(self, present: np.ndarray, lsn: int, old_payloads: list[bytes | None] | None) -> None:
+        self._snapshots.current.memtables[0].delete(present, lsn)
+        self.count -= int(present.size)
+        if old_payloads is not None:
+            for ident, old in zip(present.tolist(), old_payloads, strict=True):
+                if old is not None:
+                    self._payloads.remove(ident, old)
+        self._maybe_rotate_locked()
+
+    def _maybe_rotate_locked(self) -> None:
+        if self._snapshots.current.memtables[0].n_ops >= self._get_config().params.memtable_max_vectors:
+            self.rotate_locked()
+
+    # ------------------------------------------------------------------ recovery
+    def replay(self, applied_lsn: int) -> int:
+        """Re-apply WAL records after ``applied_lsn`` (what L1 already holds) into memtables."""
+        replayed = 0
+        with self.lock:
+            for lsn, rtype, body in self.wal.replay(applied_lsn):
+                if rtype == records.UPSERT:
+                    ids, vectors, payloads, _replace = records.decode_upsert(body)
+                    exists, old = self.existing(ids)
+                    self._apply_upsert(ids, vectors, payloads, lsn, exists, old)
+                elif rtype == records.DELETE:
+                    ids = records.decode_delete(body)
+                    exists, old = self.existing(ids)
+                    present = ids[exists]
+                    if present.size:
+                        kept = None if old is None else [p for p, e in zip(old, exists, strict=True) if e]
+                        self._apply_delete(present, lsn, kept)
+                replayed += 1
+        return replayed
+
+    def close(self) -> None:
+        self.wal.close()
