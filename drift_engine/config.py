@@ -40,9 +40,7 @@ PARAM_SPECS: dict[str, _Spec] = {
     "nprobe": _Spec(int, 1, 1_000_000, "buckets scanned per query: more = higher recall, slower"),
     "rerank": _Spec(int, 1, 1_000, "candidates re-ranked exactly = rerank * k: lifts the SQ8 ceiling"),
     "ef": _Spec(int, 1, 100_000, "HNSW search breadth in the memtable: more = higher L0 recall"),
-    "target_bucket_size": _Spec(
-        int, 8, 10_000_000, "train aims at n / target buckets: smaller = finer routing"
-    ),
+    "target_bucket_size": _Spec(int, 8, 10_000_000, "train aims at n / target buckets: smaller = finer routing"),
     "kmeans_iters": _Spec(int, 1, 1_000, "Lloyd iterations at train: more = slightly better buckets, slower"),
     "kmeans_sample": _Spec(int, 0, 100_000_000, "vectors sampled for k-means (0 = automatic)"),
     "sq8_clip": _Spec(float, 0.0, 49.0, "percentile clipped per dimension for SQ8 ranges (outliers)"),
@@ -50,7 +48,10 @@ PARAM_SPECS: dict[str, _Spec] = {
     "tau": _Spec(float, 0.0, INF, "drift routing: saturation constant for drift/density (inf = plain IVF)"),
     "rows_per_segment": _Spec(int, 1024, 1 << 30, "cap on rows written into one segment file"),
     "memtable_max_vectors": _Spec(int, 16, 10_000_000, "writes per memtable before it is frozen and flushed"),
-    "auto_train_threshold": _Spec(int, 0, 1 << 40, "train automatically once an untrained collection holds this many (0 = never)"),
+    "bulk_min": _Spec(int, 1, 1 << 40, "batches this large skip the memtable graph and go to L1 in one commit"),
+    "auto_train_threshold": _Spec(
+        int, 0, 1 << 40, "train automatically once an untrained collection holds this many (0 = never)"
+    ),
 }
 
 _ALIASES = {"lambda": "lam"}
@@ -66,9 +67,7 @@ def _check(name: str, value: Any, spec: _Spec) -> Any:
     try:
         converted = spec.kind(value)
     except (TypeError, ValueError, OverflowError):
-        raise InvalidParameterError(
-            f"parameter {name!r} must be {spec.kind.__name__}, got {value!r}"
-        ) from None
+        raise InvalidParameterError(f"parameter {name!r} must be {spec.kind.__name__}, got {value!r}") from None
     if spec.kind is int and isinstance(value, float) and not float(value).is_integer():
         raise InvalidParameterError(f"parameter {name!r} must be a whole number, got {value!r}")
     if spec.kind is float and math.isnan(converted):
@@ -96,6 +95,7 @@ class CollectionParams:
     rows_per_segment: int = 1 << 20
     memtable_max_vectors: int = 65_536
     auto_train_threshold: int = 100_000
+    bulk_min: int = 10_000
 
     def updated(self, **changes: Any) -> CollectionParams:
         """A copy with ``changes`` applied; unknown names or bad values raise and change nothing."""
@@ -104,9 +104,7 @@ class CollectionParams:
             name = canonical_param(raw_name)
             spec = PARAM_SPECS.get(name)
             if spec is None:
-                raise InvalidParameterError(
-                    f"unknown parameter {raw_name!r}; known: {', '.join(sorted(PARAM_SPECS))}"
-                )
+                raise InvalidParameterError(f"unknown parameter {raw_name!r}; known: {', '.join(sorted(PARAM_SPECS))}")
             clean[name] = _check(raw_name, value, spec)
         return replace(self, **clean)
 
@@ -178,18 +176,10 @@ class EngineSettings:
         known = {f.name for f in fields(cls)}
         for name in settings:
             if name not in known:
-                raise InvalidParameterError(
-                    f"unknown engine setting {name!r}; known: {', '.join(sorted(known))}"
-                )
+                raise InvalidParameterError(f"unknown engine setting {name!r}; known: {', '.join(sorted(known))}")
         made = cls(**settings)
-        if (
-            isinstance(made.cache_bytes, bool)
-            or not isinstance(made.cache_bytes, int)
-            or made.cache_bytes < 0
-        ):
-            raise InvalidParameterError(
-                f"cache_bytes must be a non-negative integer, got {made.cache_bytes!r}"
-            )
+        if isinstance(made.cache_bytes, bool) or not isinstance(made.cache_bytes, int) or made.cache_bytes < 0:
+            raise InvalidParameterError(f"cache_bytes must be a non-negative integer, got {made.cache_bytes!r}")
         if made.durability not in ("sync", "batch", "off"):
             raise InvalidParameterError(f"durability must be sync, batch or off, got {made.durability!r}")
         if not (0.1 <= float(made.batch_ms) <= 10_000):

@@ -95,9 +95,7 @@ def _filtered_example(col: Any, ds: Dataset) -> None:
     tags_ok = all(p is not None and p.get("tag") == tag for p in res.payloads)
     rec = recall_at_k(res.ids[None, :], exact[None, :], K)
     print(f"\nfiltered search  filter={{'tag': {tag!r}}} (10% of rows), k={K}: {ms:.2f} ms")
-    print(
-        f"  ids {res.ids[:5].tolist()} ... payloads all match: {tags_ok}, recall@{K} vs brute force {rec:.3f}"
-    )
+    print(f"  ids {res.ids[:5].tolist()} ... payloads all match: {tags_ok}, recall@{K} vs brute force {rec:.3f}")
 
 
 def _lookup_example(col: Any, ds: Dataset) -> None:
@@ -114,10 +112,7 @@ def _lookup_example(col: Any, ds: Dataset) -> None:
 
 def _show_stats(stats: dict[str, Any]) -> None:
     print("\nstats():")
-    items = [
-        f"{k}={v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k}={v}"
-        for k, v in stats.items()
-    ]
+    items = [f"{k}={v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k}={v}" for k, v in stats.items()]
     line = " "
     for item in items:
         if len(line) + len(item) > 100:

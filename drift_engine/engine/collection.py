@@ -184,12 +184,45 @@ class Collection:
         pay = as_payloads(payloads, id_arr.size)
         if id_arr.size == 0:
             return 0
+        if id_arr.size >= self._config.params.bulk_min:
+            return self._bulk_write(id_arr, vec, pay, replace=replace)
         self._writes.wait_for_room()
         with self._writes.lock:
             self._check_open()
             lsn = self._writes.upsert_locked(id_arr, vec, pay, replace=replace)
         self._writes.wal.sync(lsn, durability)
         return int(id_arr.size)
+
+    def _bulk_write(self, ids: np.ndarray, vec: np.ndarray, pay: list[bytes | None], *, replace: bool) -> int:
+        """A large batch skips the memtable graph: WAL (fsynced), then straight into L1 in one commit.
+
+        Memtables are flushed first (under both locks) so no older version of an id can shadow the new
+        L1 rows; the write is searchable when this returns, like any other.
+        """
+        with self._writes.lock:
+            self._check_open()
+            self._writes.rotate_locked()
+            with self._l1_lock:
+                for mt in self._writes.frozen():
+                    self._flush_one(mt)
+                lsn = self._writes.bulk_log_locked(ids, vec, pay, replace=replace)
+                params = self._config.params
+                fields = self._l1.apply_batch(
+                    self._snapshots.current,
+                    ids,
+                    vec,
+                    pay,
+                    np.empty(0, dtype=np.int64),
+                    lsn,
+                    metric=self.metric,
+                    lam=params.lam,
+                    tau=params.tau,
+                    rows_per_segment=params.rows_per_segment,
+                )
+                changes = fields.as_changes()
+                self._snapshots.update(lambda cur: dataclasses.replace(cur, version=cur.version + 1, **changes))
+                self._writes.wal.truncate_upto(self._truncatable_lsn(lsn))
+        return int(ids.size)
 
     def delete(self, ids: Any, *, durability: str | None = None) -> int:
         """Delete ids; ids that do not exist are ignored. Returns how many were deleted, once durable."""
@@ -230,6 +263,8 @@ class Collection:
         tomb = mt.tombstones()
         delete_ids = np.fromiter(tomb.keys(), dtype=np.int64, count=len(tomb))
         applied = mt.max_lsn
+        # LMDB must never claim an lsn the WAL could lose (batch/off modes): make it durable first
+        self._writes.wal.sync(applied, "sync")
         snap = self._snapshots.current
         fields = self._l1.apply_batch(
             snap,
@@ -269,8 +304,9 @@ class Collection:
         self._check_open()
         if n_buckets is not None:
             n_buckets = as_positive_int("n_buckets", n_buckets, 10_000_000)
+        self.flush()
         with self._l1_lock:
-            self.flush()
+            self.flush_pending()
             self._check_open()
             t0 = time.perf_counter()
             snap = self._snapshots.current

@@ -198,8 +198,23 @@ def search_hybrid(
     masks: Mapping[int, np.ndarray] | None = None,
     flt: dict[str, str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """L0 (memtables, newest first) + L1, merged by distance; the newest version of an id wins."""
+    """L0 (memtables, newest first) + L1, merged by distance; the newest version of an id wins.
+
+    Frozen memtables and L1 are immutable in the pinned snapshot, but the active memtable takes writes
+    while we read it. So hiding uses the active memtable's state as of a watermark lsn read before its
+    search: a write landing mid-query cannot hide an older copy the search never saw replaced; a write
+    the search did see, whose older copy was then not hidden, is removed by the final de-duplication
+    (candidates are ordered newest level first, so the first occurrence of an id is its newest).
+    """
     mts = [m for m in snap.memtables if m.n_ops]
+    watermark = mts[0].max_lsn if mts else 0
+
+    def hidden_by(levels: list, ids: np.ndarray) -> np.ndarray:
+        hidden = np.zeros(ids.size, dtype=bool)
+        for mt in levels:
+            hidden |= mt.hides_as_of(ids, watermark) if mt is mts[0] else mt.hides(ids)
+        return hidden
+
     ids_parts: list[np.ndarray] = []
     dist_parts: list[np.ndarray] = []
     for i, mt in enumerate(mts):
@@ -207,10 +222,8 @@ def search_hybrid(
             continue
         ids, dists = mt.search(query, k, ef, None if flt is None else _payload_matcher(mt, flt))
         if i and ids.size:
-            hidden = np.zeros(ids.size, dtype=bool)
-            for newer in mts[:i]:
-                hidden |= newer.hides(ids)
-            ids, dists = ids[~hidden], dists[~hidden]
+            keep = ~hidden_by(mts[:i], ids)
+            ids, dists = ids[keep], dists[keep]
         ids_parts.append(ids)
         dist_parts.append(dists)
     want = k
@@ -221,9 +234,7 @@ def search_hybrid(
             ids, dists = search_filtered(snap, query, want, nprobe, rerank, metric, masks)
         n_hidden = 0
         if mts and ids.size:
-            hidden = np.zeros(ids.size, dtype=bool)
-            for mt in mts:
-                hidden |= mt.hides(ids)
+            hidden = hidden_by(mts, ids)
             n_hidden = int(np.count_nonzero(hidden))
             ids, dists = ids[~hidden], dists[~hidden]
         if n_hidden == 0 or ids.size >= k or want >= snap.live_count or want >= MAX_INTERNAL_K:
@@ -233,4 +244,10 @@ def search_hybrid(
     dist_parts.append(dists)
     if len(ids_parts) == 1:
         return ids_parts[0][:k], dist_parts[0][:k]
-    return _top_k(np.concatenate(ids_parts), np.concatenate(dist_parts), k)
+    all_ids = np.concatenate(ids_parts)
+    all_d = np.concatenate(dist_parts)
+    uniq, first = np.unique(all_ids, return_index=True)
+    if uniq.size != all_ids.size:
+        first.sort()
+        all_ids, all_d = all_ids[first], all_d[first]
+    return _top_k(all_ids, all_d, k)

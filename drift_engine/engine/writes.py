@@ -151,6 +151,34 @@ class WritePath:
         self._apply_upsert(ids, vectors, payloads, lsn, exists, old_payloads)
         return lsn
 
+    def bulk_log_locked(
+        self, ids: np.ndarray, vectors: np.ndarray, payloads: list[bytes | None], *, replace: bool
+    ) -> int:
+        """WAL-log (fsynced) a batch the caller applies to L1 directly; memtables must be empty of it."""
+        exists, old_payloads = self.existing(ids)
+        if not replace and exists.any():
+            dups = ids[exists].tolist()
+            shown = ", ".join(map(str, dups[:10])) + (" ..." if len(dups) > 10 else "")
+            raise DuplicateIdError(f"{len(dups)} id(s) already exist: {shown}", hint="use upsert to replace them")
+        lsn = self.wal.append(records.UPSERT, records.encode_upsert(ids, vectors, payloads, replace))
+        self.wal.sync(lsn, "sync")
+        self.count += int(ids.size - np.count_nonzero(exists))
+        self._update_payload_index(ids, payloads, old_payloads)
+        return lsn
+
+    def _update_payload_index(
+        self, ids: np.ndarray, payloads: list[bytes | None], old_payloads: list[bytes | None] | None
+    ) -> None:
+        if old_payloads is not None:
+            for ident, old in zip(ids.tolist(), old_payloads, strict=True):
+                if old is not None:
+                    self._payloads.remove(ident, old)
+        if any(p is not None for p in payloads):
+            self.has_payloads = True
+            for ident, new in zip(ids.tolist(), payloads, strict=True):
+                if new is not None:
+                    self._payloads.add(ident, new)
+
     def _apply_upsert(
         self,
         ids: np.ndarray,
@@ -162,15 +190,7 @@ class WritePath:
     ) -> None:
         self._snapshots.current.memtables[0].add(ids, vectors, payloads, lsn)
         self.count += int(ids.size - np.count_nonzero(exists))
-        if old_payloads is not None:
-            for ident, old in zip(ids.tolist(), old_payloads, strict=True):
-                if old is not None:
-                    self._payloads.remove(ident, old)
-        if any(p is not None for p in payloads):
-            self.has_payloads = True
-            for ident, new in zip(ids.tolist(), payloads, strict=True):
-                if new is not None:
-                    self._payloads.add(ident, new)
+        self._update_payload_index(ids, payloads, old_payloads)
         self._maybe_rotate_locked()
 
     def delete_locked(self, ids: np.ndarray) -> tuple[int, int]:

@@ -208,9 +208,7 @@ class MemTable:
         with self._writer:
             self._frozen = True
 
-    def add(
-        self, ids: np.ndarray, vectors: np.ndarray, payloads: list[bytes | None] | None, lsn: int
-    ) -> None:
+    def add(self, ids: np.ndarray, vectors: np.ndarray, payloads: list[bytes | None] | None, lsn: int) -> None:
         """Insert or replace ``ids`` (unique within the call) with ``vectors`` and ``payloads`` (``None`` =
         no payloads), all at WAL position ``lsn``.  Visible to readers, all together, when it returns."""
         with self._writer:
@@ -270,9 +268,7 @@ class MemTable:
             self._check_writable()
             id_arr = np.asarray(ids)
             if id_arr.ndim != 1 or (id_arr.size and id_arr.dtype.kind not in "iu"):
-                raise InvalidArgumentError(
-                    f"ids must be a 1-d integer array, got {id_arr.dtype} {id_arr.shape}"
-                )
+                raise InvalidArgumentError(f"ids must be a 1-d integer array, got {id_arr.dtype} {id_arr.shape}")
             id_list = id_arr.astype(np.int64, copy=False).tolist()
             if not id_list:
                 return
@@ -305,13 +301,9 @@ class MemTable:
         if vectors.ndim == 1 and ids.shape[0] == 1:
             vectors = vectors.reshape(1, -1)
         if vectors.ndim != 2 or vectors.shape[0] != ids.shape[0]:
-            raise InvalidArgumentError(
-                f"vectors must have shape ({ids.shape[0]}, {self.dim}), got {vectors.shape}"
-            )
+            raise InvalidArgumentError(f"vectors must have shape ({ids.shape[0]}, {self.dim}), got {vectors.shape}")
         if vectors.shape[1] != self.dim:
-            raise DimensionMismatchError(
-                f"vectors have dimension {vectors.shape[1]}, memtable has {self.dim}"
-            )
+            raise DimensionMismatchError(f"vectors have dimension {vectors.shape[1]}, memtable has {self.dim}")
         if payloads is None:
             payloads = [None] * ids.shape[0]
         elif len(payloads) != ids.shape[0]:
@@ -364,10 +356,7 @@ class MemTable:
             if live_n == 0:
                 return _EMPTY_IDS, _EMPTY_DIST
             if allow is not None:
-                if (
-                    self._n * self.dim <= EXACT_FILTER_CELLS
-                    or self._selectivity(allow) < GRAPH_FILTER_MIN_SELECTIVITY
-                ):
+                if self._n * self.dim <= EXACT_FILTER_CELLS or self._selectivity(allow) < GRAPH_FILTER_MIN_SELECTIVITY:
                     return self._exact_locked(q, k, allow)
                 return self._graph_filtered_locked(q, k, max(ef, k), allow)
             if self._n * self.dim <= EXACT_SEARCH_CELLS:
@@ -390,11 +379,7 @@ class MemTable:
             self._rw.release_read()
 
     def _check_query(self, query: np.ndarray) -> np.ndarray:
-        q = (
-            query
-            if type(query) is np.ndarray and query.dtype == np.float32
-            else np.asarray(query, np.float32)
-        )
+        q = query if type(query) is np.ndarray and query.dtype == np.float32 else np.asarray(query, np.float32)
         if q.ndim != 1:
             q = q.reshape(-1)
         if q.shape[0] != self.dim:
@@ -528,6 +513,22 @@ class MemTable:
         where, tomb = self._where, self._tomb
         id_list = np.asarray(ids, dtype=np.int64).reshape(-1).tolist()
         return np.fromiter(((i in tomb or i in where) for i in id_list), dtype=np.bool_, count=len(id_list))
+
+    def hides_as_of(self, ids: np.ndarray | Iterable[int], lsn: int) -> np.ndarray:
+        """Like ``hides``, but only counting writes with WAL position <= ``lsn``: a reader that searched this
+        memtable when it held nothing newer than ``lsn`` uses it so a write landing mid-query cannot hide an
+        older copy the reader never saw replaced (the merge then de-duplicates by id, newest first)."""
+        where, tomb, lsns = self._where, self._tomb, self._lsns
+        id_list = np.asarray(ids, dtype=np.int64).reshape(-1).tolist()
+        out = np.zeros(len(id_list), dtype=np.bool_)
+        for j, ident in enumerate(id_list):
+            lab = where.get(ident)
+            if lab is not None:
+                out[j] = lab < lsns.shape[0] and lsns[lab] <= lsn
+            else:
+                t = tomb.get(ident)
+                out[j] = t is not None and t <= lsn
+        return out
 
     def payload(self, ident: int) -> bytes | None:
         """The payload of live ``ident``; ``None`` when it has none or is not live here."""

@@ -145,9 +145,7 @@ class SegmentWriter:
         self._reserved = align_up(_FIXED.size + _ENTRY.size * reserve + len(self._meta_bytes))
         self._next = self._reserved
         self._blocks: list[BlockInfo] = []
-        self._fd: int | None = os.open(
-            self.tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
-        )
+        self._fd: int | None = os.open(self.tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self._state = "open"  # open -> finished | aborted
 
     # -- context manager ------------------------------------------------------------------------
@@ -172,18 +170,12 @@ class SegmentWriter:
         fd = self._check_open()
         kind_raw = kind.encode("ascii", "strict") if kind.isascii() else b""
         if not 1 <= len(kind_raw) <= _MAX_KIND or b"\0" in kind_raw:
-            raise InvalidArgumentError(
-                f"{self.path}: block kind must be 1..{_MAX_KIND} ASCII characters, got {kind!r}"
-            )
+            raise InvalidArgumentError(f"{self.path}: block kind must be 1..{_MAX_KIND} ASCII characters, got {kind!r}")
         arr = np.asarray(array)
         if arr.dtype.kind not in _ALLOWED_KINDS or arr.dtype.fields is not None:
-            raise InvalidArgumentError(
-                f"{self.path}: block {kind!r}: dtype {arr.dtype} is not a plain numeric type"
-            )
+            raise InvalidArgumentError(f"{self.path}: block {kind!r}: dtype {arr.dtype} is not a plain numeric type")
         if arr.ndim not in (1, 2):
-            raise InvalidArgumentError(
-                f"{self.path}: block {kind!r}: arrays must be 1-D or 2-D, got {arr.ndim}-D"
-            )
+            raise InvalidArgumentError(f"{self.path}: block {kind!r}: arrays must be 1-D or 2-D, got {arr.ndim}-D")
         arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
         dtype_str = arr.dtype.str
         if len(dtype_str) > _MAX_DTYPE:
@@ -200,9 +192,7 @@ class SegmentWriter:
             if padding:
                 pwrite_all(fd, bytes(padding), offset + nbytes)
         self._blocks.append(
-            BlockInfo(
-                kind=kind, dtype=dtype_str, shape=tuple(arr.shape), offset=offset, nbytes=nbytes, crc=crc
-            )
+            BlockInfo(kind=kind, dtype=dtype_str, shape=tuple(arr.shape), offset=offset, nbytes=nbytes, crc=crc)
         )
         self._next = offset + align_up(nbytes)
         return len(self._blocks) - 1
@@ -246,13 +236,9 @@ class SegmentWriter:
         start, pos = self._reserved, self._next
         while pos > start:
             chunk_start = max(start, pos - _VERIFY_CHUNK)
-            pwrite_all(
-                fd, pread_exact(fd, pos - chunk_start, chunk_start, path=self.tmp_path), chunk_start + delta
-            )
+            pwrite_all(fd, pread_exact(fd, pos - chunk_start, chunk_start, path=self.tmp_path), chunk_start + delta)
             pos = chunk_start
-        self._blocks = [
-            BlockInfo(b.kind, b.dtype, b.shape, b.offset + delta, b.nbytes, b.crc) for b in self._blocks
-        ]
+        self._blocks = [BlockInfo(b.kind, b.dtype, b.shape, b.offset + delta, b.nbytes, b.crc) for b in self._blocks]
         self._reserved = needed
         self._next += delta
 
@@ -330,8 +316,8 @@ class SegmentReader:
         if actual_size < _FIXED.size:
             raise self._corrupt(f"file is {actual_size} bytes, too short for a segment header (truncated?)")
         first = pread_exact(fd, min(PAGE_SIZE, actual_size), 0, path=self.path)
-        magic, version, flags, dim, seg_id, n_blocks, header_size, file_size, meta_len, stored_crc = (
-            _FIXED.unpack_from(first)
+        magic, version, flags, dim, seg_id, n_blocks, header_size, file_size, meta_len, stored_crc = _FIXED.unpack_from(
+            first
         )
         if magic != MAGIC:
             raise self._corrupt(f"bad magic {magic!r} (expected {MAGIC!r}): not a drift segment file")
@@ -341,9 +327,7 @@ class SegmentReader:
                 "the header may be corrupt"
             )
         if header_size < PAGE_SIZE or header_size % PAGE_SIZE:
-            raise self._corrupt(
-                f"header checksum/size invalid: header_size {header_size} is not a page multiple"
-            )
+            raise self._corrupt(f"header checksum/size invalid: header_size {header_size} is not a page multiple")
         if header_size > actual_size:
             raise self._corrupt(
                 f"header says it is {header_size} bytes but the file has only {actual_size} (truncated?)"
@@ -354,9 +338,7 @@ class SegmentReader:
         header[_CRC_FIELD] = b"\0\0\0\0"
         computed = crc32c(header)
         if computed != stored_crc:
-            raise self._corrupt(
-                f"header checksum mismatch (stored {stored_crc:#010x}, computed {computed:#010x})"
-            )
+            raise self._corrupt(f"header checksum mismatch (stored {stored_crc:#010x}, computed {computed:#010x})")
         if flags != 0:
             raise self._corrupt(f"unsupported header flags {flags:#x}")
         if file_size != actual_size:
@@ -365,9 +347,7 @@ class SegmentReader:
             )
         table_end = _FIXED.size + _ENTRY.size * n_blocks
         if table_end + meta_len > header_size:
-            raise self._corrupt(
-                f"block table ({n_blocks} blocks) and meta do not fit the {header_size}-byte header"
-            )
+            raise self._corrupt(f"block table ({n_blocks} blocks) and meta do not fit the {header_size}-byte header")
         blocks = [self._parse_entry(header, i, header_size, file_size) for i in range(n_blocks)]
         self._check_no_overlap(blocks)
         try:
@@ -384,9 +364,7 @@ class SegmentReader:
         self._header_size = header_size
 
     def _parse_entry(self, header: bytearray, i: int, header_size: int, file_size: int) -> BlockInfo:
-        kind_raw, dtype_raw, ndim, crc, s0, s1, offset, nbytes = _ENTRY.unpack_from(
-            header, _FIXED.size + i * 64
-        )
+        kind_raw, dtype_raw, ndim, crc, s0, s1, offset, nbytes = _ENTRY.unpack_from(header, _FIXED.size + i * 64)
         try:
             kind = kind_raw.rstrip(b"\0").decode("ascii")
             dtype = np.dtype(dtype_raw.rstrip(b"\0").decode("ascii"))
@@ -398,9 +376,7 @@ class SegmentReader:
             raise self._corrupt(f"block {i} ({kind}): bad ndim {ndim}")
         shape = (s0,) if ndim == 1 else (s0, s1)
         if s0 * (s1 if ndim == 2 else 1) * dtype.itemsize != nbytes:
-            raise self._corrupt(
-                f"block {i} ({kind}): shape {shape} x {dtype.str} does not match {nbytes} bytes"
-            )
+            raise self._corrupt(f"block {i} ({kind}): shape {shape} x {dtype.str} does not match {nbytes} bytes")
         if offset % PAGE_SIZE or offset < header_size or offset + nbytes > file_size:
             raise self._corrupt(
                 f"block {i} ({kind}) at offset {offset}, {nbytes} bytes, lies outside the data area "
@@ -429,9 +405,7 @@ class SegmentReader:
         if fd is None:
             raise InvalidArgumentError(f"{self.path}: segment reader is closed")
         if not 0 <= index < len(self.blocks):
-            raise InvalidArgumentError(
-                f"{self.path}: block index {index} out of range (0..{len(self.blocks) - 1})"
-            )
+            raise InvalidArgumentError(f"{self.path}: block index {index} out of range (0..{len(self.blocks) - 1})")
         return fd, self.blocks[index]
 
     def read_block(self, index: int) -> np.ndarray:

@@ -43,8 +43,7 @@ class SQ8Params:
         scales = np.array(self.scales, dtype=np.float32, copy=True)
         if mins.ndim != 1 or scales.shape != mins.shape or mins.size == 0:
             raise InvalidArgumentError(
-                "SQ8 params need 1-D mins and scales of equal non-zero length, "
-                f"got {mins.shape} and {scales.shape}"
+                f"SQ8 params need 1-D mins and scales of equal non-zero length, got {mins.shape} and {scales.shape}"
             )
         if not np.all(np.isfinite(mins)):
             raise InvalidArgumentError("SQ8 mins must be finite")
@@ -94,9 +93,7 @@ def train_sq8(sample: np.ndarray, clip_percentile: float = 0.1) -> SQ8Params:
         raise InvalidArgumentError(f"SQ8: clip_percentile must be in [0, 50), got {clip_percentile}")
     x = np.asarray(sample)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise InvalidArgumentError(
-            f"SQ8: training sample must be a non-empty (n, d) array, got shape {x.shape}"
-        )
+        raise InvalidArgumentError(f"SQ8: training sample must be a non-empty (n, d) array, got shape {x.shape}")
     if x.dtype.kind not in "iuf":
         raise InvalidArgumentError(f"SQ8: training sample must be numeric, got dtype {x.dtype}")
     if x.dtype != np.float32:
