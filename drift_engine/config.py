@@ -40,6 +40,7 @@ PARAM_SPECS: dict[str, _Spec] = {
     "nprobe": _Spec(int, 1, 1_000_000, "buckets scanned per query: more = higher recall, slower"),
     "rerank": _Spec(int, 1, 1_000, "candidates re-ranked exactly = rerank * k: lifts the SQ8 ceiling"),
     "ef": _Spec(int, 1, 100_000, "HNSW search breadth in the memtable: more = higher L0 recall"),
+    "ef_construction": _Spec(int, 4, 10_000, "HNSW build breadth for memtables: more = better L0 graph, slower writes"),
     "target_bucket_size": _Spec(int, 8, 10_000_000, "train aims at n / target buckets: smaller = finer routing"),
     "kmeans_iters": _Spec(int, 1, 1_000, "Lloyd iterations at train: more = slightly better buckets, slower"),
     "kmeans_sample": _Spec(int, 0, 100_000_000, "vectors sampled for k-means (0 = automatic)"),
@@ -86,6 +87,7 @@ class CollectionParams:
     nprobe: int = 24
     rerank: int = 4
     ef: int = 64
+    ef_construction: int = 40
     target_bucket_size: int = 256
     kmeans_iters: int = 12
     kmeans_sample: int = 0

@@ -69,7 +69,7 @@ class WritePath:
     # ------------------------------------------------------------------ memtables
     def new_memtable(self) -> MemTable:
         config = self._get_config()
-        return MemTable(config.dim, config.metric)
+        return MemTable(config.dim, config.metric, ef_construction=config.params.ef_construction)
 
     def install_first_memtable(self) -> None:
         active = self.new_memtable()
