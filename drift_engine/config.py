@@ -37,7 +37,7 @@ class _Spec:
 
 
 PARAM_SPECS: dict[str, _Spec] = {
-    "nprobe": _Spec(int, 1, 1_000_000, "buckets scanned per query: more = higher recall, slower"),
+    "nprobe": _Spec(int, 0, 1_000_000, "buckets scanned per query (0 = auto, ~1.2 sqrt(buckets)): more = recall"),
     "rerank": _Spec(int, 1, 1_000, "candidates re-ranked exactly = rerank * k: lifts the SQ8 ceiling"),
     "ef": _Spec(int, 1, 100_000, "HNSW search breadth in the memtable: more = higher L0 recall"),
     "ef_construction": _Spec(int, 4, 10_000, "HNSW build breadth for memtables: more = better L0 graph, slower writes"),
@@ -48,6 +48,23 @@ PARAM_SPECS: dict[str, _Spec] = {
     "lam": _Spec(float, 0.0, 100.0, "drift routing: weight of bucket spread x density (0 = plain IVF)"),
     "tau": _Spec(float, 0.0, INF, "drift routing: saturation constant for drift/density (inf = plain IVF)"),
     "rows_per_segment": _Spec(int, 1024, 1 << 30, "cap on rows written into one segment file"),
+    "split_factor": _Spec(
+        float, 1.0, 1000.0, "split a bucket once n > split_factor x target_bucket_size: lower = finer, more moves"
+    ),
+    "merge_factor": _Spec(
+        float, 0.0, 1.0, "scatter a bucket that shrank below merge_factor x target_bucket_size (0 = never)"
+    ),
+    "drift_split": _Spec(float, 0.0, 1000.0, "re-split a bucket whose drift > drift_split x spread (0 = never)"),
+    "reassign_neighbors": _Spec(
+        int, 0, 1024, "nearby buckets a split checks for vectors to steal (SPFresh LIRE): more = better, slower"
+    ),
+    "compact_extents": _Spec(
+        int, 0, 1 << 20, "rewrite a bucket into one extent once it has more extents than this (0 = never)"
+    ),
+    "maintain_duty": _Spec(
+        float, 0.0, 1.0, "share of wall time the background Maintainer may work (0 = off; maintain() still runs)"
+    ),
+    "maintain_interval": _Spec(float, 0.01, 3600.0, "seconds between the Maintainer's checks for pending work"),
     "memtable_max_vectors": _Spec(int, 16, 10_000_000, "writes per memtable before it is frozen and flushed"),
     "bulk_min": _Spec(int, 1, 1 << 40, "batches this large skip the memtable graph and go to L1 in one commit"),
     "auto_train_threshold": _Spec(
@@ -84,7 +101,7 @@ def _check(name: str, value: Any, spec: _Spec) -> Any:
 class CollectionParams:
     """Per-collection search/maintenance parameters (not dim/metric)."""
 
-    nprobe: int = 24
+    nprobe: int = 0
     rerank: int = 4
     ef: int = 64
     ef_construction: int = 40
@@ -95,9 +112,26 @@ class CollectionParams:
     lam: float = 0.0
     tau: float = INF
     rows_per_segment: int = 1 << 20
+    split_factor: float = 2.0
+    merge_factor: float = 0.25
+    drift_split: float = 1.0
+    reassign_neighbors: int = 8
+    compact_extents: int = 16
+    maintain_duty: float = 0.25
+    maintain_interval: float = 1.0
     memtable_max_vectors: int = 65_536
     auto_train_threshold: int = 100_000
     bulk_min: int = 10_000
+
+    @property
+    def split_size(self) -> int:
+        """A bucket holding more live vectors than this is split (``split_factor`` x target)."""
+        return max(2, int(self.split_factor * self.target_bucket_size))
+
+    @property
+    def merge_size(self) -> int:
+        """A bucket that shrank below this many live vectors is scattered (``merge_factor`` x target)."""
+        return int(self.merge_factor * self.target_bucket_size)
 
     def updated(self, **changes: Any) -> CollectionParams:
         """A copy with ``changes`` applied; unknown names or bad values raise and change nothing."""

@@ -109,8 +109,8 @@ def test_bad_params_and_collections(setup):
     before = fingerprint(col, root)
     with pytest.raises(InvalidParameterError, match="unknown parameter 'bogus'"):
         col.set_params(bogus=1)
-    with pytest.raises(InvalidParameterError, match="'nprobe'=0 is out of range"):
-        col.set_params(nprobe=0, rerank=3)
+    with pytest.raises(InvalidParameterError, match="'nprobe'=-1 is out of range"):
+        col.set_params(nprobe=-1, rerank=3)
     with pytest.raises(InvalidParameterError, match="must not be NaN"):
         col.set_params(lam=float("nan"))
     with pytest.raises(InvalidParameterError, match="boolean"):
