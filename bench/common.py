@@ -103,9 +103,7 @@ def point(param: dict[str, Any], recall: float, t: LoopTiming) -> dict[str, Any]
     }
 
 
-def add_batch(
-    p: dict[str, Any], found: np.ndarray, gt: np.ndarray, wall: float, cpu: float
-) -> dict[str, Any]:
+def add_batch(p: dict[str, Any], found: np.ndarray, gt: np.ndarray, wall: float, cpu: float) -> dict[str, Any]:
     """Add the batched-call q/s (wall and CPU) and its recall (a check) to point ``p``."""
     p["qps_batch"] = round(p["n_queries"] / wall, 1)
     p["qps_batch_cpu"] = round(p["n_queries"] / max(cpu, 1e-9), 1)
@@ -244,17 +242,15 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def best_qps_at(
-    curve: Sequence[dict[str, Any]], target: float = RECALL_TARGET, key: str = "qps"
-) -> dict | None:
+def best_qps_at(curve: Sequence[dict[str, Any]], target: float = RECALL_TARGET, key: str = "qps") -> dict | None:
     """The point with the highest ``key`` among those with recall >= target (None if none reaches it)."""
     ok = [p for p in curve if p["recall"] >= target and p.get(key) is not None]
     return max(ok, key=lambda p: p[key]) if ok else None
 
 
-def pareto(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The points not beaten on both recall and q/s, sorted by recall."""
-    pts = sorted(points, key=lambda p: (-p["qps"], -p["recall"]))
+def pareto(points: Sequence[dict[str, Any]], key: str = "qps") -> list[dict[str, Any]]:
+    """The points not beaten on both recall and ``key`` (q/s), sorted by recall."""
+    pts = sorted((p for p in points if p.get(key)), key=lambda p: (-p[key], -p["recall"]))
     front, best_recall = [], -1.0
     for p in pts:
         if p["recall"] > best_recall:
@@ -265,6 +261,7 @@ def pareto(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 _STYLE = {
     "drift": ("tab:red", "o"),
+    "drift-settled": ("tab:orange", "v"),
     "faiss-ivfsq8": ("tab:blue", "s"),
     "faiss-ivfflat": ("tab:green", "^"),
     "hnswlib": ("tab:purple", "D"),
@@ -275,7 +272,8 @@ def plot_curves(title: str, curves: Sequence[dict[str, Any]], path: Path) -> Pat
     """Recall@10 (y) against per-query q/s (x, log scale): left panel wall-clock q/s, right panel
     process-CPU q/s; one line per curve and a line at recall 0.95.
 
-    Each curve is ``{"label", "system", "points": [{recall, qps, qps_cpu}, ...], "dashed", "alpha"}``.
+    Each curve is ``{"label", "system", "points": [{recall, qps, qps_cpu}, ...], "dashed", "alpha",
+    "frontier"}``; with ``frontier`` only the points on the recall / q/s frontier are drawn.
     """
     import matplotlib
 
@@ -287,7 +285,8 @@ def plot_curves(title: str, curves: Sequence[dict[str, Any]], path: Path) -> Pat
     panels = (("qps", "queries/s (wall clock)"), ("qps_cpu", "queries/s (process CPU time)"))
     for ax, (key, xlabel) in zip(axes, panels, strict=True):
         for c in curves:
-            pts = [p for p in c["points"] if p.get(key)]  # sweep order (a noisy point shows as a kink)
+            # a frontier, or the points in sweep order (a noisy point then shows as a kink)
+            pts = pareto(c["points"], key) if c.get("frontier") else [p for p in c["points"] if p.get(key)]
             if not pts:
                 continue
             color, marker = _STYLE.get(c["system"], ("gray", "."))

@@ -1,9 +1,13 @@
-"""Run a benchmark function in a fresh, spawned Python process.
+"""Run a benchmark function in a fresh, spawned Python process, with a time limit.
 
 Each system is measured in its own process so that its resident memory is its own (no allocator
-reuse from an earlier system), a crash or error in one system does not lose the others, and JIT or
-library state never leaks between systems. The child inherits the parent's environment (the
-one-thread variables set by ``bench.threads.pin_env``). Errors come back as ``{"error": traceback}``.
+reuse from an earlier system), a crash, hang or error in one system does not lose the others, and
+JIT or library state never leaks between systems. The child inherits the parent's environment (the
+one-thread variables set by ``bench.threads.pin_env``).
+
+``run_isolated`` returns the function's dict, or ``{"error": ...}`` with the child's traceback, its
+exit status, or — after ``timeout_s`` — a note that it was killed (the parent kills that child, and
+only that child, by its process handle).
 """
 
 from __future__ import annotations
@@ -11,22 +15,42 @@ from __future__ import annotations
 import multiprocessing as mp
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+DEFAULT_TIMEOUT_S = 1800.0
 
-def _call(fn: Callable[..., dict[str, Any]], args: tuple[Any, ...]) -> dict[str, Any]:
+
+def _child(conn: Any, fn: Callable[..., dict[str, Any]], args: tuple[Any, ...]) -> None:
     try:
-        return fn(*args)
-    except Exception:
-        return {"error": traceback.format_exc()}
+        out = fn(*args)
+    except BaseException:
+        out = {"error": traceback.format_exc()}
+    conn.send(out)
+    conn.close()
 
 
-def run_isolated(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+def run_isolated(fn: Callable[..., dict[str, Any]], *args: Any, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """``fn(*args)`` in a new spawned process; its dict result, or ``{"error": ...}``."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-        try:
-            return pool.submit(_call, fn, args).result()
-        except BrokenProcessPool as exc:
-            return {"error": f"the benchmark process died: {exc!r}"}
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child, fn, args), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        if parent.poll(timeout_s):
+            try:
+                return parent.recv()
+            except EOFError:
+                pass
+        else:
+            proc.kill()
+            proc.join(10)
+            name = getattr(fn, "__name__", str(fn))
+            return {"error": f"{name} did not finish within {timeout_s:.0f} s; its process was killed"}
+        proc.join(10)
+        return {"error": f"the benchmark process died (exit status {proc.exitcode})"}
+    finally:
+        parent.close()
+        if proc.is_alive():
+            proc.kill()
+            proc.join(10)

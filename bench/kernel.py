@@ -99,9 +99,7 @@ def kernel_dataset(name: str, n_queries: int, rounds: int) -> dict[str, Any]:
     p_counts = np.full(pick.size, size, dtype=np.int64)
     prepared = [adc.prepare_query("l2", q, mins, scales) for q in queries]
 
-    def drift_scan(
-        starts: np.ndarray, counts: np.ndarray, skip: np.ndarray | None
-    ) -> Callable[[np.ndarray], Any]:
+    def drift_scan(starts: np.ndarray, counts: np.ndarray, skip: np.ndarray | None) -> Callable[[np.ndarray], Any]:
         state = {"i": 0}  # the query's position: scans use its prepared form (prepare_query is excluded)
 
         def fn(_q: np.ndarray) -> Any:
@@ -114,9 +112,7 @@ def kernel_dataset(name: str, n_queries: int, rounds: int) -> dict[str, Any]:
     results = []
     nd = float(n * d)
     results.append(_rate("drift adc.scan full", drift_scan(full_s, full_c, None), queries, nd, n, rounds))
-    results.append(
-        _rate("drift adc.scan full+skip", drift_scan(full_s, full_c, zero_skip), queries, nd, n, rounds)
-    )
+    results.append(_rate("drift adc.scan full+skip", drift_scan(full_s, full_c, zero_skip), queries, nd, n, rounds))
     p_rows = float(p_counts.sum())
     results.append(
         _rate(
@@ -128,17 +124,13 @@ def kernel_dataset(name: str, n_queries: int, rounds: int) -> dict[str, Any]:
             rounds,
         )
     )
-    prep = _rate(
-        "drift adc.prepare_query", lambda q: adc.prepare_query("l2", q, mins, scales), queries, 0, 0, rounds
-    )
+    prep = _rate("drift adc.prepare_query", lambda q: adc.prepare_query("l2", q, mins, scales), queries, 0, 0, rounds)
 
     sq = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_L2)
     with common.Timer() as t_sq:
         sq.train(base)
         sq.add(base)
-    results.append(
-        _rate("faiss IndexScalarQuantizer QT_8bit", lambda q: sq.search(q[None], R), queries, nd, n, rounds)
-    )
+    results.append(_rate("faiss IndexScalarQuantizer QT_8bit", lambda q: sq.search(q[None], R), queries, nd, n, rounds))
     flat = faiss.IndexFlatL2(d)
     flat.add(base)
     results.append(

@@ -25,20 +25,14 @@ EXTRA_NLISTS = {"glove-6b-50d": [390]}  # 390 ≈ √n: the nlist of the referen
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     ap.add_argument("--suite", default="ann,kernel", help="comma list of: ann, kernel (default both)")
-    ap.add_argument(
-        "--datasets", default=None, help="comma list (default glove-6b-50d,mnist-784; quick: bigann-10k)"
-    )
+    ap.add_argument("--datasets", default=None, help="comma list (default glove-6b-50d,mnist-784; quick: bigann-10k)")
     ap.add_argument("--quick", action="store_true", help="smoke test: few queries and sweep points")
-    ap.add_argument(
-        "--systems", default="drift,faiss-ivfsq8,faiss-ivfflat,hnswlib", help="ann systems to run"
-    )
-    ap.add_argument(
-        "--queries", type=int, default=None, help="queries per dataset (default 2000 glove, 1000 else)"
-    )
-    ap.add_argument(
-        "--point-budget", type=float, default=None, help="stop a sweep after a point slower than this (s)"
-    )
+    ap.add_argument("--systems", default="drift,faiss-ivfsq8,faiss-ivfflat,hnswlib", help="ann systems to run")
+    ap.add_argument("--queries", type=int, default=None, help="queries per dataset (default 2000 glove, 1000 else)")
+    ap.add_argument("--point-budget", type=float, default=None, help="stop a sweep after a point slower than this (s)")
     ap.add_argument("--no-profile", action="store_true", help="skip the cProfile of drift at its 0.95 point")
+    ap.add_argument("--no-h2h", action="store_true", help="skip the head-to-head stage")
+    ap.add_argument("--drift-variants", default="fresh,settled", help="drift variants: fresh, settled")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default bench/results)")
     ap.add_argument("--workdir", default=None, help="parent folder for drift's temporary data directory")
     return ap.parse_args(argv)
@@ -63,10 +57,15 @@ def _config(args: argparse.Namespace, dataset: str) -> Any:
         cfg.repeat_below_s = 0.5
         cfg.profile_queries = 200
         cfg.warmup_queries = 20
+        cfg.h2h_rounds = 2
+        cfg.h2h_block = 100
     if args.point_budget is not None:
         cfg.point_budget_s = args.point_budget
     if args.no_profile:
         cfg.profile_queries = 0
+    if args.no_h2h:
+        cfg.h2h_rounds = 0
+    cfg.drift_variants = [v.strip() for v in args.drift_variants.split(",") if v.strip()]
     return cfg
 
 
@@ -96,19 +95,40 @@ def print_ann_table(result: dict[str, Any]) -> None:
             _fmt(row["index_mib"], ".0f"),
         )
         print(f"{name[:40]:40} " + " ".join(f"{v:>8}" for v in vals))
-    for clock, ratios in summ.get("drift_over_faiss_sq8_qps_at_0.95", {}).items():
+    for variant, by_clock in summ.get("drift_over_faiss_sq8_qps_at_0.95", {}).items():
+        for clock, ratios in by_clock.items():
+            print(
+                f"drift {variant} / FAISS IVF-SQ8 q/s at recall >= 0.95 ({clock}): "
+                + ", ".join(f"{k} {_fmt(v, '.2f')}x" for k, v in ratios.items())
+            )
+    h2h = result.get("head_to_head") or {}
+    if "systems" in h2h:
+        print(f"head-to-head at recall >= 0.95 ({h2h['rounds']} rounds x {h2h['block']} queries, same time window):")
+        for label, r in h2h["systems"].items():
+            print(
+                f"   {label[:38]:38} {r['qps_median']:8.0f} q/s  CPU {r['qps_cpu_median']:8.0f} q/s  "
+                f"recall {r['recall']:.4f}  {r['param']}"
+            )
+    for variant, by_nlist in summ.get("drift_over_faiss_sq8_head_to_head", {}).items():
         print(
-            f"drift / FAISS IVF-SQ8 q/s at recall >= 0.95 ({clock}): "
-            + ", ".join(f"{k} {_fmt(v, '.2f')}x" for k, v in ratios.items())
+            f"drift {variant} / FAISS IVF-SQ8 head-to-head: "
+            + ", ".join(f"{k} {r['wall']:.2f}x (CPU {r['cpu']:.2f}x)" for k, r in by_nlist.items())
         )
     for name, t in summ.get("targets", {}).items():
         print(f"target {name}: {t['value']} ({t['target']}) {'MET' if t['met'] else 'NOT MET'}")
     for run in result["runs"]:
+        b = run.get("build", {}) if run.get("system") == "drift" else {}
+        if b:
+            extra = f", maintain {b['maintain_s']} s" if "maintain_s" in b else ""
+            print(
+                f"drift {run['variant']}: load {b.get('load_s')} s, train {b.get('train_s')} s{extra}, "
+                f"open {b.get('open_s')} s; index changed during sweep: {run.get('index_changed_during_sweep')}"
+            )
         prof = run.get("profile")
         if prof:
             print(
-                f"drift profile at {prof['param']}: {prof['unprofiled_us_per_query']} us/query unprofiled; "
-                "top self time per query:"
+                f"drift {run['variant']} profile at {prof['param']}: {prof['unprofiled_cpu_us_per_query']} us "
+                "CPU/query unprofiled; top self time per query (profiled):"
             )
             for r in prof["top_by_tottime"][:8]:
                 print(f"   {r['tottime_us_per_query']:8.1f} us  {r['func']}")
@@ -158,9 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             print_ann_table(res)
             failed |= any("error" in r for r in res["runs"])
     if "kernel" in suites:
-        kres = run_kernel(
-            datasets, n_queries=5 if args.quick else 20, rounds=2 if args.quick else 3, out_dir=out
-        )
+        kres = run_kernel(datasets, n_queries=5 if args.quick else 20, rounds=2 if args.quick else 3, out_dir=out)
         print_kernel_table(kres)
         failed |= any("error" in d for d in kres["datasets"])
     print(f"\nresults in {out.name}/ ({time.perf_counter() - t0:.0f} s)")

@@ -1,7 +1,8 @@
-"""One function per system under test; each runs in its own (spawned) process.
+"""The ANN benchmark's configuration, sweep helpers, and the FAISS and hnswlib runners.
 
-Every ``run_*`` function takes an ``AnnConfig`` (plus system arguments), loads the dataset itself,
-builds the index single-threaded, sweeps its search parameter and returns a plain dict::
+drift's runner is in ``bench.ann_drift``. Every ``run_*`` function runs in its own (spawned) process,
+takes an ``AnnConfig`` (plus system arguments), loads the dataset itself, builds the index
+single-threaded, sweeps its search parameter and returns a plain dict::
 
     {"system", "variant", "build": {... seconds ...}, "memory": {... MiB ...},
      "curves": [{"variant", "points": [{param, recall, qps, p50_ms, p99_ms, n_queries, qps_batch?}]}],
@@ -15,12 +16,7 @@ is loaded (baseline), after the build and after the sweep; ``index_mib`` = after
 
 from __future__ import annotations
 
-import cProfile
-import io
-import pstats
-import shutil
-import tempfile
-import time
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,9 +35,7 @@ class AnnConfig:
 
     dataset: str
     n_queries: int = 2000
-    nprobes: list[int] = field(
-        default_factory=lambda: [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256]
-    )
+    nprobes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256])
     reranks: list[int] = field(default_factory=lambda: [1, 2, 4])
     batch_rerank: int = 4  # drift: rerank value whose points also get search_batch q/s
     efs: list[int] = field(default_factory=lambda: [10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512])
@@ -54,26 +48,31 @@ class AnnConfig:
     cache_bytes: int = 4 << 30
     workdir: str | None = None
     profile_queries: int = 1000  # 0 = no cProfile of drift at its recall-0.95 operating point
+    settle_rounds: int = 5  # drift "settled": at most this many col.maintain() rounds after train
+    h2h_rounds: int = 6  # head-to-head: rounds of one block of queries per system at its 0.95 point (0 = off)
+    h2h_block: int = 500  # queries per system per round
+    workspace: str | None = None  # set by bench.ann: where indexes are kept for the head-to-head stage
+    drift_variants: list[str] = field(default_factory=lambda: ["fresh", "settled"])
     warmup_queries: int = 100
     seed: int = 0
 
 
 @dataclass
-class _Data:
+class Data:
     base: np.ndarray
     queries: np.ndarray
     gt: np.ndarray  # (m, K)
 
 
-def _load(cfg: AnnConfig) -> _Data:
+def load_data(cfg: AnnConfig) -> Data:
     from drift_engine.datasets import load_dataset
 
     ds = load_dataset(cfg.dataset)
     sel = common.query_subset(ds.nq, cfg.n_queries, cfg.seed)
-    return _Data(ds.base, np.ascontiguousarray(ds.queries[sel]), np.ascontiguousarray(ds.gt[sel, :K]))
+    return Data(ds.base, np.ascontiguousarray(ds.queries[sel]), np.ascontiguousarray(ds.gt[sel, :K]))
 
 
-def _sweep(
+def sweep(
     values: list[Any], measure: Callable[[Any], dict[str, Any]], budget_s: float
 ) -> tuple[list[dict[str, Any]], str]:
     """Measure each value in order; stop early once recall is ~1, has plateaued, or a point was slow.
@@ -91,7 +90,7 @@ def _sweep(
     return points, "end of sweep"
 
 
-def _loop(fn: Callable[[np.ndarray], Any], queries: np.ndarray, cheap_s: float) -> common.LoopTiming:
+def timed_loop(fn: Callable[[np.ndarray], Any], queries: np.ndarray, cheap_s: float) -> common.LoopTiming:
     """``common.time_per_query``, repeated once more when the loop took under ``cheap_s`` seconds;
     the faster repetition counts (a shared machine's noise only ever slows a run down)."""
     t = common.time_per_query(fn, queries)
@@ -103,7 +102,13 @@ def _loop(fn: Callable[[np.ndarray], Any], queries: np.ndarray, cheap_s: float) 
     return t
 
 
-def _memory(rss0: int, rss_built: int) -> dict[str, Any]:
+def index_path(cfg: AnnConfig, name: str) -> str:
+    """Where a system keeps its index in the workspace for the head-to-head stage."""
+    assert cfg.workspace is not None
+    return os.path.join(cfg.workspace, name)
+
+
+def memory_report(rss0: int, rss_built: int) -> dict[str, Any]:
     rss_end = common.rss_bytes()
     return {
         "rss_baseline_mib": common.mib(rss0),
@@ -114,142 +119,18 @@ def _memory(rss0: int, rss_built: int) -> dict[str, Any]:
     }
 
 
-# --------------------------------------------------------------------------------------------- drift
-def run_drift(cfg: AnnConfig) -> dict[str, Any]:
-    """Embedded drift engine: upsert in batches, train (default params), reopen, sweep nprobe x rerank."""
-    threads = pin_runtime()
-    rss_bare = common.rss_bytes()
-    from drift_engine import Engine
-    from drift_engine.index import adc
-
-    adc.warmup()  # numba code in memory before the baseline, as faiss's / hnswlib's library code is
-    rss_runtime = common.rss_bytes() - rss_bare
-    data = _load(cfg)
-    n, d = data.base.shape
-    rss0 = common.rss_bytes()
-    root = tempfile.mkdtemp(prefix="drift-bench-", dir=cfg.workdir)
-    try:
-        build: dict[str, Any] = {}
-        with common.Timer() as t_open:
-            engine = Engine.open(root, cache_bytes=cfg.cache_bytes)
-        build["first_open_s"] = round(t_open.seconds, 3)  # includes numba kernel warm-up / cache load
-        col = engine.create_collection("bench", dim=d, metric="l2")
-        ids = np.arange(n, dtype=np.int64)
-        with common.Timer() as t_load:
-            for s in range(0, n, cfg.load_batch):
-                col.upsert(ids[s : s + cfg.load_batch], data.base[s : s + cfg.load_batch])
-        with common.Timer() as t_train:
-            info = col.train()
-        build.update(load_s=round(t_load.seconds, 3), train_s=round(t_train.seconds, 3), train_info=info)
-        build["load_plus_train_s"] = round(t_load.seconds + t_train.seconds, 3)
-        engine.close()
-        with common.Timer() as t_reopen:
-            engine = Engine.open(root, cache_bytes=cfg.cache_bytes)
-            col = engine.collection("bench")
-        build["reopen_s"] = round(t_reopen.seconds, 3)
-        stats = col.stats()
-        build["stats_after_train"] = stats
-        buckets = int(stats.get("buckets") or info.get("buckets") or 0)
-        rss_built = common.rss_bytes()
-
-        for q in data.queries[: cfg.warmup_queries]:  # fill the block cache, touch every code path once
-            col.search(q, k=K, nprobe=max(cfg.nprobes), rerank=max(cfg.reranks))
-
-        curves = []
-        for rerank in cfg.reranks:
-
-            def measure(nprobe: int, rerank: int = rerank) -> dict[str, Any]:
-                t = _loop(
-                    lambda q: col.search(q, k=K, nprobe=nprobe, rerank=rerank).ids,
-                    data.queries,
-                    cfg.repeat_below_s,
-                )
-                found = common.stack_ids(t.results, K)
-                p = common.point({"nprobe": nprobe, "rerank": rerank}, common.recall_at_k(found, data.gt), t)
-                if rerank == cfg.batch_rerank:
-                    (b_ids, _), b_wall, b_cpu = common.time_batch(
-                        lambda qs: col.search_batch(qs, k=K, nprobe=nprobe, rerank=rerank), data.queries
-                    )
-                    common.add_batch(p, b_ids, data.gt, b_wall, b_cpu)
-                return p
-
-            nprobes = [p for p in cfg.nprobes if buckets <= 0 or p <= buckets]
-            points, why = _sweep(nprobes, measure, cfg.point_budget_s)
-            curves.append({"variant": f"rerank={rerank}", "points": points, "stopped": why})
-
-        out: dict[str, Any] = {
-            "system": "drift",
-            "variant": f"buckets={buckets}",
-            "nlist": buckets,
-            "build": build,
-            "curves": curves,
-            "threads": threads,
-            "stats_after_sweep": col.stats(),
-            "notes": [
-                f"load = upsert in batches of {cfg.load_batch} (default durability); train = col.train() "
-                "with default params; searches run on the reopened engine"
-            ],
-        }
-        out["memory"] = {**_memory(rss0, rss_built), "engine_runtime_mib": common.mib(rss_runtime)}
-        if cfg.profile_queries:
-            out["profile"] = _profile_drift(col, data, curves, cfg.profile_queries)
-        engine.close()
-        return out
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _profile_drift(col: Any, data: _Data, curves: list[dict[str, Any]], n: int) -> dict[str, Any] | None:
-    """cProfile ``n`` single searches at drift's fastest point with recall >= 0.95."""
-    best = common.best_qps_at([p for c in curves for p in c["points"]])
-    if best is None:
-        return None
-    nprobe, rerank = best["param"]["nprobe"], best["param"]["rerank"]
-    qs = data.queries[np.arange(n) % data.queries.shape[0]]
-    prof = cProfile.Profile()
-    t0 = time.perf_counter()
-    prof.enable()
-    for q in qs:
-        col.search(q, k=K, nprobe=nprobe, rerank=rerank)
-    prof.disable()
-    wall = time.perf_counter() - t0
-    buf = io.StringIO()
-    stats = pstats.Stats(prof, stream=buf)
-    rows = []
-    for (fname, line, func), (_cc, ncalls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        short = "/".join(fname.replace("\\", "/").split("/")[-2:])
-        rows.append(
-            {
-                "func": f"{short}:{line}({func})",
-                "ncalls": ncalls,
-                "tottime_us_per_query": round(tottime / n * 1e6, 2),
-                "cumtime_us_per_query": round(cumtime / n * 1e6, 2),
-            }
-        )
-    rows.sort(key=lambda r: -r["tottime_us_per_query"])
-    return {
-        "param": best["param"],
-        "queries": n,
-        "wall_us_per_query_profiled": round(wall / n * 1e6, 1),
-        "unprofiled_us_per_query": round(1e6 / best["qps"], 1),
-        "top_by_tottime": rows[:20],
-    }
-
-
 # --------------------------------------------------------------------------------------------- FAISS
 def run_faiss(cfg: AnnConfig, kind: str, nlist: int) -> dict[str, Any]:
     """FAISS IndexIVFScalarQuantizer(QT_8bit) (``kind='sq8'``) or IndexIVFFlat (``'flat'``), nprobe sweep."""
     threads = pin_runtime()
     import faiss
 
-    data = _load(cfg)
+    data = load_data(cfg)
     d = data.base.shape[1]
     rss0 = common.rss_bytes()
     quantizer = faiss.IndexFlatL2(d)
     if kind == "sq8":
-        index = faiss.IndexIVFScalarQuantizer(
-            quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_L2
-        )
+        index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_L2)
     elif kind == "flat":
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_L2)
     else:
@@ -269,21 +150,23 @@ def run_faiss(cfg: AnnConfig, kind: str, nlist: int) -> dict[str, Any]:
 
     def measure(nprobe: int) -> dict[str, Any]:
         index.nprobe = nprobe
-        t = _loop(lambda q: index.search(q[None], K)[1][0], data.queries, cfg.repeat_below_s)
+        t = timed_loop(lambda q: index.search(q[None], K)[1][0], data.queries, cfg.repeat_below_s)
         p = common.point({"nprobe": nprobe}, common.recall_at_k(common.stack_ids(t.results, K), data.gt), t)
         (_, b_ids), b_wall, b_cpu = common.time_batch(lambda qs: index.search(qs, K), data.queries)
         return common.add_batch(p, b_ids, data.gt, b_wall, b_cpu)
 
     nprobes = [p for p in cfg.nprobes if p <= nlist]
-    points, why = _sweep(nprobes, measure, cfg.point_budget_s)
+    points, why = sweep(nprobes, measure, cfg.point_budget_s)
     name = "faiss-ivfsq8" if kind == "sq8" else "faiss-ivfflat"
+    if cfg.workspace:
+        faiss.write_index(index, index_path(cfg, f"{name}-nlist{nlist}"))
     return {
         "system": name,
         "variant": f"nlist={nlist}",
         "nlist": nlist,
         "build": build,
         "curves": [{"variant": f"nlist={nlist}", "points": points, "stopped": why}],
-        "memory": _memory(rss0, rss_built),
+        "memory": memory_report(rss0, rss_built),
         "threads": threads,
         "notes": [
             f"{'IndexIVFScalarQuantizer(QT_8bit, by_residual)' if kind == 'sq8' else 'IndexIVFFlat'} "
@@ -298,14 +181,12 @@ def run_hnswlib(cfg: AnnConfig) -> dict[str, Any]:
     threads = pin_runtime()
     import hnswlib
 
-    data = _load(cfg)
+    data = load_data(cfg)
     n, d = data.base.shape
     rss0 = common.rss_bytes()
     index = hnswlib.Index(space="l2", dim=d)
     with common.Timer() as t_build:
-        index.init_index(
-            max_elements=n, M=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction, random_seed=100
-        )
+        index.init_index(max_elements=n, M=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction, random_seed=100)
         index.add_items(data.base, np.arange(n), num_threads=1)
     rss_built = common.rss_bytes()
     index.set_ef(64)
@@ -313,20 +194,20 @@ def run_hnswlib(cfg: AnnConfig) -> dict[str, Any]:
 
     def measure(ef: int) -> dict[str, Any]:
         index.set_ef(max(ef, K))
-        t = _loop(lambda q: index.knn_query(q, k=K, num_threads=1)[0][0], data.queries, cfg.repeat_below_s)
+        t = timed_loop(lambda q: index.knn_query(q, k=K, num_threads=1)[0][0], data.queries, cfg.repeat_below_s)
         p = common.point({"ef": ef}, common.recall_at_k(common.stack_ids(t.results, K), data.gt), t)
-        (b_ids, _), b_wall, b_cpu = common.time_batch(
-            lambda qs: index.knn_query(qs, k=K, num_threads=1), data.queries
-        )
+        (b_ids, _), b_wall, b_cpu = common.time_batch(lambda qs: index.knn_query(qs, k=K, num_threads=1), data.queries)
         return common.add_batch(p, b_ids, data.gt, b_wall, b_cpu)
 
-    points, why = _sweep(cfg.efs, measure, cfg.point_budget_s)
+    points, why = sweep(cfg.efs, measure, cfg.point_budget_s)
+    if cfg.workspace:
+        index.save_index(index_path(cfg, "hnswlib"))
     return {
         "system": "hnswlib",
         "variant": f"M={cfg.hnsw_m},efc={cfg.hnsw_ef_construction}",
         "build": {"total_s": round(t_build.seconds, 3), "threads": 1},
         "curves": [{"variant": f"M={cfg.hnsw_m}", "points": points, "stopped": why}],
-        "memory": _memory(rss0, rss_built),
+        "memory": memory_report(rss0, rss_built),
         "threads": threads,
         "notes": ["ef sweep; ef below k is raised to k"],
     }

@@ -11,6 +11,9 @@
 #    interpreter is rebuilt.
 # 3. `pip install -e .[dev,bench]` into it, skipped when the stamp file in .venv matches the hash of
 #    pyproject.toml (so a second run takes well under a second).
+# 4. The `drift` extension's files (sql/drift.control, sql/drift--*.sql) into the PostgreSQL server's
+#    `$(pg_config --sharedir)/extension/`: copied as root when missing or different; as any other user the
+#    exact `sudo install ...` line is printed (nothing fails: only `CREATE EXTENSION drift` needs them).
 set -euo pipefail
 umask 022 # PostgreSQL backends run as another OS user and must be able to read the venv
 
@@ -150,9 +153,39 @@ install_project() {
 	printf '%s\n' "$key" >"$STAMP"
 }
 
+# pg_config of the highest installed server (Debian keeps one per major), else the one on PATH.
+pg_config_bin() {
+	local major
+	major=$(pg_major)
+	if [ -n "$major" ] && [ -x "/usr/lib/postgresql/$major/bin/pg_config" ]; then
+		echo "/usr/lib/postgresql/$major/bin/pg_config"
+	elif command -v pg_config >/dev/null 2>&1; then
+		command -v pg_config
+	fi
+}
+
+install_extension() {
+	local pgc dest f stale=()
+	pgc=$(pg_config_bin)
+	[ -n "$pgc" ] || return 0
+	dest="$("$pgc" --sharedir)/extension"
+	for f in sql/drift.control sql/drift--*.sql; do
+		cmp -s "$f" "$dest/$(basename "$f")" || stale+=("$f")
+	done
+	[ "${#stale[@]}" -gt 0 ] || return 0
+	if [ "$(id -u)" = 0 ]; then
+		log "installing the drift extension files into $dest"
+		install -m 0644 "${stale[@]}" "$dest/"
+	else
+		log "the drift extension files are not installed (CREATE EXTENSION drift needs them); run once:"
+		printf '\n    sudo install -m 0644 %s %s/\n\n' "${stale[*]}" "$dest" >&2
+	fi
+}
+
 start=$SECONDS
 system_packages
 make_venv
 install_project
 check_plpython_python
+install_extension
 if [ $((SECONDS - start)) -gt 2 ]; then log "done in $((SECONDS - start)) s"; fi

@@ -6,7 +6,8 @@ Contract:
   ``postgres``): ``$DRIFT_PG_BINDIR``, else ``pg_config --bindir`` if it has them, else the highest
   ``/usr/lib/postgresql/<major>/bin``; ``None`` when there is no server.
 - ``PgCluster.start()`` makes a temporary folder, ``initdb -A trust -U postgres`` in it and starts the
-  server on a free port, listening only on a Unix socket in that folder. When the tests run as root, both
+  server on a free port, listening only on a Unix socket in that folder (and on 127.0.0.1 with
+  ``PgCluster(..., tcp=True)``; trust authentication, so only for throw-away clusters). When the tests run as root, both
   run as the ``postgres`` OS user (PostgreSQL refuses root). The server's environment is clean but for
   ``PYTHONPATH=<venv site-packages>:<repo root>`` (so PL/Python imports this repository's
   ``drift_engine`` and the venv's numpy), ``NUMBA_CACHE_DIR`` and ``HOME`` inside the temp folder.
@@ -116,8 +117,9 @@ def _blocking_ancestors(path: Path, uid: int, gids: set[int]) -> list[Path]:
 class PgCluster:
     """One private PostgreSQL server; see the module docstring."""
 
-    def __init__(self, bindir: Path, *, site_packages: Path | None = None) -> None:
+    def __init__(self, bindir: Path, *, site_packages: Path | None = None, tcp: bool = False) -> None:
         self.bindir = bindir
+        self.tcp = tcp  # also listen on 127.0.0.1 (``connect(tcp=True)``), e.g. for benchmarks
         self.site_packages = site_packages or venv_site_packages()
         self.as_root = os.geteuid() == 0
         self.tmp: Path | None = None
@@ -149,7 +151,8 @@ class PgCluster:
         initdb_opts = ["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"]
         self._run([self._bin("initdb"), "-D", str(self.datadir), *initdb_opts], what="initdb")
         self.port = free_port()
-        opts = f"-p {self.port} -k {self.host} -c listen_addresses='' -c fsync=off"
+        listen = "127.0.0.1" if self.tcp else ""
+        opts = f"-p {self.port} -k {self.host} -c listen_addresses='{listen}' -c fsync=off"
         start = ["-l", str(self.logfile), "-o", opts, "-w", "-t", "60", "start"]
         self._run([self._bin("pg_ctl"), "-D", str(self.datadir), *start], what="pg_ctl start")
         self.running = True
@@ -176,12 +179,13 @@ class PgCluster:
     def dsn(self) -> str:
         return f"host={self.host} port={self.port} user=postgres dbname=postgres"
 
-    def connect(self, dbname: str = "postgres", **kwargs: Any) -> Any:
-        """A psycopg connection (autocommit by default)."""
+    def connect(self, dbname: str = "postgres", *, tcp: bool = False, **kwargs: Any) -> Any:
+        """A psycopg connection (autocommit by default); over TCP when ``tcp`` (needs ``PgCluster(tcp=True)``)."""
         import psycopg
 
         kwargs.setdefault("autocommit", True)
-        return psycopg.connect(host=self.host, port=self.port, user="postgres", dbname=dbname, **kwargs)
+        host = "127.0.0.1" if tcp else self.host
+        return psycopg.connect(host=host, port=self.port, user="postgres", dbname=dbname, **kwargs)
 
     def psql(self, sql: str, dbname: str = "postgres") -> str:
         """Run ``sql`` with psql (stops at the first error); return its unaligned, tuples-only output."""
@@ -203,9 +207,7 @@ class PgCluster:
             "-c",
             sql,
         ]
-        out = subprocess.run(
-            cmd, capture_output=True, text=True, env={**os.environ, "PGCONNECT_TIMEOUT": "10"}
-        )
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PGCONNECT_TIMEOUT": "10"})
         if out.returncode != 0:
             raise ClusterError(f"psql failed ({out.returncode}): {out.stderr.strip()}")
         return out.stdout.rstrip("\n")
@@ -265,9 +267,7 @@ class PgCluster:
         for p in paths[:2]:  # the folders PL/Python lists and reads (ACLs and all)
             ok = subprocess.run(["runuser", "-u", PG_OS_USER, "--", "test", "-r", str(p), "-a", "-x", str(p)])
             if ok.returncode != 0:
-                raise ClusterError(
-                    f"the {PG_OS_USER!r} OS user cannot read {p}: PL/Python could not import from it"
-                )
+                raise ClusterError(f"the {PG_OS_USER!r} OS user cannot read {p}: PL/Python could not import from it")
 
 
 def _groups_of(user: str) -> list[Any]:
@@ -281,3 +281,30 @@ def has_extension(conn: Any, name: str) -> bool:
     with conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_available_extensions WHERE name = %s", (name,))
         return cur.fetchone() is not None
+
+
+# --- the drift extension ------------------------------------------------------------------------------
+EXTENSION_FILES = ("drift.control", "drift--0.1.0.sql")
+
+
+def install_drift_extension(cluster: PgCluster) -> str | None:
+    """Make ``CREATE EXTENSION drift`` possible in ``cluster``: copy ``sql/drift*`` into the server's
+    ``SHAREDIR/extension`` when they are missing or differ (as root; ``make setup`` does the same).
+    Returns ``None`` when the installed files match the repository's, else why they cannot be installed."""
+    with cluster.connect() as conn:
+        sharedir = conn.execute("SELECT setting FROM pg_config WHERE name = 'SHAREDIR'").fetchone()[0]
+    dest = Path(sharedir) / "extension"
+    stale = [
+        name
+        for name in EXTENSION_FILES
+        if not (dest / name).exists() or (dest / name).read_bytes() != (REPO_ROOT / "sql" / name).read_bytes()
+    ]
+    if not stale:
+        return None
+    if os.geteuid() != 0:
+        files = " ".join(f"sql/{name}" for name in stale)
+        return f"the drift extension files are not installed in {dest}: run `sudo install -m 0644 {files} {dest}/`"
+    for name in stale:
+        shutil.copyfile(REPO_ROOT / "sql" / name, dest / name)
+        (dest / name).chmod(0o644)
+    return None

@@ -1,0 +1,277 @@
+"""Urgency of maintenance jobs, per-bucket drift statistics, and the rate-limited Maintainer thread (DESIGN §9).
+
+Contract
+--------
+* ``bucket_table(snap, params)`` computes, for every bucket of a trained snapshot, the live count ``n``,
+  drift ``δ = ‖μ − c‖``, spread ``r``, inserts since the centroid was set ``a``, extents and dead rows, and the
+  urgency of each job kind (a job is pending when its urgency is > 0):
+
+  - ``split``:  ``n / split_size − 1``
+  - ``merge``:  ``merge_size / n − 1`` (an empty bucket: ``merge_size``), only for buckets that changed since
+    they were laid out (inserts or dead rows), so a freshly trained partition is left as the user asked;
+  - ``drift``:  ``δ / (drift_split · r) − 1`` (a re-split, or a re-centre when the bucket is small);
+  - ``compact``: half of ``max(extents / compact_extents − 1, 2 · dead share − 1)`` (housekeeping ranks below
+    structure).
+
+  ``drift_split = 0``, ``merge_factor = 0`` or ``compact_extents = 0`` turn a kind off. The urgency of a
+  bucket is the max of its kinds (DESIGN's ``max(n/split_size − 1, merge_size/n − 1, δ/(drift_split·r) − 1)``).
+* ``segment_job`` proposes merging small segments (fewer live rows than ``SMALL_SEGMENT_BUCKETS`` target
+  buckets, or mostly dead) once more than ``MAX_SMALL_SEGMENTS`` exist, so a query touches few files.
+* ``pending_jobs`` returns every pending job, most urgent first (a priority queue, rebuilt from each snapshot).
+* ``Maintainer``: a daemon thread per collection. Every ``maintain_interval`` seconds (or on ``wake``) it runs
+  the most urgent job, one at a time, until none is pending; after a job that took ``t`` seconds it sleeps
+  ``t · (1 − duty) / duty`` (``maintain_duty``), so background work takes at most that share of wall time and
+  foreground searches keep their latency. ``maintain_duty = 0`` parks it. A failing job is logged, kept in
+  ``last_error`` and retried with backoff; it never loses data (a job changes L1 in one commit or not at
+  all). ``stop`` joins the thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from drift_engine.config import CollectionParams
+from drift_engine.engine.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+SMALL_SEGMENT_BUCKETS = 64  # a segment with fewer live rows than this many target buckets is "small"
+MAX_SMALL_SEGMENTS = 8  # more small segments than this are merged into one
+MAX_SEGMENTS_PER_MERGE = 32
+KINDS = ("split", "merge", "drift", "compact")
+
+
+@dataclass(order=True)
+class Job:
+    urgency: float
+    kind: str = field(compare=False)
+    bucket: int = field(compare=False, default=-1)
+    segments: tuple[int, ...] = field(compare=False, default=())
+    count: int = field(compare=False, default=0)
+    extents: int = field(compare=False, default=0)
+
+    @property
+    def key(self) -> tuple:
+        """Identity used to avoid retrying a job that did nothing until its bucket changes."""
+        return (self.kind, self.bucket, self.count, self.extents, self.segments)
+
+
+@dataclass
+class BucketTable:
+    """Per-bucket statistics of one snapshot, in ``snap.routing`` order."""
+
+    ids: np.ndarray
+    count: np.ndarray
+    drift: np.ndarray
+    spread: np.ndarray
+    inserts: np.ndarray
+    extents: np.ndarray
+    dead_rows: np.ndarray
+    urgency: dict[str, np.ndarray]
+
+    def best(self) -> tuple[np.ndarray, np.ndarray]:
+        """(urgency, kind index into KINDS) of each bucket."""
+        stack = np.stack([self.urgency[k] for k in KINDS])
+        kind = np.argmax(stack, axis=0)
+        return stack[kind, np.arange(stack.shape[1])], kind
+
+
+def bucket_table(snap: Snapshot, params: CollectionParams) -> BucketTable | None:
+    table = snap.routing
+    if not snap.trained or table is None:
+        return None
+    ids = table.bucket_ids
+    headers = [snap.buckets[b] for b in ids.tolist()]
+    n = table.counts
+    drift = np.sqrt(np.einsum("ij,ij->i", table.means - table.centroids, table.means - table.centroids))
+    drift = np.where(n > 0, drift, 0.0)
+    spread = table.spreads.astype(np.float64)
+    inserts = table.inserts
+    extents = np.fromiter((len(h.extents) for h in headers), dtype=np.float64, count=len(headers))
+    ext_rows = np.fromiter((sum(e.count for e in h.extents) for h in headers), dtype=np.float64, count=len(headers))
+    dead_rows = np.maximum(ext_rows - n, 0.0)
+    none = np.full(n.shape, -np.inf)
+    urg: dict[str, np.ndarray] = {}
+    urg["split"] = n / params.split_size - 1.0
+    merge_size = params.merge_size
+    if merge_size > 0 and ids.size > 1:
+        changed = (inserts > 0) | (dead_rows > 0)
+        m = np.where(n > 0, merge_size / np.maximum(n, 1.0) - 1.0, float(merge_size))
+        urg["merge"] = np.where(changed, m, -np.inf)
+    else:
+        urg["merge"] = none
+    if params.drift_split > 0:
+        ok = (n >= 2) & (spread > 0) & (inserts > 0)
+        urg["drift"] = np.where(ok, drift / (params.drift_split * np.where(ok, spread, 1.0)) - 1.0, -np.inf)
+    else:
+        urg["drift"] = none
+    if params.compact_extents > 0:
+        by_extents = extents / params.compact_extents - 1.0
+        by_dead = np.where(ext_rows > 0, 2.0 * dead_rows / np.maximum(ext_rows, 1.0) - 1.0, -1.0)
+        by_dead = np.where(dead_rows >= 16, by_dead, -1.0)  # a few dead rows are not worth a rewrite
+        urg["compact"] = 0.5 * np.maximum(by_extents, by_dead)
+    else:
+        urg["compact"] = none
+    return BucketTable(ids, n, drift, spread, inserts, extents, dead_rows, urg)
+
+
+def segment_job(snap: Snapshot, params: CollectionParams) -> Job | None:
+    small_rows = SMALL_SEGMENT_BUCKETS * params.target_bucket_size
+    small = []
+    for s, seg in snap.segments.items():
+        mask = snap.dead[s]
+        live = int(mask.size - np.count_nonzero(mask))
+        if live < small_rows or live * 4 < seg.n_rows:
+            small.append((live, s))
+    if len(small) <= MAX_SMALL_SEGMENTS:
+        return None
+    small.sort()
+    chosen = tuple(sorted(s for _, s in small[:MAX_SEGMENTS_PER_MERGE]))
+    return Job(0.5 * (len(small) / MAX_SMALL_SEGMENTS - 1.0), "segments", segments=chosen)
+
+
+def pending_jobs(snap: Snapshot, params: CollectionParams) -> list[Job]:
+    """Every pending job, most urgent first."""
+    bt = bucket_table(snap, params)
+    if bt is None:
+        return []
+    urgency, kind = bt.best()
+    jobs = [
+        Job(float(urgency[i]), KINDS[kind[i]], int(bt.ids[i]), (), int(bt.count[i]), int(bt.extents[i]))
+        for i in np.flatnonzero(urgency > 0).tolist()
+    ]
+    seg = segment_job(snap, params)
+    if seg is not None:
+        jobs.append(seg)
+    jobs.sort(reverse=True)
+    return jobs
+
+
+def bucket_stats(snap: Snapshot, params: CollectionParams) -> list[dict[str, Any]]:
+    """One dict per bucket: bucket, count, drift, spread, drift_ratio (δ/r), inserts_since_centroid, extents,
+    dead_rows, urgency and the most urgent job kind (None when nothing is pending)."""
+    bt = bucket_table(snap, params)
+    if bt is None:
+        return []
+    urgency, kind = bt.best()
+    out = []
+    for i, b in enumerate(bt.ids.tolist()):
+        r = float(bt.spread[i])
+        out.append(
+            {
+                "bucket": int(b),
+                "count": int(bt.count[i]),
+                "drift": float(bt.drift[i]),
+                "spread": r,
+                "drift_ratio": float(bt.drift[i] / r) if r > 0 else 0.0,
+                "inserts_since_centroid": int(bt.inserts[i]),
+                "extents": int(bt.extents[i]),
+                "dead_rows": int(bt.dead_rows[i]),
+                "urgency": float(urgency[i]) if np.isfinite(urgency[i]) else None,
+                "pending": KINDS[kind[i]] if urgency[i] > 0 else None,
+            }
+        )
+    return out
+
+
+def maintenance_stats(
+    snap: Snapshot,
+    params: CollectionParams,
+    totals: dict[str, float],
+    last_error: str | None,
+    *,
+    with_buckets: bool,
+) -> dict[str, Any]:
+    """The maintenance part of ``Collection.stats``: drift summary, pending jobs, totals since open."""
+    per_bucket = bucket_stats(snap, params)
+    ratio = np.array([b["drift_ratio"] for b in per_bucket], dtype=np.float64)
+    out: dict[str, Any] = {
+        "drift_ratio_max": float(ratio.max()) if ratio.size else 0.0,
+        "drift_ratio_mean": float(ratio.mean()) if ratio.size else 0.0,
+        "maintenance_pending": sum(1 for b in per_bucket if b["pending"]),
+        "maintenance_jobs": int(totals.get("jobs", 0)),
+        "splits": int(totals.get("splits", 0)),
+        "recentres": int(totals.get("recentres", 0)),
+        "merges": int(totals.get("merges", 0)),
+        "compactions": int(totals.get("compactions", 0) + totals.get("segment_compactions", 0)),
+        "moved_vectors": int(totals.get("moved", 0)),
+        "maintainer_error": last_error,
+    }
+    if with_buckets:
+        out["bucket_stats"] = per_bucket
+    return out
+
+
+class Maintainer:
+    """Background thread running maintenance jobs under a duty-cycle budget (module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        run_one: Callable[[], bool],
+        get_params: Callable[[], CollectionParams],
+    ) -> None:
+        self._run_one = run_one
+        self._params = get_params
+        self._cv = threading.Condition()
+        self._wake = False
+        self._stop = False
+        self.jobs = 0
+        self.busy_seconds = 0.0
+        self.last_error: str | None = None
+        self._thread = threading.Thread(target=self._loop, name=f"drift-maintainer-{name}", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        with self._cv:
+            self._wake = True
+            self._cv.notify()
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep unless stopped; True when stopped."""
+        with self._cv:
+            self._cv.wait_for(lambda: self._stop, timeout=max(0.0, seconds))
+            return self._stop
+
+    def _loop(self) -> None:
+        backoff = 0.0
+        while True:
+            interval = self._params().maintain_interval
+            with self._cv:
+                self._cv.wait_for(lambda: self._wake or self._stop, timeout=max(interval, backoff))
+                if self._stop:
+                    return
+                self._wake = False
+            while True:
+                duty = self._params().maintain_duty
+                if duty <= 0:
+                    break
+                t0 = time.perf_counter()
+                try:
+                    did = self._run_one()
+                except Exception as exc:  # keep the thread alive; a job commits fully or not at all
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("maintenance job failed")
+                    backoff = min(60.0, max(1.0, backoff * 2))
+                    break
+                backoff = 0.0
+                if not did:
+                    break
+                spent = time.perf_counter() - t0
+                self.jobs += 1
+                self.busy_seconds += spent
+                if self._sleep(spent * (1.0 - duty) / duty):
+                    return
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join()

@@ -1,0 +1,448 @@
+"""The sync client: ``Client(address, token=None)`` mirrors ``Engine``, ``RemoteCollection`` mirrors ``Collection``.
+
+Usage (the same code runs against an embedded ``Engine``)::
+
+    from drift_engine.server.client import Client
+    with Client("unix:/var/lib/drift/drift.sock") as client:
+        col = client.create_collection("items", dim=50, metric="l2")
+        col.upsert([1, 2], vectors, payloads=[{"tag": "a"}, {"tag": "b"}])
+        hits = col.search(query, k=10, filter={"tag": "a"})
+        for hit in col.search_stream(query, max_distance=0.8):   # lazy, non-decreasing distance
+            ...
+
+Contract:
+
+* Same methods, arguments, result types (``SearchResult``, ``GetResult``) and errors as the embedded API:
+  arguments are validated locally by the engine's validators, and every error the server raises comes
+  back as the same ``DriftError`` subclass (transport failures: ``EngineUnavailableError``,
+  ``DeadlineExceededError``, ...). ``*_async`` twins run the sync call on a thread, like the embedded ones;
+  ``drift_engine.server.aclient.AsyncClient`` is the native asyncio client.
+* One gRPC channel per (address, TLS root) per process, shared by every ``Client`` (thread-safe); a forked
+  child opens its own. Calls have a deadline: ``timeout`` seconds (default 30) for data calls,
+  ``admin_timeout`` (default none) for train / flush / maintain / create / drop, ``stream_timeout``
+  (default none) for a whole stream.
+* When the server advertises a ZeroMQ fast path (a Unix-socket server on this host) and ``fast_path`` is
+  true, ``search``, ``get`` and ``search_stream`` use it (same messages, same errors); everything else is
+  gRPC. ``cancel_check`` (called every 50 ms while waiting on the fast path or a unary gRPC call) may
+  raise to abandon a call (e.g. PostgreSQL's query cancel).
+* ``search_stream`` is lazy: nothing is asked of the server before the first row is wanted; over the fast
+  path each further batch is fetched only when the previous one is used up. ``close()`` (or leaving a
+  ``with`` block) cancels the server's work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+
+from drift_engine.engine.results import GetResult, SearchResult
+from drift_engine.errors import DriftError
+from drift_engine.server import convert as cv
+from drift_engine.server import drift_pb2 as pb
+from drift_engine.server import wire
+from drift_engine.server.drift_pb2_grpc import DriftServiceStub
+from drift_engine.server.fastclient import SLICE_S, FastPathClient
+from drift_engine.server.stream import StreamBatch, StreamHit
+
+_DEFAULT: Any = object()
+
+
+class _Channel:
+    def __init__(self, target: str, tls_ca: bytes | str | None) -> None:
+        creds = wire.credentials(tls_ca)
+        options = wire.channel_options()
+        if creds is None:
+            self.channel = grpc.insecure_channel(target, options=options)
+        else:
+            self.channel = grpc.secure_channel(target, creds, options=options)
+        self.stub = DriftServiceStub(self.channel)
+        self.refs = 0
+
+
+_channels: dict[tuple, _Channel] = {}
+_channels_lock = threading.Lock()
+
+
+def _forget_channels() -> None:  # in a forked child: the parent's channels are not ours to use or close
+    _channels.clear()
+
+
+os.register_at_fork(after_in_child=_forget_channels)
+
+
+class Client:
+    """A drift server, used like an embedded ``Engine``."""
+
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        *,
+        timeout: float | None = 30.0,
+        admin_timeout: float | None = None,
+        stream_timeout: float | None = None,
+        tls_ca: bytes | str | None = None,
+        fast_path: bool = True,
+        cancel_check: Callable[[], None] | None = None,
+    ) -> None:
+        target, _ = wire.grpc_target(address)
+        self.address = address
+        self.timeout = timeout
+        self.admin_timeout = admin_timeout
+        self.stream_timeout = stream_timeout
+        self.cancel_check = cancel_check
+        self._token = token
+        self._metadata = wire.auth_metadata(token)
+        self._key = (target, tls_ca)
+        with _channels_lock:
+            shared = _channels.get(self._key)
+            if shared is None:
+                shared = _channels[self._key] = _Channel(target, tls_ca)
+            shared.refs += 1
+        self._shared = shared
+        self.stub = shared.stub
+        self._fast: FastPathClient | bool | None = None if fast_path else False
+        self._closed = False
+
+    # ------------------------------------------------------------------ plumbing
+    def invoke(self, method: str, request: Any, timeout: Any = _DEFAULT) -> Any:
+        """One unary call with this client's deadline, token and error mapping."""
+        fn = getattr(self.stub, method)
+        deadline = self.timeout if timeout is _DEFAULT else timeout
+        try:
+            if self.cancel_check is None:
+                return fn(request, timeout=deadline, metadata=self._metadata)
+            future = fn.future(request, timeout=deadline, metadata=self._metadata)
+            while True:
+                try:
+                    return future.result(timeout=SLICE_S)
+                except grpc.FutureTimeoutError:
+                    try:
+                        self.cancel_check()
+                    except BaseException:
+                        future.cancel()
+                        raise
+        except grpc.RpcError as exc:
+            raise wire.rpc_error(exc) from None
+
+    def stream(self, method: str, request: Any) -> Any:
+        return getattr(self.stub, method)(request, timeout=self.stream_timeout, metadata=self._metadata)
+
+    def fast(self) -> FastPathClient | None:
+        """The fast-path client when the server offers one reachable from here, else None (asked once)."""
+        if self._fast is None:
+            health = self.health()
+            address = health["fast_path"]
+            path = address[len("ipc://") :] if address.startswith("ipc://") else ""
+            if path and os.access(path, os.R_OK | os.W_OK):  # on this host, and ours to connect to
+                self._fast = FastPathClient(
+                    address, self._token, max_message_bytes=health["max_message_bytes"], cancel_check=self.cancel_check
+                )
+            else:
+                self._fast = False
+        return self._fast or None
+
+    # ------------------------------------------------------------------ Engine's methods
+    def health(self) -> dict[str, Any]:
+        return wire.health_dict(self.invoke("Health", pb.HealthRequest()))
+
+    def create_collection(self, name: str, dim: int, metric: str = "l2", **params: Any) -> RemoteCollection:
+        req = wire.create_request(name, dim, metric, params)
+        return RemoteCollection(self, self.invoke("CreateCollection", req, self.admin_timeout))
+
+    def collection(self, name: str) -> RemoteCollection:
+        return RemoteCollection(self, self.invoke("DescribeCollection", pb.CollectionRequest(collection=name)))
+
+    def has_collection(self, name: str) -> bool:
+        return name in self.list_collections()
+
+    def list_collections(self) -> list[str]:
+        return list(self.invoke("ListCollections", pb.ListCollectionsRequest()).names)
+
+    def drop_collection(self, name: str) -> None:
+        self.invoke("DropCollection", pb.CollectionRequest(collection=name), self.admin_timeout)
+
+    def close(self) -> None:
+        """Release this client's share of the process-wide channel (closed when the last client lets go)."""
+        if self._closed:
+            return
+        self._closed = True
+        with _channels_lock:
+            self._shared.refs -= 1
+            if self._shared.refs <= 0 and _channels.get(self._key) is self._shared:
+                del _channels[self._key]
+                self._shared.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.address!r})"
+
+
+class RemoteCollection:
+    """A collection on a server: the methods of the embedded ``Collection``, over the wire."""
+
+    def __init__(self, client: Client, info: pb.CollectionInfo) -> None:
+        self._client = client
+        self.name = info.name
+        self.dim = int(info.dim)
+        self.metric = info.metric
+
+    def _req(self) -> pb.CollectionRequest:
+        return pb.CollectionRequest(collection=self.name)
+
+    def __len__(self) -> int:
+        return int(self._client.invoke("DescribeCollection", self._req()).count)
+
+    def __repr__(self) -> str:
+        return f"RemoteCollection({self.name!r}, dim={self.dim}, metric={self.metric!r}, n={len(self)})"
+
+    # ------------------------------------------------------------------ writes
+    def upsert(self, ids: Any, vectors: Any, payloads: Any = None, *, durability: str | None = None) -> int:
+        req = wire.write_request(self.name, self.dim, ids, vectors, payloads, replace=True, durability=durability)
+        return int(self._client.invoke("Upsert", req).count)
+
+    def insert(self, ids: Any, vectors: Any, payloads: Any = None, *, durability: str | None = None) -> int:
+        req = wire.write_request(self.name, self.dim, ids, vectors, payloads, replace=False, durability=durability)
+        return int(self._client.invoke("Upsert", req).count)
+
+    def delete(self, ids: Any, *, durability: str | None = None) -> int:
+        return int(self._client.invoke("Delete", wire.delete_request(self.name, ids, durability)).count)
+
+    # ------------------------------------------------------------------ index
+    def flush(self) -> int:
+        return int(self._client.invoke("Flush", self._req(), self._client.admin_timeout).flushed)
+
+    def train(self, n_buckets: int | None = None, *, progress: Callable[[str, float], None] | None = None) -> dict:
+        """Train on the server (``progress``, if given, is called once with ("done", 1.0) at the end)."""
+        req = pb.TrainRequest(collection=self.name, n_buckets=wire.opt_int(n_buckets, "n_buckets"))
+        result = cv.loads_dict(self._client.invoke("Train", req, self._client.admin_timeout).json, "train result")
+        if progress is not None:
+            progress("done", 1.0)
+        return result
+
+    def maintain(self, max_jobs: int | None = None) -> dict[str, Any]:
+        """Run pending maintenance jobs now on the server, most urgent first; returns what was done."""
+        req = pb.MaintainRequest(collection=self.name, max_jobs=wire.opt_int(max_jobs, "max_jobs"))
+        return cv.loads_dict(self._client.invoke("Maintain", req, self._client.admin_timeout).json, "result")
+
+    def bucket_stats(self) -> list[dict[str, Any]]:
+        """Per-bucket drift statistics (``stats(buckets=True)["bucket_stats"]``)."""
+        return self.stats(buckets=True).get("bucket_stats", [])
+
+    # ------------------------------------------------------------------ reads
+    def _payload_loader(self, ids: np.ndarray) -> list[dict | None]:
+        got = self._get(wire.get_request(self.name, ids, skip_vectors=True))
+        by_id = dict(zip(got.ids.tolist(), got.payloads, strict=True))
+        return [by_id.get(i) for i in ids.tolist()]
+
+    def _get(self, req: pb.GetRequest) -> GetResult:
+        fast = self._client.fast()
+        if fast is not None:
+            resp = fast.call(pb.FastRequest(get=req), self._client.timeout).get
+        else:
+            resp = self._client.invoke("Get", req)
+        return cv.get_result(resp, self.dim)
+
+    def get(self, ids: Any) -> GetResult:
+        """Vectors and payloads of the ids that exist, in request order (absent ids are left out)."""
+        return self._get(wire.get_request(self.name, ids))
+
+    def search(
+        self,
+        query: Any,
+        k: int = 10,
+        nprobe: int | None = None,
+        rerank: int | None = None,
+        filter: dict[str, Any] | None = None,
+        *,
+        ef: int | None = None,
+        with_payloads: bool = False,
+    ) -> SearchResult:
+        """The ``k`` nearest live vectors; payloads come with the hits when ``with_payloads``, else on first use."""
+        req = wire.search_request(
+            self.name, self.dim, query, k, nprobe, rerank, filter, ef, with_payloads=with_payloads
+        )
+        fast = self._client.fast()
+        if fast is not None:
+            resp = fast.call(pb.FastRequest(search=req), self._client.timeout).search
+        else:
+            resp = self._client.invoke("Search", req)
+        return cv.search_result(resp, self._payload_loader)
+
+    def search_batch(
+        self,
+        queries: Any,
+        k: int = 10,
+        nprobe: int | None = None,
+        rerank: int | None = None,
+        filter: dict[str, Any] | None = None,
+        *,
+        ef: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        req = wire.search_batch_request(self.name, self.dim, queries, k, nprobe, rerank, filter, ef)
+        return wire.search_batch_result(self._client.invoke("SearchBatch", req))
+
+    def search_stream(self, query: Any, k: int | None = None, **options: Any) -> RemoteSearchStream:
+        """Rows (``StreamHit``) in non-decreasing distance, lazily; options as ``stream.SearchStreamer``
+        (nprobe, rerank, filter, ef, max_distance, batch_size, limit, with_payloads)."""
+        return RemoteSearchStream(self._client, wire.stream_request(self.name, self.dim, query, k=k, **options))
+
+    def scan(
+        self, batch_size: int | None = None, *, vectors: bool = True, payloads: bool = True
+    ) -> Iterator[GetResult]:
+        """Every live vector, in id order, as ``GetResult`` batches (a consistent view per batch)."""
+        req = pb.ScanRequest(
+            collection=self.name, batch_size=wire.opt_int(batch_size, "batch_size") or 0, skip_vectors=not vectors,
+            skip_payloads=not payloads,
+        )  # fmt: skip
+        call = self._client.stream("Scan", req)
+        try:
+            for msg in call:
+                yield cv.get_result(msg, self.dim)
+        except grpc.RpcError as exc:
+            raise wire.rpc_error(exc) from None
+        finally:
+            call.cancel()
+
+    # ------------------------------------------------------------------ params & stats
+    def set_params(self, **params: Any) -> dict[str, Any]:
+        resp = self._client.invoke("SetParams", wire.params_request(self.name, params), self._client.admin_timeout)
+        return cv.loads_dict(resp.params_json, "params")
+
+    def params(self) -> dict[str, Any]:
+        return cv.loads_dict(self._client.invoke("GetParams", self._req()).params_json, "params")
+
+    def stats(self, buckets: bool = False) -> dict[str, Any]:
+        req = pb.StatsRequest(collection=self.name, buckets=bool(buckets))
+        return cv.loads_dict(self._client.invoke("Stats", req).json, "stats")
+
+    # ------------------------------------------------------------------ async twins (a thread each, like embedded)
+    async def upsert_async(self, *args: Any, **kwargs: Any) -> int:
+        return await asyncio.to_thread(self.upsert, *args, **kwargs)
+
+    async def insert_async(self, *args: Any, **kwargs: Any) -> int:
+        return await asyncio.to_thread(self.insert, *args, **kwargs)
+
+    async def delete_async(self, *args: Any, **kwargs: Any) -> int:
+        return await asyncio.to_thread(self.delete, *args, **kwargs)
+
+    async def search_async(self, *args: Any, **kwargs: Any) -> SearchResult:
+        return await asyncio.to_thread(self.search, *args, **kwargs)
+
+    async def search_batch_async(self, *args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        return await asyncio.to_thread(self.search_batch, *args, **kwargs)
+
+    async def get_async(self, *args: Any, **kwargs: Any) -> GetResult:
+        return await asyncio.to_thread(self.get, *args, **kwargs)
+
+    async def train_async(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(self.train, *args, **kwargs)
+
+    async def flush_async(self) -> int:
+        return await asyncio.to_thread(self.flush)
+
+    async def maintain_async(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(self.maintain, *args, **kwargs)
+
+
+class RemoteSearchStream:
+    """A lazy iterator of ``StreamHit`` over ``SearchStream`` (fast path cursor or gRPC stream)."""
+
+    def __init__(self, client: Client, request: pb.SearchStreamRequest) -> None:
+        self._client = client
+        self._request = request
+        self._fast = client.fast()
+        self._call: Any = None
+        self._cursor = 0
+        self._started = False
+        self._done = False
+        self._rows: deque[StreamHit] = deque()
+        self.rounds = 0
+        self.skipped = 0
+        self.end_reason = ""
+
+    def __iter__(self) -> RemoteSearchStream:
+        return self
+
+    def __next__(self) -> StreamHit:
+        while not self._rows:
+            if self._done:
+                raise StopIteration
+            self._rows.extend(self.next_batch().hits())
+        return self._rows.popleft()
+
+    def batches(self) -> Iterator[StreamBatch]:
+        """The stream batch by batch (the server's messages), instead of row by row."""
+        while not self._done:
+            yield self.next_batch()
+
+    def next_batch(self) -> StreamBatch:
+        if self._done:
+            raise StopIteration
+        msg = self._fast_batch() if self._fast is not None else self._grpc_batch()
+        self._started = True
+        self.rounds, self.skipped = msg.round, msg.skipped
+        if msg.done:
+            self._done = True
+            self.end_reason = msg.end_reason
+            self._cursor = 0
+        return wire.stream_batch(msg)
+
+    def _fast_batch(self) -> pb.SearchStreamBatch:
+        if not self._started:
+            req = pb.FastRequest(stream_open=self._request)
+        else:
+            req = pb.FastRequest(stream_next=pb.StreamCursor(cursor=self._cursor))
+        try:
+            msg = self._fast.call(req, self._client.timeout).batch
+        except BaseException:
+            self._done = True
+            raise
+        self._cursor = msg.cursor
+        return msg
+
+    def _grpc_batch(self) -> pb.SearchStreamBatch:
+        if self._call is None:
+            self._call = self._client.stream("SearchStream", self._request)
+        try:
+            return next(self._call)
+        except StopIteration:  # the server always ends with a done batch; a bare end means it went away
+            return pb.SearchStreamBatch(done=True, end_reason="closed", round=self.rounds, skipped=self.skipped)
+        except grpc.RpcError as exc:
+            self._done = True
+            raise wire.rpc_error(exc) from None
+
+    def close(self) -> None:
+        """Stop the stream and free the server's work (idempotent)."""
+        if self._call is not None:
+            self._call.cancel()
+        if self._cursor and self._fast is not None:
+            cursor, self._cursor = self._cursor, 0
+            with contextlib.suppress(DriftError):  # if this fails, the cursor expires on the server anyway
+                self._fast.call(pb.FastRequest(stream_close=pb.StreamCursor(cursor=cursor)), self._client.timeout)
+        self._done = True
+        self._rows.clear()
+
+    def __enter__(self) -> RemoteSearchStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        call = getattr(self, "_call", None)
+        if call is not None:
+            call.cancel()

@@ -1,0 +1,114 @@
+"""Client of the ZeroMQ fast path (REQ over ``ipc://``), used by the sync ``Client`` for search / get / streams.
+
+Contract:
+
+* One ZeroMQ context per process and one REQ socket per thread (ZeroMQ sockets are not thread-safe);
+  after ``fork`` the child starts fresh (the parent's context is never touched from the child).
+* ``call(request, timeout)`` sends one ``FastRequest`` and waits for its ``FastReply`` up to ``timeout``
+  seconds (``None`` = forever), in slices of ``SLICE_S`` so ``cancel_check`` (e.g. PostgreSQL's query
+  cancel) can interrupt the wait by raising. After a timeout or an interruption the socket is discarded
+  (a REQ socket cannot send again before it receives) and a fresh one is used next time.
+* A reply carrying ``ErrorStatus`` raises the same ``DriftError`` subclass the server raised.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from drift_engine.errors import DeadlineExceededError, EngineUnavailableError, RequestTooLargeError
+from drift_engine.server import convert as cv
+from drift_engine.server import drift_pb2 as pb
+
+SLICE_S = 0.05
+_state = threading.local()
+_ctx_lock = threading.Lock()
+_ctx: dict[int, zmq.Context] = {}
+
+
+def _context() -> zmq.Context:
+    pid = os.getpid()
+    ctx = _ctx.get(pid)
+    if ctx is None:
+        with _ctx_lock:
+            ctx = _ctx.get(pid)
+            if ctx is None:
+                ctx = zmq.Context()
+                _ctx.clear()  # a context inherited from a parent process is abandoned, not closed
+                _ctx[pid] = ctx
+    return ctx
+
+
+class FastPathClient:
+    def __init__(
+        self,
+        address: str,
+        token: str | None,
+        *,
+        max_message_bytes: int = 0,
+        cancel_check: Callable[[], None] | None = None,
+    ) -> None:
+        self.address = address
+        self.token = token or ""
+        self.max_message_bytes = max_message_bytes
+        self.cancel_check = cancel_check
+
+    def _socket(self) -> Any:
+        socks = getattr(_state, "socks", None)
+        if socks is None or getattr(_state, "pid", None) != os.getpid():
+            socks = _state.socks = {}
+            _state.pid = os.getpid()
+        sock = socks.get(self.address)
+        if sock is None:
+            sock = _context().socket(zmq.REQ)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.address)
+            socks[self.address] = sock
+        return sock
+
+    def _discard(self) -> None:
+        sock = getattr(_state, "socks", {}).pop(self.address, None)
+        if sock is not None:
+            sock.close(linger=0)
+
+    def call(self, request: pb.FastRequest, timeout: float | None) -> pb.FastReply:
+        request.token = self.token
+        body = request.SerializeToString()
+        if self.max_message_bytes and len(body) > self.max_message_bytes:
+            raise RequestTooLargeError(
+                f"request of {len(body)} bytes is over the server's {self.max_message_bytes}-byte message limit"
+            )
+        sock = self._socket()
+        try:
+            sock.send(body)
+        except zmq.ZMQError as exc:
+            self._discard()
+            raise EngineUnavailableError(f"fast path {self.address}: {exc}") from None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                wait = SLICE_S if self.cancel_check is not None else None
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise DeadlineExceededError(f"no reply from {self.address} within {timeout} s")
+                    wait = left if wait is None else min(wait, left)
+                if sock.poll(None if wait is None else max(1, int(wait * 1000)), zmq.POLLIN):
+                    raw = sock.recv()
+                    break
+                if self.cancel_check is not None:
+                    self.cancel_check()
+        except BaseException:
+            self._discard()
+            raise
+        reply = pb.FastReply()
+        reply.ParseFromString(raw)
+        if reply.WhichOneof("result") == "error":
+            err = reply.error
+            raise cv.make_error(err.code, err.error_class, err.message, err.hint)
+        return reply

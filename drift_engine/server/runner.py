@@ -1,0 +1,252 @@
+"""Running one server: open the engine, bind the listeners, serve, drain on SIGTERM / SIGINT.
+
+Contract:
+
+* The engine is opened first; its directory lock makes a second server on the same data directory fail
+  with ``DirectoryLockedError`` before anything is bound (the CLI prints it and exits non-zero).
+* Listen addresses: ``unix:PATH`` (default ``unix:<data>/drift.sock``; socket mode 0660, bound under a
+  0117 umask so it is never wider) or ``HOST:PORT``. TCP on a non-loopback host is refused unless TLS and
+  a token are both configured. A stale socket file (nobody accepting) is replaced; one a live server
+  accepts on is refused. TCP ports are bound without ``SO_REUSEPORT``.
+* With a Unix socket, the ZeroMQ fast path listens on ``ipc://<socket>.fast`` (same permissions) unless
+  disabled; Health advertises it.
+* Shutdown (SIGTERM / SIGINT): Health reports ``DRAINING``, no new calls are accepted, in-flight calls get
+  ``grace`` seconds to finish (streams still open after that are cancelled), then the engine closes
+  (memtables flushed, WAL and LMDB fsynced and closed), the socket files are removed and ``serve``
+  returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import stat
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from drift_engine.server.core import ServerLimits, ServiceCore
+from drift_engine.server.service import DriftService
+
+log = logging.getLogger("drift_engine.server")
+
+SOCKET_NAME = "drift.sock"
+FAST_SUFFIX = ".fast"
+_MAX_UNIX_PATH = 107
+
+
+class ServerStartupError(Exception):
+    """The server cannot start as configured (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Listen:
+    kind: str  # "unix" | "tcp"
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+    @property
+    def grpc_target(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def loopback(self) -> bool:
+        if self.kind == "unix":
+            return True
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_listen(value: str | None, data_dir: str) -> Listen:
+    """``unix:PATH`` / ``unix://PATH`` / ``HOST:PORT`` / ``[V6]:PORT``; ``None`` = the data directory's socket."""
+    if not value:
+        return Listen("unix", path=os.path.join(os.path.abspath(data_dir), SOCKET_NAME))
+    if value.startswith("unix:"):
+        path = value[len("unix://") :] if value.startswith("unix://") else value[len("unix:") :]
+        if not path:
+            raise ServerStartupError(f"--listen {value!r}: empty socket path")
+        return Listen("unix", path=os.path.abspath(path))
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ServerStartupError(f"--listen {value!r}: use unix:PATH or HOST:PORT")
+    return Listen("tcp", host=host.strip("[]"), port=int(port))
+
+
+@dataclass
+class ServeOptions:
+    data: str
+    listen: str | None = None
+    token: bytes | None = None
+    tls_cert: bytes | None = None
+    tls_key: bytes | None = None
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    threads: int = 16
+    admin_threads: int = 2
+    fast_path: bool = True
+    fast_workers: int = 4
+    inline_reads: str = "idle"
+    grace: float = 10.0
+    engine_settings: dict[str, Any] = field(default_factory=dict)
+
+
+def check_security(listen: Listen, opts: ServeOptions) -> None:
+    if bool(opts.tls_cert) != bool(opts.tls_key):
+        raise ServerStartupError("TLS needs both --tls-cert and --tls-key")
+    if opts.tls_cert and listen.kind == "unix":
+        raise ServerStartupError("TLS applies to TCP listeners only; a Unix socket is protected by its file mode")
+    if listen.kind == "tcp" and not listen.loopback and not (opts.tls_cert and opts.token):
+        raise ServerStartupError(
+            f"refusing to listen on {listen.host}:{listen.port} (not loopback) without TLS and a token: "
+            "pass --tls-cert, --tls-key and --token-file, or listen on 127.0.0.1 / a Unix socket"
+        )
+
+
+def claim_unix_path(path: str) -> None:
+    """Make ``path`` free for a new socket: remove a stale one, refuse a live one or a non-socket."""
+    if len(os.fsencode(path)) > _MAX_UNIX_PATH:
+        raise ServerStartupError(
+            f"socket path is {len(os.fsencode(path))} bytes, over the {_MAX_UNIX_PATH} limit: {path}"
+        )
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ServerStartupError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)  # stale: left by a server that did not stop cleanly
+        log.info("removed stale socket", extra={"path": path})
+        return
+    except OSError as exc:
+        raise ServerStartupError(f"cannot check socket {path}: {exc}") from None
+    finally:
+        probe.close()
+    raise ServerStartupError(f"{path} is in use by another server")
+
+
+def _grpc_options(limits: ServerLimits) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        ("grpc.max_send_message_length", limits.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+async def serve(
+    opts: ServeOptions,
+    *,
+    on_ready: Callable[[dict[str, Any]], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run a server until SIGTERM / SIGINT (main thread) or ``stop`` is set; see the module docstring."""
+    from drift_engine import __version__
+    from drift_engine.api import Engine
+
+    listen = parse_listen(opts.listen, opts.data)
+    check_security(listen, opts)
+    stop = stop or asyncio.Event()
+    if threading.current_thread() is threading.main_thread():  # from here on, SIGTERM means "drain"
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    fast_address = f"ipc://{listen.path}{FAST_SUFFIX}" if opts.fast_path and listen.kind == "unix" else ""
+    engine = await asyncio.to_thread(Engine.open, opts.data, **opts.engine_settings)
+    pool = ThreadPoolExecutor(opts.threads, thread_name_prefix="drift-rpc")
+    admin_pool = ThreadPoolExecutor(opts.admin_threads, thread_name_prefix="drift-admin")
+    core = ServiceCore(engine, opts.limits, version=__version__, fast_path=fast_address)
+    server = grpc.aio.server(options=_grpc_options(opts.limits))
+    fast = None
+    bound: list[str] = []
+    try:
+        service = DriftService(core, token=opts.token, pool=pool, admin_pool=admin_pool, inline_reads=opts.inline_reads)
+        server.add_generic_rpc_handlers((service.generic_handler(),))
+        old_umask = os.umask(0o117)
+        try:
+            if listen.kind == "unix":
+                claim_unix_path(listen.path)
+                if fast_address:
+                    claim_unix_path(listen.path + FAST_SUFFIX)
+            port = _add_port(server, listen, opts)
+            if listen.kind == "unix":
+                bound.append(listen.path)
+            await server.start()
+            if listen.kind == "unix":
+                os.chmod(listen.path, 0o660)
+            if fast_address:
+                from drift_engine.server.fastpath import FastPathServer
+
+                fast = FastPathServer(core, fast_address, token=opts.token, workers=opts.fast_workers)
+                fast.start()
+        finally:
+            os.umask(old_umask)
+        info = {
+            "listen": dataclasses.replace(listen, port=port).grpc_target,
+            "fast_path": fast_address,
+            "data": os.path.abspath(opts.data),
+            "pid": os.getpid(),
+            "tls": bool(opts.tls_cert),
+            "token": opts.token is not None,
+            "collections": engine.list_collections(),
+            **core.limits_dict(),
+        }
+        log.info("serving", extra=info)
+        if on_ready is not None:
+            on_ready(info)
+        await stop.wait()
+        log.info("draining", extra={"inflight": core.counters.inflight, "grace_s": opts.grace})
+        core.draining = True
+        drains = [server.stop(opts.grace)]
+        if fast is not None:
+            drains.append(asyncio.to_thread(fast.stop, opts.grace))
+        await asyncio.gather(*drains)
+        fast = None
+    finally:
+        with contextlib.suppress(Exception):
+            await server.stop(None)
+        if fast is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(fast.stop, 0)
+        pool.shutdown(wait=True, cancel_futures=True)
+        admin_pool.shutdown(wait=True, cancel_futures=True)
+        await asyncio.to_thread(engine.close)
+        for path in bound:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    log.info("stopped", extra={"data": os.path.abspath(opts.data)})
+
+
+def _add_port(server: grpc.aio.Server, listen: Listen, opts: ServeOptions) -> int:
+    target = listen.grpc_target
+    try:
+        if opts.tls_cert and opts.tls_key:
+            creds = grpc.ssl_server_credentials([(opts.tls_key, opts.tls_cert)])
+            port = server.add_secure_port(target, creds)
+        else:
+            port = server.add_insecure_port(target)
+    except RuntimeError as exc:
+        raise ServerStartupError(f"cannot listen on {target}: {exc}") from None
+    if listen.kind == "tcp" and not port:
+        raise ServerStartupError(f"cannot listen on {target} (address in use?)")
+    return port

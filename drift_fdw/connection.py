@@ -1,0 +1,232 @@
+"""One engine client per PostgreSQL backend, and the translation of failures into PostgreSQL errors.
+
+Contract:
+
+* ``client(address, token, timeout)`` returns this backend's ``Client`` for that server, made on first use
+  and cached module-wide (the FDW and the ``drift.*`` SQL functions share it: Multicorn and PL/Python run
+  in one interpreter per backend). Search and get go over the ZeroMQ fast path when the server offers it
+  (the client decides). ``forget(address)`` drops a client after a transport failure so the next call
+  reconnects from scratch (a fresh gRPC channel, no inherited back-off).
+* Waiting on the engine honours PostgreSQL's query cancel and ``statement_timeout``: ``cancel_check``
+  reads the backend's ``QueryCancelPending`` / ``ProcDiePending`` flags (without servicing them; PostgreSQL
+  does that when the error reaches it) and raises ``QueryCancelled``. While a call waits, it also probes the
+  server's Unix socket at most once per ``PROBE_EVERY_S`` and gives up early when nobody listens.
+* ``problem(exc, address)`` turns any exception from the engine or from conversion into a
+  ``SqlProblem(message, hint, sqlstate)`` with a useful hint; ``engine_call(address)`` is the context
+  manager that does it (and forgets the client on transport failures).
+* ``COUNTERS`` counts this backend's engine traffic (kNN queries and the rows they pulled, streams,
+  lookups, scans, writes); the SQL function ``drift.backend_stats()`` shows it.
+* Nothing here imports numba, hnswlib or LMDB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from drift_engine import errors as de
+from drift_engine.errors import DriftError
+
+PROBE_EVERY_S = 1.0
+COUNTERS: dict[str, int] = {
+    "clients": 0,
+    "knn_queries": 0,
+    "engine_rows": 0,
+    "streams": 0,
+    "stream_batches": 0,
+    "streams_closed_early": 0,
+    "sql_searches": 0,
+    "lookups": 0,
+    "scans": 0,
+    "scan_rows": 0,
+    "write_calls": 0,
+    "rows_written": 0,
+}
+
+_clients: dict[tuple[str, str | None, float], Any] = {}
+
+
+class QueryCancelled(Exception):
+    """PostgreSQL asked this backend to cancel the statement (or to exit)."""
+
+
+class SqlProblem(Exception):
+    """An error to raise in PostgreSQL: message, hint, SQLSTATE."""
+
+    def __init__(self, message: str, hint: str | None = None, sqlstate: str = "XX000") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.sqlstate = sqlstate
+
+
+# ------------------------------------------------------------------------------------------ cancel
+def _flag(name: str) -> Any:
+    try:
+        return ctypes.c_int.in_dll(ctypes.CDLL(None), name)
+    except (OSError, ValueError):
+        return None  # not inside a PostgreSQL backend
+
+
+_CANCEL = _flag("QueryCancelPending")
+_DIE = _flag("ProcDiePending")
+_STATEMENT_TIMEOUT, _LOCK_TIMEOUT = 3, 2  # TimeoutId values (utils/timeout.h, PostgreSQL 12 to 17)
+
+
+def _timeout_indicator() -> Any:
+    try:
+        fn = ctypes.CDLL(None).get_timeout_indicator
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_bool]
+    fn.restype = ctypes.c_bool
+    return fn
+
+
+_TIMEOUT_INDICATOR = _timeout_indicator() if _CANCEL is not None else None
+
+
+def _cancel_reason() -> str:
+    """PostgreSQL's own wording for the pending interrupt (read without resetting anything)."""
+    if _DIE is not None and _DIE.value:
+        return "terminating connection due to administrator command"
+    if _TIMEOUT_INDICATOR is not None:
+        if _TIMEOUT_INDICATOR(_STATEMENT_TIMEOUT, False):
+            return "canceling statement due to statement timeout"
+        if _TIMEOUT_INDICATOR(_LOCK_TIMEOUT, False):
+            return "canceling statement due to lock timeout"
+    return "canceling statement due to user request"
+
+
+class _Waiter:
+    """The ``cancel_check`` of one client: query cancel + a liveness probe of the server's socket."""
+
+    def __init__(self, unix_path: str | None) -> None:
+        self.unix_path = unix_path
+        self.last_probe = 0.0
+
+    def __call__(self) -> None:
+        if (_CANCEL is not None and _CANCEL.value) or (_DIE is not None and _DIE.value):
+            raise QueryCancelled(_cancel_reason())
+        now = time.monotonic()
+        if self.unix_path and now - self.last_probe >= PROBE_EVERY_S:
+            self.last_probe = now
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(self.unix_path)
+            except (FileNotFoundError, ConnectionRefusedError):
+                raise de.EngineUnavailableError(f"nobody listens on {self.unix_path} any more") from None
+            except OSError:
+                pass
+            finally:
+                probe.close()
+
+
+# ------------------------------------------------------------------------------------------ clients
+def client(address: str, token: str | None = None, timeout: float = 30.0) -> Any:
+    key = (address, token, timeout)
+    cli = _clients.get(key)
+    if cli is None:
+        from drift_engine.server import wire
+        from drift_engine.server.client import Client
+
+        _, unix_path = wire.grpc_target(address)
+        cli = Client(address, token=token, timeout=timeout, cancel_check=_Waiter(unix_path))
+        _clients[key] = cli
+        COUNTERS["clients"] += 1
+    return cli
+
+
+def forget(address: str) -> None:
+    """Close and drop every cached client of ``address`` (the next ``client()`` reconnects)."""
+    for key in [k for k in _clients if k[0] == address]:
+        cli = _clients.pop(key)
+        with contextlib.suppress(Exception):  # a broken channel must not mask the real error
+            cli.close()
+
+
+# ------------------------------------------------------------------------------------------ errors
+_SQLSTATE: list[tuple[type[DriftError], str]] = [
+    (de.DimensionMismatchError, "22000"),
+    (de.InvalidVectorError, "22000"),
+    (de.InvalidParameterError, "22023"),
+    (de.InvalidFilterError, "22023"),
+    (de.InvalidPayloadError, "22023"),
+    (de.InvalidArgumentError, "22023"),
+    (de.CollectionNotFoundError, "42704"),
+    (de.CollectionExistsError, "42710"),
+    (de.DuplicateIdError, "23505"),
+    (de.RequestTooLargeError, "54000"),
+    (de.EngineUnavailableError, "08006"),
+    (de.DeadlineExceededError, "57014"),
+    (de.CancelledError, "57014"),
+    (de.AuthenticationError, "28000"),
+    (de.PermissionDeniedError, "42501"),
+    (de.CorruptionError, "XX001"),
+    (de.WritesStoppedError, "55000"),
+    (de.EngineClosedError, "55000"),
+    (de.DirectoryLockedError, "55000"),
+]
+_TRANSPORT = (de.EngineUnavailableError, de.DeadlineExceededError, de.CancelledError, de.EngineClosedError)
+
+
+def _hint(exc: DriftError, address: str) -> str | None:
+    if isinstance(exc, de.DuplicateIdError):
+        return "INSERT refuses ids that exist; use UPDATE, or DELETE the row first (nothing was written)"
+    if exc.hint:
+        return exc.hint
+    if isinstance(exc, de.EngineUnavailableError):
+        return (
+            f"is the drift engine running at {address}?  Start it with  "
+            "python -m drift_engine.cli serve --data DIR --listen unix:PATH  and check the socket's permissions"
+        )
+    if isinstance(exc, de.DeadlineExceededError):
+        return "the engine did not answer in time; raise the server option 'timeout' or check the engine's load"
+    if isinstance(exc, de.CollectionNotFoundError):
+        return "create it with drift.create_collection(...), or the table option create 'true'"
+    if isinstance(exc, de.DimensionMismatchError):
+        return "every vector must have the collection's dimension"
+    if isinstance(exc, de.AuthenticationError):
+        return "put the server's token in a user mapping: CREATE USER MAPPING ... OPTIONS (token '...')"
+    if isinstance(exc, de.RequestTooLargeError):
+        return "send fewer rows per statement or raise the server's --max-message-bytes / --max-batch"
+    return None
+
+
+def problem(exc: BaseException, address: str = "") -> SqlProblem:
+    """The ``SqlProblem`` to report for ``exc`` (see the module docstring)."""
+    if isinstance(exc, SqlProblem):
+        return exc
+    if isinstance(exc, QueryCancelled):
+        return SqlProblem(str(exc), None, "57014")
+    if isinstance(exc, DriftError):
+        state = next((s for cls, s in _SQLSTATE if isinstance(exc, cls)), "XX000")
+        return SqlProblem(f"drift: {exc.message}", _hint(exc, address), state)
+    message = getattr(exc, "message", None)
+    if message is not None and hasattr(exc, "hint"):  # ConfigError, ValueProblem
+        return SqlProblem(str(message), exc.hint, "22023")
+    return SqlProblem(
+        f"drift: unexpected {type(exc).__name__}: {exc}",
+        "this is a bug in drift_fdw; the server log of PostgreSQL has no more detail",
+        "XX000",
+    )
+
+
+@contextmanager
+def engine_call(address: str) -> Iterator[None]:
+    """Run engine calls; raise ``SqlProblem`` for any failure and forget the client on transport failures."""
+    try:
+        yield
+    except SqlProblem:
+        raise
+    except BaseException as exc:
+        if isinstance(exc, (*_TRANSPORT, QueryCancelled)) or type(exc).__name__ in ("ZMQError", "RpcError"):
+            forget(address)
+        if isinstance(exc, GeneratorExit | KeyboardInterrupt | SystemExit):
+            raise
+        raise problem(exc, address) from None

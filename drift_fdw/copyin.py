@@ -1,0 +1,73 @@
+"""COPY into a drift foreign table, through triggers (``drift.enable_copy(table)`` installs them).
+
+Why: Multicorn2 3.2 has no ``BeginForeignInsert``, so PostgreSQL's COPY FROM (and tuple routing into a
+foreign partition) calls its ``ExecForeignInsert`` with no state and the backend dies (signal 11). A
+``BEFORE`` trigger runs first and can take the row instead.
+
+Contract of ``trigger(TD)`` (the body of ``drift.copy_trigger()``), per statement on one table:
+
+* ``BEFORE ... FOR EACH STATEMENT``: plans ``SELECT 1 FROM <table> LIMIT 0``, which makes Multicorn hand
+  over the table's ``DriftFDW`` instance and enlist it in the transaction (so its pre-commit runs). If the
+  instance is inside an ordinary INSERT (PostgreSQL asked it for ``modify_batch_size``), nothing changes;
+  otherwise the statement is a COPY and its rows are taken by the row trigger.
+* ``BEFORE ... FOR EACH ROW`` during a COPY: the row goes into the instance's transaction buffer exactly as
+  an INSERT's would (same validation, same errors with hints), and the trigger returns ``SKIP``, so
+  PostgreSQL never calls the broken insert path. COPY therefore reports ``COPY 0``; the rows are applied
+  at commit and discarded by ROLLBACK, like every other write through the FDW.
+* ``AFTER ... FOR EACH STATEMENT``: ends the COPY mode of the table.
+Only PostgreSQL up to 15 benefits: from 16 on, COPY asks the FDW for a batch size before any trigger
+runs, which crashes the same way; there, COPY into a staging table and ``INSERT ... SELECT``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from drift_fdw import fdw
+
+_copying: dict[int, Any] = {}  # relid -> DriftFDW instance taking COPY rows
+
+
+def _plpy() -> Any:
+    return sys.modules["plpy"]
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def trigger(TD: dict[str, Any]) -> str | None:
+    relid = int(TD["relid"])
+    if TD["level"] == "STATEMENT":
+        if TD["when"] == "BEFORE":
+            _copying.pop(relid, None)
+            inst = _instance(TD)
+            if not inst.inserting:
+                _copying[relid] = inst
+        else:
+            _copying.pop(relid, None)
+        return None
+    inst = _copying.get(relid)
+    if inst is None:
+        return None  # an ordinary INSERT: the FDW takes the row itself
+    try:
+        inst.insert(TD["new"])
+    except Exception as exc:
+        if getattr(exc, "_is_multicorn_exception", False):
+            extra = {"hint": exc.hint} if getattr(exc, "hint", None) else {}
+            _plpy().error(exc.message, **extra)
+        raise
+    return "SKIP"
+
+
+def _instance(TD: dict[str, Any]) -> Any:
+    table = f"{_quote(TD['table_schema'])}.{_quote(TD['table_name'])}"
+    fdw.LAST_PLANNED = None
+    _plpy().execute(f"SELECT 1 FROM ONLY {table} LIMIT 0")
+    inst = fdw.LAST_PLANNED
+    if inst is None:
+        _plpy().error(
+            f"drift: {table} is not a drift foreign table", hint="drift.enable_copy() is for drift foreign tables"
+        )
+    return inst

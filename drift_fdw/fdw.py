@@ -1,0 +1,474 @@
+"""``DriftFDW``: a Multicorn2 foreign data wrapper over one drift collection (DESIGN §12).
+
+Contract (what PostgreSQL sees):
+
+* Scans (see ``quals.plan_scan`` for which conditions are pushed down): kNN (``query = ...``), range
+  (``distance < x``), filtered kNN, point lookups (``id = ...`` / ``id = ANY(...)``) and full scans.
+  kNN rows come from a generator over the engine's ``SearchStream`` in non-decreasing distance, one batch
+  at a time, so a ``Limit`` node above stops the engine early; ``can_sort`` accepts ``distance ASC``.
+  ``can_limit`` (PostgreSQL offers it only when there are no quals) is always accepted and then applied
+  exactly, since PostgreSQL does not apply an accepted LIMIT / OFFSET again. Only the columns asked for
+  are returned; ``query`` and the knobs are echoed back so PostgreSQL's re-check of them passes.
+* Writes: INSERT (``bulk_insert`` for multi-row INSERT), UPDATE and DELETE, with ``id`` as rowid, are
+  validated at once and buffered per transaction (``writes.WriteBuffer``); pre-commit applies the buffer
+  (one atomic engine batch when it fits in one call), ROLLBACK drops it, savepoints are honoured.
+* ``explain`` lists what was pushed down and what PostgreSQL filters itself; ``import_schema`` creates a
+  foreign table per collection (``connection``-level options ``sample`` and ``vector``).
+* Every failure reaches PostgreSQL as ``log_to_postgres(ERROR)`` with a hint; nothing raised here
+  escapes as a Python traceback, and the backend keeps serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from multicorn import ForeignDataWrapper, SortKey, TableDefinition
+from multicorn.utils import ERROR, log_to_postgres
+
+from drift_engine.errors import CollectionNotFoundError, DriftError
+from drift_fdw import connection as conn
+from drift_fdw.knn import knn_hits
+from drift_fdw.options import ConfigError, TableSpec
+from drift_fdw.quals import ScanPlan, plan_scan
+from drift_fdw.rows import ValueProblem, parse_int, parse_vector, payload_value, pg_value, vector_literal
+from drift_fdw.schema import import_tables
+from drift_fdw.writes import WriteBuffer
+
+INFO_TTL_S = 30.0
+SCAN_BATCH = 1000
+LAST_PLANNED: Any = None  # the instance PostgreSQL planned a scan of most recently (see copyin)
+
+
+def _fail(exc: BaseException, address: str = "") -> None:
+    """Report ``exc`` as an ERROR (raises the exception Multicorn turns into ereport)."""
+    p = conn.problem(exc, address)
+    log_to_postgres(p.message, ERROR, hint=p.hint)
+
+
+class DriftFDW(ForeignDataWrapper):
+    """One instance per foreign table per backend (Multicorn caches it); see the module docstring."""
+
+    def __init__(self, fdw_options: dict[str, str], fdw_columns: dict[str, Any]) -> None:
+        super().__init__(fdw_options, fdw_columns)
+        try:
+            self.spec = TableSpec.parse(dict(fdw_options), fdw_columns)
+        except ConfigError as exc:
+            _fail(exc)
+        self._info: tuple[float, int, str] | None = None  # (described at, dim, metric)
+        self._limits: tuple[float, int, int] | None = None  # (asked at, max_batch, max_message_bytes)
+        self._writes = WriteBuffer()
+        self._streams: set[Any] = set()
+        self.inserting = False  # between PostgreSQL's INSERT set-up (modify_batch_size) and end_modify
+
+    # ------------------------------------------------------------------ engine access
+    def _client(self) -> Any:
+        return conn.client(self.spec.address, self.spec.token, self.spec.timeout)
+
+    def _collection(self) -> Any:
+        """The engine collection (described once per ``INFO_TTL_S``; created when ``create 'true'``)."""
+        spec = self.spec
+        cli = self._client()
+        try:
+            col = cli.collection(spec.collection)
+        except CollectionNotFoundError:
+            if not spec.create:
+                raise
+            col = cli.create_collection(spec.collection, spec.vector_dim, spec.metric or "l2")
+        if spec.vector_dim is not None and col.dim != spec.vector_dim:
+            raise ConfigError(
+                f"drift: collection {spec.collection!r} has {col.dim} dimensions, the foreign table says "
+                f"{spec.vector_dim}",
+                hint="make the table's dim option / vector(n) columns match the collection",
+            )
+        if spec.metric is not None and col.metric != spec.metric:
+            raise ConfigError(
+                f"drift: collection {spec.collection!r} uses metric {col.metric!r}, the foreign table says "
+                f"{spec.metric!r}",
+                hint="drop the table's metric option or make it match",
+            )
+        self._col = col
+        self._info = (time.monotonic(), col.dim, col.metric)
+        return col
+
+    def _col_fresh(self) -> Any:
+        if self._info is None or time.monotonic() - self._info[0] > INFO_TTL_S:
+            return self._collection()
+        return self._col
+
+    @property
+    def _dim(self) -> int | None:
+        return self._info[1] if self._info is not None else self.spec.vector_dim
+
+    # ------------------------------------------------------------------ planning
+    def get_rel_size(self, quals: list[Any], columns: list[str]) -> tuple[int, int]:
+        global LAST_PLANNED
+        LAST_PLANNED = self
+        width = 16 * max(1, len(columns))
+        if "embedding" in self.spec.roles and self.spec.roles["embedding"] in columns:
+            width += 12 * (self._dim or 128)
+        try:
+            plan = plan_scan(quals, self.spec, None)
+        except Exception:
+            return (10, width)
+        if plan.mode == "lookup":
+            return (max(1, len(plan.ids or [])), width)
+        if plan.mode == "knn":
+            return (plan.knobs.get("k", 10), width)
+        return (1_000_000, width)
+
+    def get_path_keys(self) -> list[tuple[tuple[str, ...], int]]:
+        keys = []
+        if "id" in self.spec.roles:
+            keys.append(((self.spec.roles["id"],), 1))
+        if "query" in self.spec.roles:
+            keys.append(((self.spec.roles["query"],), 10))
+        return keys
+
+    def can_sort(self, sortkeys: list[SortKey]) -> list[SortKey]:
+        distance = self.spec.roles.get("distance")
+        first = sortkeys[0] if sortkeys else None
+        if first is not None and first.attname == distance and not first.is_reversed and not first.nulls_first:
+            return [first]
+        return []
+
+    def can_limit(self, limit: int | None, offset: int | None) -> bool:
+        return True
+
+    # ------------------------------------------------------------------ scans
+    def explain(
+        self,
+        quals: list[Any],
+        columns: list[str],
+        sortkeys: list[SortKey] | None = None,
+        verbose: bool = False,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> list[str]:
+        try:
+            plan = plan_scan(quals, self.spec, None)
+        except (ValueProblem, ConfigError) as exc:
+            return [f"drift: {exc}"]
+        mode = {"knn": "kNN stream", "lookup": "point lookup", "scan": "full scan", "empty": "no rows"}[plan.mode]
+        lines = [f"drift: collection {self.spec.collection!r} at {self.spec.address}: {mode}"]
+        lines += [f"drift pushed down: {p}" for p in plan.pushed]
+        if sortkeys:
+            lines.append("drift pushed down: ORDER BY " + ", ".join(s.attname for s in sortkeys))
+        if limit is not None or offset is not None:
+            lines.append(f"drift pushed down: LIMIT {limit} OFFSET {offset or 0}")
+        if plan.left:
+            lines.append("drift left to PostgreSQL: " + "; ".join(plan.left))
+        if verbose:
+            lines.append("drift columns: " + ", ".join(sorted(columns)))
+        return lines
+
+    def execute(
+        self,
+        quals: list[Any],
+        columns: Any,
+        sortkeys: list[SortKey] | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        address = self.spec.address
+        try:
+            with conn.engine_call(address):
+                col = self._col_fresh()
+                plan = plan_scan(quals, self.spec, col.dim)
+        except conn.SqlProblem as exc:
+            log_to_postgres(exc.message, ERROR, hint=exc.hint)
+        if plan.mode == "empty" or limit == 0:
+            return iter(())
+        rows = self._rows(col, plan, set(columns), bool(sortkeys))
+        if limit is not None or offset is not None:
+            rows = _window(rows, limit, offset or 0)
+        return rows
+
+    def _rows(self, col: Any, plan: ScanPlan, columns: set[str], sort: bool) -> Iterator[dict[str, Any]]:
+        try:
+            if plan.mode == "lookup":
+                yield from self._lookup(col, plan, columns, sort)
+            elif plan.mode == "knn":
+                yield from self._knn(col, plan, columns)
+            else:
+                yield from self._scan(col, columns)
+        except (conn.SqlProblem, ValueProblem, ConfigError, DriftError, conn.QueryCancelled) as exc:
+            self._info = None  # describe the collection again next time (it may have been re-created)
+            _fail(exc, self.spec.address)
+
+    def _row(
+        self, columns: set[str], ident: int, distance: float | None, vector: Any, payload: Any, plan: ScanPlan | None
+    ) -> dict[str, Any]:
+        spec = self.spec
+        row: dict[str, Any] = {}
+        for name in columns:
+            c = spec.columns.get(name)
+            if c is None:
+                continue
+            role = c.role
+            if role == "id":
+                row[name] = ident
+            elif role == "distance":
+                row[name] = None if distance is None else repr(float(distance))
+            elif role == "field":
+                row[name] = pg_value(payload.get(c.key), c, ident) if payload else None
+            elif role == "embedding":
+                row[name] = None if vector is None else vector_literal(vector, c.pgvector)
+            elif role == "query":
+                row[name] = plan.query_echo if plan is not None else None
+            elif role == "payload":
+                row[name] = None if payload is None else pg_value(payload, c, ident)
+            else:  # knobs
+                row[name] = plan.knobs.get(role) if plan is not None else None
+        return row
+
+    def _wants(self, columns: set[str]) -> tuple[bool, bool]:
+        """(needs payloads, needs vectors) for these columns."""
+        spec = self.spec
+        payloads = any(spec.columns[c].role in ("field", "payload") for c in columns if c in spec.columns)
+        emb = spec.roles.get("embedding")
+        return payloads, emb is not None and emb in columns
+
+    def _knn(self, col: Any, plan: ScanPlan, columns: set[str]) -> Iterator[dict[str, Any]]:
+        want_payloads, want_vectors = self._wants(columns)
+        for hit in knn_hits(col, plan, self.spec.address, want_payloads, want_vectors, self._streams):
+            yield self._row(columns, hit.id, hit.distance, hit.vector, hit.payload, plan)
+
+    def _lookup(self, col: Any, plan: ScanPlan, columns: set[str], sort: bool) -> Iterator[dict[str, Any]]:
+        with conn.engine_call(self.spec.address):
+            got = col.get(plan.ids) if plan.ids else None
+        conn.COUNTERS["lookups"] += 1
+        if got is None or len(got) == 0:
+            return
+        ids = got.ids.tolist()
+        dists: list[float | None] = [None] * len(ids)
+        if plan.query is not None:
+            d = _distances(got.vectors, plan.query, col.metric)
+            dists = d.tolist()
+            if sort:
+                order = np.argsort(d, kind="stable").tolist()
+                ids, dists = [ids[i] for i in order], [dists[i] for i in order]
+                got = type(got)(got.ids[order], got.vectors[order], [got.payloads[i] for i in order])
+        for i, ident in enumerate(ids):
+            yield self._row(columns, ident, dists[i], got.vectors[i], got.payloads[i], plan)
+
+    def _scan(self, col: Any, columns: set[str]) -> Iterator[dict[str, Any]]:
+        want_payloads, want_vectors = self._wants(columns)
+        address = self.spec.address
+        conn.COUNTERS["scans"] += 1
+        with conn.engine_call(address):
+            batches = col.scan(SCAN_BATCH, vectors=want_vectors, payloads=want_payloads)
+        try:
+            while True:
+                with conn.engine_call(address):
+                    got = next(batches, None)
+                if got is None:
+                    return
+                conn.COUNTERS["scan_rows"] += len(got)
+                for i, ident in enumerate(got.ids.tolist()):
+                    vec = got.vectors[i] if want_vectors else None
+                    payload = got.payloads[i] if want_payloads else None
+                    yield self._row(columns, ident, None, vec, payload, None)
+        finally:
+            batches.close()
+
+    def end_scan(self) -> None:
+        pass  # each scan's generator closes its own stream when PostgreSQL drops it
+
+    # ------------------------------------------------------------------ writes
+    @property
+    def rowid_column(self) -> str:
+        name = self.spec.roles.get("id")
+        if name is None:
+            _fail(ConfigError("drift: the foreign table has no id column", hint="add a column  id bigint"))
+        return name
+
+    @property
+    def modify_batch_size(self) -> int:
+        self.inserting = True  # PostgreSQL asks only when it sets up an INSERT (never for COPY)
+        return 1000
+
+    def end_modify(self) -> None:
+        self.inserting = False
+
+    def _vector_and_payload(self, values: dict[str, Any], ident: int) -> tuple[np.ndarray, dict[str, Any] | None]:
+        spec = self.spec
+        emb = spec.column("embedding")
+        if emb is None:
+            raise ConfigError("drift: the foreign table has no embedding column", hint="add  embedding real[]")
+        raw = values.get(emb.name)
+        if raw is None:
+            raise ValueProblem(f"drift: id {ident} has no {emb.name}", hint="every row needs its vector")
+        vec = parse_vector(raw, emb, self._dim)
+        if self._info is not None and self._info[2] == "cosine" and not np.any(vec):
+            raise ValueProblem(f"drift: id {ident} has a zero vector, which has no direction (cosine metric)")
+        payload: dict[str, Any] = {}
+        whole = spec.column("payload")
+        if whole is not None and values.get(whole.name) is not None:
+            obj = payload_value(values[whole.name], whole)
+            if not isinstance(obj, dict):
+                raise ValueProblem(f"drift: column {whole.name!r} must hold a JSON object")
+            payload.update(obj)
+        for name, key in spec.fields.items():
+            v = payload_value(values.get(name), spec.columns[name])
+            if v is not None:
+                payload[key] = v
+        return vec, payload or None
+
+    def _id_of(self, values: dict[str, Any]) -> int:
+        name = self.rowid_column
+        if values.get(name) is None:
+            raise ValueProblem(f"drift: {name} must not be NULL", hint="every row needs an id")
+        return parse_int(values[name], name)
+
+    def _modify(self, fn: Any) -> Any:
+        try:
+            with conn.engine_call(self.spec.address):
+                self._col_fresh()
+                return fn()
+        except conn.SqlProblem as exc:
+            self._info = None
+            log_to_postgres(exc.message, ERROR, hint=exc.hint)
+
+    def insert(self, values: dict[str, Any]) -> None:
+        def run() -> None:
+            ident = self._id_of(values)
+            self._writes.insert(ident, *self._vector_and_payload(values, ident))
+
+        self._modify(run)
+
+    def bulk_insert(self, all_values: list[dict[str, Any]]) -> None:
+        def run() -> None:
+            for values in all_values:
+                ident = self._id_of(values)
+                self._writes.insert(ident, *self._vector_and_payload(values, ident))
+
+        self._modify(run)
+
+    def update(self, oldvalues: Any, newvalues: dict[str, Any]) -> None:
+        def run() -> None:
+            old = parse_int(oldvalues, self.rowid_column)
+            new = self._id_of(newvalues)
+            vec, payload = self._vector_and_payload(newvalues, new)
+            if new != old:
+                self._writes.delete(old)
+                self._writes.insert(new, vec, payload)
+            else:
+                self._writes.update(new, vec, payload)
+
+        self._modify(run)
+
+    def delete(self, oldvalues: Any) -> None:
+        self._modify(lambda: self._writes.delete(parse_int(oldvalues, self.rowid_column)))
+
+    # ------------------------------------------------------------------ transactions
+    def begin(self, serializable: bool) -> None:
+        self._writes.clear()
+        self.inserting = False
+
+    def pre_commit(self) -> None:
+        if not len(self._writes):
+            return
+        try:
+            with conn.engine_call(self.spec.address):
+                self._apply()
+        except conn.SqlProblem as exc:
+            self._writes.clear()
+            self._info = None
+            log_to_postgres(exc.message, ERROR, hint=exc.hint)
+
+    def _apply(self) -> None:
+        col = self._col_fresh()
+        if self._limits is None or time.monotonic() - self._limits[0] > INFO_TTL_S:
+            health = self._client().health()
+            self._limits = (time.monotonic(), int(health["max_batch"]), int(health["max_message_bytes"]))
+        per_row = 8 + 4 * col.dim + 256
+        max_rows = max(1, min(self._limits[1], self._limits[2] * 3 // 4 // per_row))
+        batches = list(self._writes.batches(max_rows))
+        durability = self.spec.durability
+        for done, batch in enumerate(batches):
+            try:
+                if batch.op == "delete":
+                    col.delete(batch.ids, durability=durability)
+                elif batch.op == "insert":
+                    col.insert(batch.ids, batch.vectors, batch.payloads, durability=durability)
+                else:
+                    col.upsert(batch.ids, batch.vectors, batch.payloads, durability=durability)
+            except DriftError as exc:
+                if done:
+                    exc.message += (
+                        f" (the transaction's first {done} of {len(batches)} engine batches were applied; "
+                        "the rest were not)"
+                    )
+                raise
+            conn.COUNTERS["write_calls"] += 1
+            conn.COUNTERS["rows_written"] += len(batch.ids)
+        self._writes.clear()
+
+    def commit(self) -> None:
+        self._writes.clear()
+        self.inserting = False
+
+    def rollback(self) -> None:
+        self._writes.clear()
+        self.inserting = False
+        for stream in list(self._streams):
+            with contextlib.suppress(Exception):  # never raise during abort
+                stream.close()
+        self._streams.clear()
+
+    def sub_begin(self, level: int) -> None:
+        self._writes.sub_begin(level)
+
+    def sub_commit(self, level: int) -> None:
+        self._writes.sub_commit(level)
+
+    def sub_rollback(self, level: int) -> None:
+        self._writes.sub_rollback(level)
+        self.inserting = False
+
+    # ------------------------------------------------------------------ IMPORT FOREIGN SCHEMA
+    @classmethod
+    def import_schema(
+        cls,
+        schema: str,
+        srv_options: dict[str, str],
+        options: dict[str, str],
+        restriction_type: str | None,
+        restricts: list[str],
+    ) -> list[TableDefinition]:
+        address = srv_options.get("address", "")
+        try:
+            with conn.engine_call(address):
+                return import_tables(srv_options, options, restriction_type, restricts)
+        except conn.SqlProblem as exc:
+            log_to_postgres(exc.message, ERROR, hint=exc.hint)
+        return []
+
+
+def _window(rows: Iterator[dict[str, Any]], limit: int | None, offset: int) -> Iterator[dict[str, Any]]:
+    """Apply an accepted LIMIT / OFFSET exactly (PostgreSQL will not apply it again)."""
+    if limit is not None and limit <= 0:
+        return
+    for n, row in enumerate(rows):
+        if n < offset:
+            continue
+        yield row
+        if limit is not None and n + 1 >= offset + limit:
+            return
+
+
+def _distances(vectors: np.ndarray, query: np.ndarray, metric: str) -> np.ndarray:
+    """Distances of stored vectors to ``query`` with the engine's definitions (pgvector semantics)."""
+    v = np.asarray(vectors, dtype=np.float32)
+    q = np.asarray(query, dtype=np.float32)
+    if metric == "ip":
+        return -(v @ q)
+    if metric == "cosine":
+        qn = q / max(float(np.linalg.norm(q)), 1e-30)
+        norms = np.maximum(np.linalg.norm(v, axis=1), 1e-30)
+        return 1.0 - (v @ qn) / norms
+    return np.sqrt(np.maximum(((v - q) ** 2).sum(axis=1), 0.0))

@@ -1,0 +1,130 @@
+"""kNN rows for the FDW: one unary search first, a SearchStream only when PostgreSQL wants more rows.
+
+Contract of ``knn_hits(col, plan, ...)`` (a generator of ``Hit``):
+
+* Hits come in non-decreasing distance, each id at most once, and stop at the first hit farther than
+  ``plan.max_distance`` or after ``k`` hits when the query set ``k``.
+* Phase 1 is one unary ``search`` of ``k`` (default ``FIRST_K``) rows: a ``LIMIT`` of up to that many
+  costs exactly one engine round trip and leaves nothing open on the server. Only when the consumer asks
+  for more does phase 2 open a ``SearchStream`` with the same arguments (its round 0 is the same search):
+  rows already emitted are skipped, as is any row closer than the last one emitted (it can no longer be
+  placed in order; only concurrent writes cause that), so the contract above holds across the phases.
+* A stream left unfinished (the ``Limit`` node stopped pulling) is closed when the generator is closed
+  or dropped; ``streams`` (a set) holds the open ones so an aborted transaction can close them too.
+* ``connection.COUNTERS``: ``knn_queries``, ``engine_rows`` (rows received in both phases),
+  ``streams``, ``stream_batches``, ``streams_closed_early``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from drift_fdw import connection as conn
+from drift_fdw.quals import ScanPlan
+
+FIRST_K = 10
+
+
+class Hit(NamedTuple):
+    id: int
+    distance: float
+    vector: np.ndarray | None
+    payload: dict[str, Any] | None
+
+
+def _vectors(col: Any, ids: np.ndarray) -> dict[int, np.ndarray]:
+    got = col.get(ids)
+    return dict(zip(got.ids.tolist(), got.vectors, strict=True))
+
+
+def _hits(col: Any, ids: np.ndarray, dists: np.ndarray, payloads: Any, want_vectors: bool) -> list[Hit]:
+    vectors = _vectors(col, ids) if want_vectors and len(ids) else {}
+    pays = payloads if payloads is not None else [None] * len(ids)
+    return [Hit(i, d, vectors.get(i), p) for i, d, p in zip(ids.tolist(), dists.tolist(), pays, strict=True)]
+
+
+def knn_hits(
+    col: Any, plan: ScanPlan, address: str, want_payloads: bool, want_vectors: bool, streams: set[Any]
+) -> Iterator[Hit]:
+    cap = plan.knobs.get("k")
+    first_k = cap or FIRST_K
+    bound = plan.max_distance
+    opts = {
+        "nprobe": plan.knobs.get("nprobe"),
+        "ef": plan.knobs.get("ef"),
+        "rerank": plan.knobs.get("rerank"),
+        "filter": plan.filter or None,
+    }
+    conn.COUNTERS["knn_queries"] += 1
+    with conn.engine_call(address):
+        res = col.search(plan.query, k=first_k, with_payloads=want_payloads, **opts)
+        hits = _hits(col, res.ids, res.distances, res.payloads if want_payloads else None, want_vectors)
+    conn.COUNTERS["engine_rows"] += len(hits)
+    emitted: set[int] = set()
+    last = -np.inf
+    for hit in hits:
+        if bound is not None and hit.distance > bound:
+            return
+        yield hit
+        emitted.add(hit.id)
+        last = hit.distance
+        if cap is not None and len(emitted) >= cap:
+            return
+    yield from _more(col, plan, address, want_payloads, want_vectors, streams, emitted, last, opts)
+
+
+def _more(
+    col: Any,
+    plan: ScanPlan,
+    address: str,
+    want_payloads: bool,
+    want_vectors: bool,
+    streams: set[Any],
+    emitted: set[int],
+    last: float,
+    opts: dict[str, Any],
+) -> Iterator[Hit]:
+    """Phase 2: a stream with the same arguments, continuing after the rows phase 1 emitted."""
+    cap = plan.knobs.get("k")
+    first_k = cap or FIRST_K
+    with conn.engine_call(address):
+        stream = col.search_stream(
+            plan.query, k=first_k, batch_size=max(2 * first_k, 20), limit=cap, max_distance=plan.max_distance,
+            with_payloads=want_payloads, **opts,
+        )  # fmt: skip
+    conn.COUNTERS["streams"] += 1
+    streams.add(stream)
+    finished = False
+    try:
+        while True:
+            with conn.engine_call(address):
+                try:
+                    batch = stream.next_batch()
+                except StopIteration:
+                    finished = True
+                    return
+                hits = _hits(col, batch.ids, batch.distances, batch.payloads, want_vectors)
+            conn.COUNTERS["stream_batches"] += 1
+            conn.COUNTERS["engine_rows"] += len(hits)
+            for hit in hits:
+                if hit.id in emitted or hit.distance < last:
+                    continue
+                yield hit
+                emitted.add(hit.id)
+                last = hit.distance
+                if cap is not None and len(emitted) >= cap:
+                    return
+            if batch.done:
+                finished = True
+                return
+    finally:
+        streams.discard(stream)
+        if not finished:
+            conn.COUNTERS["streams_closed_early"] += 1
+        try:
+            stream.close()  # no engine call when the stream already ended
+        except Exception:
+            conn.forget(address)  # the server drops idle cursors anyway

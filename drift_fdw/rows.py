@@ -1,0 +1,247 @@
+"""Value conversion between PostgreSQL (as Multicorn hands values over) and the engine.
+
+Contract:
+
+* Input (qual values, inserted values): Multicorn passes most types as their PostgreSQL text form
+  (``bigint`` -> ``'42'``, ``boolean`` -> ``'t'``, ``jsonb`` -> ``'{"a": 1}'``, ``real[]`` ->
+  ``['0.5', '0.25']``, ``vector`` -> ``'[0.5,0.25]'``), some natively (``integer`` -> int, ``numeric``
+  -> float, ``text`` -> str, ``date``/``timestamp`` -> datetime). Every function here accepts both forms
+  and raises ``ValueProblem`` (message + hint) for anything malformed: never a bare ``ValueError``.
+* Vectors come out as C-contiguous float32 1-d arrays, finite, of the expected dimension.
+* Output: every value is returned in a form PostgreSQL's input function for the column accepts: ints,
+  floats (``repr``: round-trips exactly), ``'t'``/``'f'``, JSON text, and array literals (``'{1,2}'``;
+  ``'[1,2]'`` for pgvector). Never a numpy value or a Python list (a list is str()'d for partitions).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from drift_fdw.options import ColumnSpec
+
+
+class ValueProblem(Exception):
+    """A value drift cannot convert (message + hint)."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+# ------------------------------------------------------------------------------------------ input
+def parse_int(value: Any, what: str) -> int:
+    if isinstance(value, bool):
+        raise ValueProblem(f"drift: {what} must be an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ValueProblem(f"drift: {what} must be an integer, got {value!r}") from None
+
+
+def parse_float(value: Any, what: str) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueProblem(f"drift: {what} must be a number, got {value!r}") from None
+    if math.isnan(out):
+        raise ValueProblem(f"drift: {what} must not be NaN")
+    return out
+
+
+def parse_bool(value: Any, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in ("t", "true", "on", "yes", "1", "y"):
+        return True
+    if v in ("f", "false", "off", "no", "0", "n"):
+        return False
+    raise ValueProblem(f"drift: {what} must be a boolean, got {value!r}")
+
+
+def vector_items(value: Any, col: ColumnSpec) -> list[Any]:
+    """The elements of a vector value: a list (``real[]``) or a ``'[..]'`` / ``'{..}'`` literal."""
+    if isinstance(value, list | tuple):
+        return list(value)
+    if isinstance(value, str):
+        s = value.strip()
+        if len(s) >= 2 and ((s[0] == "[" and s[-1] == "]") or (s[0] == "{" and s[-1] == "}")):
+            body = s[1:-1].strip()
+            return body.split(",") if body else []
+    raise ValueProblem(
+        f"drift: column {col.name!r} got a malformed vector {str(value)[:60]!r}",
+        hint="write vectors as '{0.1,0.2,...}' (real[]) or '[0.1,0.2,...]' (vector)",
+    )
+
+
+def parse_vector(value: Any, col: ColumnSpec, dim: int | None) -> np.ndarray:
+    """float32[dim] from a vector value; refuses NULL elements, NaN/Inf, nesting and a wrong length."""
+    items = vector_items(value, col)
+    if any(v is None for v in items):
+        raise ValueProblem(f"drift: the vector in column {col.name!r} has a NULL element")
+    try:
+        arr = np.array([float(v) for v in items], dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ValueProblem(
+            f"drift: the vector in column {col.name!r} has an element that is not a number",
+            hint="a vector is a flat list of numbers, e.g. '{0.1,0.2}'",
+        ) from None
+    if arr.size == 0:
+        raise ValueProblem(f"drift: the vector in column {col.name!r} is empty")
+    if dim is not None and arr.size != dim:
+        raise ValueProblem(
+            f"drift: the vector in column {col.name!r} has {arr.size} dimensions; the collection has {dim}",
+            hint=f"pass exactly {dim} numbers",
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueProblem(
+            f"drift: the vector in column {col.name!r} contains NaN or Infinity",
+            hint="every element must be a finite number",
+        )
+    return arr
+
+
+def echo_vector(value: Any, col: ColumnSpec) -> str:
+    """The literal of a query value exactly as PostgreSQL gave it, so its re-check of ``query = ...`` passes."""
+    if isinstance(value, str):
+        return value
+    return "{" + ",".join(str(v) for v in value) + "}"
+
+
+def payload_value(value: Any, col: ColumnSpec) -> Any:
+    """The JSON value stored in the payload for a column value given to INSERT / UPDATE (None = omit)."""
+    if value is None:
+        return None
+    what = f"column {col.name!r}"
+    kind = col.kind
+    if kind == "int":
+        return parse_int(value, what)
+    if kind in ("float", "numeric"):
+        out = float(value) if not isinstance(value, str) else parse_float(value, what)
+        if not math.isfinite(out):
+            raise ValueProblem(f"drift: {what} holds {value!r}; payload values must be finite numbers")
+        return out
+    if kind == "bool":
+        return parse_bool(value, what)
+    if kind == "json":
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueProblem(f"drift: {what} is not valid JSON: {value[:60]!r}") from None
+        return value
+    if kind == "array":
+        items = value if isinstance(value, list | tuple) else _array_items(value, what)
+        sub = ColumnSpec(col.name, "field", col.type_name[:-2], col.elem)
+        return [payload_value(v, sub) for v in items]
+    if isinstance(value, _dt.date | _dt.datetime | _dt.time):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()
+    return value if isinstance(value, str) else str(value)
+
+
+def _array_items(value: Any, what: str) -> list[Any]:
+    s = str(value).strip()
+    if s.startswith("{") and s.endswith("}") and '"' not in s:
+        body = s[1:-1]
+        return [None if v.strip() == "NULL" else v.strip() for v in body.split(",")] if body else []
+    raise ValueProblem(f"drift: {what} has an array value drift cannot read: {s[:60]!r}")
+
+
+# ------------------------------------------------------------------------------------------ output
+def vector_literal(vec: np.ndarray, pgvector: bool) -> str:
+    """``'{..}'`` (``real[]``) or ``'[..]'`` (pgvector); each element parses back to the same float32."""
+    body = ",".join(_f32_text(vec))
+    return f"[{body}]" if pgvector else f"{{{body}}}"
+
+
+def _f32_text(vec: np.ndarray) -> list[str]:
+    """8 significant digits where they round-trip to the same float32 (most values), else 9 (always do)."""
+    values = np.asarray(vec, dtype=np.float32).ravel()
+    floats = values.tolist()
+    out = [f"{x:.8g}" for x in floats]
+    for i in np.flatnonzero(np.array(out, dtype=np.float32) != values).tolist():
+        out[i] = f"{floats[i]:.9g}"
+    return out
+
+
+def pg_value(value: Any, col: ColumnSpec, ident: int) -> Any:
+    """A payload value as the column's PostgreSQL text (None = NULL); refuses values the type cannot hold."""
+    if value is None:
+        return None
+    kind = col.kind
+    try:
+        if kind == "json":
+            return json.dumps(value)
+        if kind == "text":
+            return value if isinstance(value, str) else json.dumps(value)
+        if kind == "int":
+            integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+            if isinstance(value, bool) or not integral:
+                raise TypeError
+            return int(value)
+        if kind in ("float", "numeric"):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError
+            return repr(float(value))
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise TypeError
+            return "t" if value else "f"
+        if kind == "array":
+            if not isinstance(value, list):
+                raise TypeError
+            return array_literal(value)
+        if kind == "vector":
+            if not isinstance(value, list):
+                raise TypeError
+            return "[" + ",".join(repr(float(v)) for v in value) + "]"
+    except (TypeError, ValueError):
+        raise ValueProblem(
+            f"drift: payload field {col.key!r} of id {ident} holds {json.dumps(value)[:60]}, "
+            f"which column {col.name!r} ({col.type_name}) cannot hold",
+            hint="change the column's type (jsonb takes anything) or fix the payload",
+        ) from None
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def array_literal(items: Sequence[Any]) -> str:
+    """A PostgreSQL array literal of scalar JSON values (strings quoted and escaped)."""
+    parts = []
+    for v in items:
+        if v is None:
+            parts.append("NULL")
+        elif isinstance(v, bool):
+            parts.append("t" if v else "f")
+        elif isinstance(v, int | float):
+            parts.append(repr(v))
+        else:
+            s = v if isinstance(v, str) else json.dumps(v)
+            parts.append('"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "{" + ",".join(parts) + "}"
+
+
+def filter_value(value: Any, col: ColumnSpec) -> tuple[bool, Any]:
+    """(pushable, JSON value) for ``field = value``: integer, boolean and text columns only.
+
+    Floats are not pushed down: the engine matches JSON text exactly, and ``1`` and ``1.0`` differ there
+    while PostgreSQL calls them equal; PostgreSQL filters those rows itself.
+    """
+    if value is None or col.kind not in ("int", "bool", "text"):
+        return False, None
+    try:
+        return True, payload_value(value, col)
+    except ValueProblem:
+        return False, None
