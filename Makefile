@@ -15,10 +15,10 @@ help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "variables: PYTEST_ARGS, DEMO_ARGS, BENCH_ARGS (passed through), DRIFT_SYSTEM_PYTHON"
 
-setup: ## install system packages (root) or print the apt command (user); build .venv
+setup: ## system packages + the drift extension files (root) or print the commands (user); build .venv
 	@bash scripts/setup.sh
 
-demo: setup ## run the embedded engine on a real dataset (glove-6b-50d, built on first use)
+demo: setup ## private PostgreSQL + engine server; a real dataset (glove-6b-50d) loaded and queried through SQL
 	$(PY) -m drift_engine.demo $(DEMO_ARGS)
 
 test: setup ## fast test suite (unit, integration, real PostgreSQL; not `slow`)

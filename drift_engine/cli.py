@@ -80,6 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             threads=args.threads,
             fast_path=not args.no_fast_path,
             fast_workers=args.fast_workers,
+            cursor_idle_s=args.cursor_idle,
             inline_reads=args.inline_reads,
             grace=args.grace,
             engine_settings=engine_settings,
@@ -149,6 +150,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=max(16, 4 * (os.cpu_count() or 1)), help="engine worker threads")
     s.add_argument("--no-fast-path", action="store_true", help="do not open the ZeroMQ ipc fast path")
     s.add_argument("--fast-workers", type=int, default=4, help="fast-path worker threads (default %(default)s)")
+    s.add_argument(
+        "--cursor-idle", type=float, default=60.0, help="seconds an unread fast-path stream cursor is kept (default 60)"
+    )
     s.add_argument(
         "--inline-reads",
         choices=("idle", "always", "never"),

@@ -45,8 +45,12 @@ PARAM_SPECS: dict[str, _Spec] = {
     "kmeans_iters": _Spec(int, 1, 1_000, "Lloyd iterations at train: more = slightly better buckets, slower"),
     "kmeans_sample": _Spec(int, 0, 100_000_000, "vectors sampled for k-means (0 = automatic)"),
     "sq8_clip": _Spec(float, 0.0, 49.0, "percentile clipped per dimension for SQ8 ranges (outliers)"),
-    "lam": _Spec(float, 0.0, 100.0, "drift routing: weight of bucket spread x density (0 = plain IVF)"),
-    "tau": _Spec(float, 0.0, INF, "drift routing: saturation constant for drift/density (inf = plain IVF)"),
+    "lam": _Spec(
+        float, 0.0, 100.0, "drift routing: weight of bucket spread x density; > 0 = more recall per probe, more scanned"
+    ),
+    "tau": _Spec(
+        float, 0.0, INF, "drift routing: inserts at which a centroid is routed half-way to its mean (inf = plain IVF)"
+    ),
     "rows_per_segment": _Spec(int, 1024, 1 << 30, "cap on rows written into one segment file"),
     "split_factor": _Spec(
         float, 1.0, 1000.0, "split a bucket once n > split_factor x target_bucket_size: lower = finer, more moves"
@@ -110,12 +114,12 @@ class CollectionParams:
     kmeans_sample: int = 0
     sq8_clip: float = 0.05
     lam: float = 0.0
-    tau: float = INF
+    tau: float = 100.0
     rows_per_segment: int = 1 << 20
-    split_factor: float = 2.0
+    split_factor: float = 1.33
     merge_factor: float = 0.25
-    drift_split: float = 1.0
-    reassign_neighbors: int = 8
+    drift_split: float = 0.1
+    reassign_neighbors: int = 32
     compact_extents: int = 16
     maintain_duty: float = 0.25
     maintain_interval: float = 1.0

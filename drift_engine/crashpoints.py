@@ -10,6 +10,8 @@ process (the OS page cache survives). Points used by the engine:
   ``flush.after_publish`` (step 3), ``flush.after_truncate`` (step 4: WAL truncated)
 * ``retire.before_delete`` (a retired segment is about to be deleted)
 * ``train.after_segments``, ``train.after_commit``
+* ``maintain.after_segments`` (a split / merge / compaction wrote its segment), ``maintain.after_commit``
+  (its LMDB transaction committed, snapshot not yet published)
 """
 
 from __future__ import annotations

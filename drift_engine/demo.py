@@ -55,15 +55,26 @@ def _psql(conn: Any, sql: str) -> list[tuple]:
     cur = conn.execute(sql)
     rows = cur.fetchall()
     names = [d.name for d in cur.description]
-    cells = [["" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)) for v in r] for r in rows]
+    cells = [[_cell(v) for v in r] for r in rows]
+    right = [bool(rows) and all(isinstance(r[i], int | float) for r in rows) for i in range(len(names))]
     widths = [max(len(n), *(len(c[i]) for c in cells)) if cells else len(n) for i, n in enumerate(names)]
     print(f"\npsql> {_short(sql)};")
     print(" " + " | ".join(n.center(w) for n, w in zip(names, widths, strict=True)))
     print("-" + "-+-".join("-" * w for w in widths) + "-")
     for c in cells:
-        print(" " + " | ".join(v.rjust(w) for v, w in zip(c, widths, strict=True)))
+        print(" " + " | ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(c, widths, right, strict=True)))
     print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
     return rows
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, list):
+        return "{" + ",".join(f"{x:g}" for x in v) + "}"
+    return str(v)
 
 
 def _step(label: str, seconds: float, extra: str = "") -> None:
@@ -212,7 +223,7 @@ def _show(conn: Any, via: _Via, ds: Any, base: np.ndarray, n: int) -> None:
     if via.fdw:
         plan = conn.execute("EXPLAIN " + via.knn(_lit(q), 5, tag="t7")).fetchall()
         print(f"\npsql> EXPLAIN {_short(via.knn(_lit(q), 5, tag='t7'))};")
-        print("\n".join("  " + r[0] for r in plan))
+        print("\n".join("  " + _short(r[0]) for r in plan))
 
 
 def _measure(conn: Any, via: _Via, ds: Any, base: np.ndarray, n: int, n_queries: int) -> None:

@@ -111,7 +111,7 @@ class DriftFDW(ForeignDataWrapper):
         if "embedding" in self.spec.roles and self.spec.roles["embedding"] in columns:
             width += 12 * (self._dim or 128)
         try:
-            plan = plan_scan(quals, self.spec, None)
+            plan = plan_scan(quals, self.spec, None, vectors=False)
         except Exception:
             return (10, width)
         if plan.mode == "lookup":
@@ -149,7 +149,7 @@ class DriftFDW(ForeignDataWrapper):
         offset: int | None = None,
     ) -> list[str]:
         try:
-            plan = plan_scan(quals, self.spec, None)
+            plan = plan_scan(quals, self.spec, self._dim)
         except (ValueProblem, ConfigError) as exc:
             return [f"drift: {exc}"]
         mode = {"knn": "kNN stream", "lookup": "point lookup", "scan": "full scan", "empty": "no rows"}[plan.mode]
@@ -195,7 +195,7 @@ class DriftFDW(ForeignDataWrapper):
                 yield from self._knn(col, plan, columns)
             else:
                 yield from self._scan(col, columns)
-        except (conn.SqlProblem, ValueProblem, ConfigError, DriftError, conn.QueryCancelled) as exc:
+        except Exception as exc:  # GeneratorExit (the Limit node stopped) is not an Exception: it passes
             self._info = None  # describe the collection again next time (it may have been re-created)
             _fail(exc, self.spec.address)
 

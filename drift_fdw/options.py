@@ -6,8 +6,8 @@ Contract:
   mapping; ``wrapper`` already removed) and the ``ColumnDefinition`` map, and either returns a complete,
   immutable spec or raises ``ConfigError`` (message + hint) naming the bad option, column or role. It never
   contacts the engine.
-* Options. Table: ``collection`` (default: the table name is not known to a wrapper, so it is required),
-  ``dim``, ``metric`` (``l2`` | ``cosine`` | ``ip``), ``create`` (``true``: create the collection on
+* Options. Table: ``collection`` (required: Multicorn does not tell a wrapper its table's name), ``dim``,
+  ``metric`` (``l2`` | ``cosine`` | ``ip``), ``create`` (``true``: create the collection on
   first use when it is missing; needs ``dim`` or a ``vector(n)`` column). Server: ``address`` (required),
   ``timeout`` (seconds per engine call, default 30), ``durability`` (``sync`` | ``batch`` | ``off``, for
   writes). User mapping: ``token``. Anything else is refused.

@@ -75,7 +75,8 @@ def describe(qual: Any) -> str:
     return f"{qual.field_name} {op} {shown}"
 
 
-def plan_scan(quals: list[Any], spec: TableSpec, dim: int | None) -> ScanPlan:
+def plan_scan(quals: list[Any], spec: TableSpec, dim: int | None, *, vectors: bool = True) -> ScanPlan:
+    """The plan for these quals; ``vectors=False`` (planning, EXPLAIN) skips parsing the query vector."""
     plan = ScanPlan()
     for qual in quals:
         col = spec.columns.get(qual.field_name)
@@ -87,7 +88,7 @@ def plan_scan(quals: list[Any], spec: TableSpec, dim: int | None) -> ScanPlan:
         value = qual.value
         role = col.role
         if role == "query":
-            _query(plan, qual, op, list_op, col, dim)
+            _query(plan, qual, op, list_op, col, dim, vectors)
         elif role == "distance":
             _distance(plan, qual, op, list_op)
         elif role == "id":
@@ -113,7 +114,7 @@ def plan_scan(quals: list[Any], spec: TableSpec, dim: int | None) -> ScanPlan:
     return plan
 
 
-def _query(plan: ScanPlan, qual: Any, op: str, list_op: bool, col: Any, dim: int | None) -> None:
+def _query(plan: ScanPlan, qual: Any, op: str, list_op: bool, col: Any, dim: int | None, parse: bool) -> None:
     if op != "=" or list_op:
         raise ValueProblem(
             f"drift: {qual.field_name} only takes  {qual.field_name} = <vector>", hint="the query column is an input"
@@ -125,8 +126,11 @@ def _query(plan: ScanPlan, qual: Any, op: str, list_op: bool, col: Any, dim: int
     echo = echo_vector(qual.value, col)
     if plan.query_echo is not None and plan.query_echo != echo:
         raise ValueProblem("drift: two different query vectors in one scan", hint="give one  query = ...  condition")
-    plan.query = parse_vector(qual.value, col, dim)
     plan.query_echo = echo
+    if not parse:
+        plan.pushed.append("kNN stream: query = <vector>, rows in distance order")
+        return
+    plan.query = parse_vector(qual.value, col, dim)
     plan.pushed.append(f"kNN stream: query = <{plan.query.size}-d vector>, rows in distance order")
 
 

@@ -217,12 +217,40 @@ COMMENT ON FUNCTION drift.enable_copy(regclass) IS
 
 CREATE FUNCTION drift.disable_copy(tbl regclass)
 RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    name name;
 BEGIN
-    EXECUTE format('DROP TRIGGER IF EXISTS drift_copy_begin ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS drift_copy_row ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS drift_copy_end ON %s', tbl);
+    FOR name IN SELECT tgname FROM pg_catalog.pg_trigger
+                WHERE tgrelid = tbl AND tgname IN ('drift_copy_begin', 'drift_copy_row', 'drift_copy_end')
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', name, tbl);
+    END LOOP;
 END $$;
 COMMENT ON FUNCTION drift.disable_copy(regclass) IS 'Remove the COPY triggers of drift.enable_copy.';
+
+CREATE FUNCTION drift.copy_guard()
+RETURNS event_trigger LANGUAGE plpgsql AS $$
+DECLARE
+    t regclass;
+BEGIN
+    FOR t IN
+        SELECT DISTINCT c.objid::regclass
+        FROM pg_catalog.pg_event_trigger_ddl_commands() c
+        JOIN pg_catalog.pg_foreign_table ft ON ft.ftrelid = c.objid
+        JOIN pg_catalog.pg_foreign_server s ON s.oid = ft.ftserver
+        WHERE c.object_type = 'foreign table'
+          AND s.srvoptions && ARRAY['wrapper=drift_fdw.DriftFDW', 'wrapper=drift_fdw.fdw.DriftFDW']
+    LOOP
+        PERFORM drift.enable_copy(t);
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION drift.copy_guard() IS
+'Event trigger: every new drift foreign table gets drift.enable_copy, so COPY into it works instead of crashing the backend.';
+
+CREATE EVENT TRIGGER drift_copy_guard ON ddl_command_end
+    WHEN TAG IN ('CREATE FOREIGN TABLE', 'IMPORT FOREIGN SCHEMA')
+    EXECUTE FUNCTION drift.copy_guard();
+COMMENT ON EVENT TRIGGER drift_copy_guard IS 'Runs drift.copy_guard() after CREATE FOREIGN TABLE and IMPORT FOREIGN SCHEMA.';
 
 -- ------------------------------------------------------------------------------------ loading without the FDW
 CREATE FUNCTION drift.upsert(collection text, rows_query text, server text DEFAULT NULL, batch_size integer DEFAULT 10000)

@@ -92,12 +92,12 @@ class Collection:
         self._writes.install_first_memtable()
         raw_lsn = kv.get(L.DB_META, L.KEY_APPLIED_LSN)
         self._writes.replay(int(raw_lsn) if raw_lsn else 0)
-        self._janitor = Janitor(config.name, self.flush_pending, self._auto_train)
-        if len(self._snapshots.current.memtables) > 1:
-            self._janitor.wake()
         self._maintenance = MaintenanceRunner(
             self._l1, self._snapshots, lambda: self._config, self._l1_lock, lambda: self._closed
         )
+        self._janitor = Janitor(config.name, self.flush_pending, self._auto_train)
+        if len(self._snapshots.current.memtables) > 1:
+            self._janitor.wake()
         self._maintainer = Maintainer(config.name, self._maintenance.run_one, lambda: self._config.params)
 
     # ------------------------------------------------------------------ creation
@@ -229,6 +229,7 @@ class Collection:
                 changes = fields.as_changes()
                 self._snapshots.update(lambda cur: dataclasses.replace(cur, version=cur.version + 1, **changes))
                 self._writes.wal.truncate_upto(self._truncatable_lsn(lsn))
+                self._maintenance.split_oversized()
         return int(ids.size)
 
     def delete(self, ids: Any, *, durability: str | None = None) -> int:
@@ -289,6 +290,7 @@ class Collection:
         crashpoints.hit("flush.after_publish")
         self._writes.wal.truncate_upto(self._truncatable_lsn(applied))
         crashpoints.hit("flush.after_truncate")
+        self._maintenance.split_oversized()
 
     def _truncatable_lsn(self, applied: int) -> int:
         pending = [m.min_lsn for m in self._snapshots.current.memtables if m.n_ops and m.min_lsn]
@@ -591,6 +593,7 @@ class Collection:
                 self._config.params,
                 self._maintenance.totals,
                 self._maintainer.last_error if self._maintainer else None,
+                pending=len(self._maintenance.pending()),
                 with_buckets=buckets,
             ),
         }

@@ -27,7 +27,7 @@ def plan_compact_bucket(snap: Snapshot, bucket_id: int) -> Plan | None:
 
 def plan_compact_segments(snap: Snapshot, segment_ids: list[int]) -> Plan | None:
     segs = [s for s in segment_ids if s in snap.segments]
-    if len(segs) < 2:
+    if not segs:
         return None
     dim = snap.segments[segs[0]].reader.dim
     rows = Rows.concat([segment_rows(snap, s) for s in segs], dim)

@@ -5,6 +5,9 @@ every live vector of the bucket to its best *other* bucket by the snapshot's own
 flush or a query would pick if the bucket did not exist) and drops the bucket; ``None`` when the bucket is
 the only one. An empty bucket is simply dropped. The receiving buckets keep their centroids; the moved
 vectors count as inserts since their centroids were set (so drift-aware routing sees them).
+
+``plan_reassign(snap, bucket, metric)`` moves only the vectors of a bucket whose best bucket by the same routing
+is another one (a Lloyd assignment step for one bucket; run on demand, ``MaintenanceRunner.run_job``).
 """
 
 from __future__ import annotations

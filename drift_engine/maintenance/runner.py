@@ -1,14 +1,24 @@
-"""Running maintenance jobs against a collection's L1 (used by ``Collection.maintain`` and the Maintainer).
+"""Running maintenance jobs against a collection's L1 (used by ``Collection.maintain``, the Maintainer and the
+write path).
 
-Contract: ``MaintenanceRunner.run(max_jobs)`` takes jobs from ``scheduler.pending_jobs`` most urgent first and
-runs each one entirely under the collection's L1 lock — read the snapshot, plan (``split`` / ``merge`` /
-``compact``), ``rewrite.commit`` (segments, one LMDB transaction with compare-and-set), ``rewrite.publish`` —
-then releases the lock before the next job, so flushes interleave between jobs and each hold is one job
-long (milliseconds for buckets of a few hundred vectors). It stops when nothing is pending, after
-``max_jobs`` jobs, or when the collection closes, and returns a summary of what it did. A job that cannot
-make progress (a bucket k-means cannot divide, a stale plan) is remembered by its bucket's identity and not
-retried until that bucket changes. Without ``max_jobs`` a call runs at most ``4 · buckets + 64`` jobs, so
-a pathological ping-pong cannot spin forever. Totals since open are kept in ``totals``.
+Contract:
+
+* ``run(max_jobs)`` takes jobs from ``scheduler.pending_jobs`` most urgent first and runs each one entirely under
+  the collection's L1 lock — read the snapshot, plan (``split`` / ``drift`` re-split or re-centre / ``merge`` /
+  ``compact`` / ``segments``), ``rewrite.commit`` (segment, one LMDB transaction with compare-and-set),
+  ``rewrite.publish`` — then releases the lock before the next job, so flushes interleave between jobs and each
+  hold is one job long (milliseconds for buckets of a few hundred vectors). It stops when nothing is pending,
+  after ``max_jobs`` jobs, or when the collection closes, and returns a summary of what it did. A job that cannot
+  make progress (a bucket k-means cannot divide, a stale plan) is remembered by its bucket's identity and not
+  retried until that bucket changes; a call runs at most ``4 · buckets + 64`` jobs, so a pathological
+  ping-pong cannot spin forever.
+* ``split_oversized()`` is called by the write path after a flush or bulk write commits (L1 lock held): it splits
+  at once every bucket over the hard cap ``max(split_size, 2 × target_bucket_size)``, so one large write never
+  leaves an oversized bucket behind when it returns.
+* ``run_job(kind, bucket)`` runs one named job now, pending or not (tests, operators; ``reassign`` moves a bucket's
+  vectors whose best bucket is another one — a Lloyd assignment step).
+* ``busy`` / ``generation`` tell whether a job is running and how many started (read-only, for benchmarks);
+  ``totals`` accumulates the summaries since open (thread-safe).
 """
 
 from __future__ import annotations
@@ -150,9 +160,7 @@ class MaintenanceRunner:
         summary["buckets_after"] = len(self._snapshots.current.buckets)
         summary["pending"] = len(self.pending())
         summary["seconds"] = round(time.perf_counter() - t0, 6)
-        with self._stats_lock:
-            for key in self.totals:
-                self.totals[key] += summary.get(key, 0)
+        self._account(summary)
         return summary
 
     def run_job(self, kind: str, bucket: int = -1, segments: tuple[int, ...] = ()) -> dict[str, Any] | None:
@@ -183,6 +191,41 @@ class MaintenanceRunner:
             "dropped": outcome.dropped,
             **outcome.info,
         }
+
+    def split_oversized(self) -> int:
+        """Split, right now, every bucket over the hard cap ``max(split_size, 2 x target_bucket_size)``.
+
+        Called by the write path (flush, bulk write) after its commit, under the L1 lock, so a bucket that one
+        large write overfilled is back under the cap before the write returns. Returns the splits done."""
+        done = 0
+        with self._lock:
+            snap = self._snapshots.current
+            params = self._config().params
+            if self._closed() or not snap.trained:
+                return 0
+            cap = max(params.split_size, 2 * params.target_bucket_size)
+            for _ in range(4 * len(snap.buckets) + 64):
+                snap = self._snapshots.current
+                over = [
+                    Job(0.0, "split", h.bucket_id, (), h.count, len(h.extents))
+                    for h in snap.buckets.values()
+                    if h.count > cap
+                ]
+                job = next((j for j in over if j.key not in self._skip), None)
+                if job is None:
+                    break
+                outcome = self._run_job(job)
+                if outcome is None:
+                    self._skip.add(job.key)
+                    continue
+                done += 1
+                self._account({"jobs": 1, _KIND_COUNTER[outcome.kind]: 1, "moved": outcome.moved})
+        return done
+
+    def _account(self, summary: dict[str, Any]) -> None:
+        with self._stats_lock:
+            for key in self.totals:
+                self.totals[key] += summary.get(key, 0)
 
     def run_one(self) -> bool:
         """One job (for the Maintainer): True when a job changed L1."""

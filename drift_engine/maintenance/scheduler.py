@@ -15,8 +15,9 @@ Contract
 
   ``drift_split = 0``, ``merge_factor = 0`` or ``compact_extents = 0`` turn a kind off. The urgency of a
   bucket is the max of its kinds (DESIGN's ``max(n/split_size − 1, merge_size/n − 1, δ/(drift_split·r) − 1)``).
-* ``segment_job`` proposes merging small segments (fewer live rows than ``SMALL_SEGMENT_BUCKETS`` target
-  buckets, or mostly dead) once more than ``MAX_SMALL_SEGMENTS`` exist, so a query touches few files.
+* ``segment_job`` proposes tiered segment compaction: segments are grouped in size tiers (factor
+  ``SEGMENT_TIER_RATIO`` apart) and a tier holding two or more is merged, so about one segment per tier remains
+  (every flush and maintenance job writes a segment; each one a query touches costs a kernel call).
 * ``pending_jobs`` returns every pending job, most urgent first (a priority queue, rebuilt from each snapshot).
 * ``Maintainer``: a daemon thread per collection. Every ``maintain_interval`` seconds (or on ``wake``) it runs
   the most urgent job, one at a time, until none is pending; after a job that took ``t`` seconds it sleeps
@@ -29,6 +30,7 @@ Contract
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -42,8 +44,8 @@ from drift_engine.engine.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
-SMALL_SEGMENT_BUCKETS = 64  # a segment with fewer live rows than this many target buckets is "small"
-MAX_SMALL_SEGMENTS = 8  # more small segments than this are merged into one
+SEGMENT_TIER_BASE = 8  # segments below this many target buckets of live rows form tier 0
+SEGMENT_TIER_RATIO = 8  # each further tier holds segments this many times larger
 MAX_SEGMENTS_PER_MERGE = 32
 KINDS = ("split", "merge", "drift", "compact")
 
@@ -122,19 +124,32 @@ def bucket_table(snap: Snapshot, params: CollectionParams) -> BucketTable | None
     return BucketTable(ids, n, drift, spread, inserts, extents, dead_rows, urg)
 
 
+def segment_tier(live: int, target_bucket_size: int) -> int:
+    """Size tier of a segment holding ``live`` rows: 0 below ``SEGMENT_TIER_BASE`` target buckets, then one tier
+    per factor ``SEGMENT_TIER_RATIO``."""
+    base = SEGMENT_TIER_BASE * target_bucket_size
+    if live < base:
+        return 0
+    return 1 + int(math.log(live / base, SEGMENT_TIER_RATIO))
+
+
 def segment_job(snap: Snapshot, params: CollectionParams) -> Job | None:
-    small_rows = SMALL_SEGMENT_BUCKETS * params.target_bucket_size
-    small = []
+    """Tiered segment compaction: merge the segments of the smallest tier that holds more than one (mostly dead
+    segments count in the tier of their live rows), so a collection keeps about one segment per size tier — a
+    query touches few files — while each row is rewritten only about once per tier."""
+    tiers: dict[int, list[int]] = {}
     for s, seg in snap.segments.items():
         mask = snap.dead[s]
         live = int(mask.size - np.count_nonzero(mask))
-        if live < small_rows or live * 4 < seg.n_rows:
-            small.append((live, s))
-    if len(small) <= MAX_SMALL_SEGMENTS:
-        return None
-    small.sort()
-    chosen = tuple(sorted(s for _, s in small[:MAX_SEGMENTS_PER_MERGE]))
-    return Job(0.5 * (len(small) / MAX_SMALL_SEGMENTS - 1.0), "segments", segments=chosen)
+        tiers.setdefault(segment_tier(live, params.target_bucket_size), []).append(s)
+        if live * 4 < seg.n_rows and seg.n_rows >= SEGMENT_TIER_BASE * params.target_bucket_size:
+            tiers.setdefault(-1, []).append(s)  # mostly dead: worth rewriting even alone
+    for tier in sorted(tiers):
+        members = tiers[tier]
+        if len(members) > 1 or tier == -1:
+            chosen = tuple(sorted(members)[:MAX_SEGMENTS_PER_MERGE])
+            return Job(0.25, "segments", segments=chosen)
+    return None
 
 
 def pending_jobs(snap: Snapshot, params: CollectionParams) -> list[Job]:
@@ -187,15 +202,17 @@ def maintenance_stats(
     totals: dict[str, float],
     last_error: str | None,
     *,
+    pending: int,
     with_buckets: bool,
 ) -> dict[str, Any]:
-    """The maintenance part of ``Collection.stats``: drift summary, pending jobs, totals since open."""
+    """The maintenance part of ``Collection.stats``: drift summary, pending jobs (not counting the ones known to
+    make no progress), totals since open."""
     per_bucket = bucket_stats(snap, params)
     ratio = np.array([b["drift_ratio"] for b in per_bucket], dtype=np.float64)
     out: dict[str, Any] = {
         "drift_ratio_max": float(ratio.max()) if ratio.size else 0.0,
         "drift_ratio_mean": float(ratio.mean()) if ratio.size else 0.0,
-        "maintenance_pending": sum(1 for b in per_bucket if b["pending"]),
+        "maintenance_pending": pending,
         "maintenance_jobs": int(totals.get("jobs", 0)),
         "splits": int(totals.get("splits", 0)),
         "recentres": int(totals.get("recentres", 0)),

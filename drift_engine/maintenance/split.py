@@ -1,19 +1,23 @@
-"""Split with neighbour stealing (SPFresh's LIRE), DESIGN §9.
+"""Split with neighbour stealing (SPFresh's LIRE), and re-centring, DESIGN §9.
 
-Contract: ``plan_split(snap, bucket, ...)`` reads one snapshot and returns a ``rewrite.Plan`` (or ``None``
-when the bucket cannot be usefully split). It never writes; ``rewrite.commit`` applies the plan.
+Contract: ``plan_split(snap, bucket, ...)`` reads one snapshot and returns a ``rewrite.Plan`` (or ``None`` when
+the bucket cannot be usefully split). It never writes; ``rewrite.commit`` applies the plan.
 
-* The bucket's live vectors are clustered into ``k`` pieces: ``k = max(2, round(n / target_bucket_size))``
-  when the bucket is too large, ``max(1, round(n / target))`` when it is split for drift (``k = 1`` simply
-  re-centres it). k-means (``index.train.kmeans``, spherical for cosine) then nearest-centroid assignment;
-  a piece smaller than ``min_piece`` is dissolved into the others, so a split never leaves a dust bucket.
-* LIRE reassignment: a routing table is built over the new pieces and the ``reassign_neighbors`` buckets
-  whose (drift-corrected) centroids are nearest the old bucket's mean, using the collection's own routing
-  score (lam, tau). Every vector of the old bucket goes to its best bucket in that table (a piece, or a
-  neighbour it is now closer to); a vector of a neighbour moves only if its best bucket is a new piece.
-* Each created bucket's centroid is the mean of the vectors it finally holds (unit length for cosine), so
-  its drift starts at 0; its statistics are computed from those rows by the commit. The old bucket is
-  dropped. The plan's ``info`` records the pieces made and the vectors stolen from neighbours.
+* The bucket's live vectors are clustered into ``k`` pieces: ``k = max(2, round(n / target_bucket_size))`` when
+  the bucket is too large, ``max(1, round(n / target))`` when it is split for drift (``k = 1`` re-centres it:
+  the new centroid is the mean, which is one Lloyd step for that bucket). k-means (``index.train.kmeans``,
+  spherical for cosine) then nearest-centroid assignment; a piece smaller than ``min_piece`` (the merge size,
+  at least) is dissolved into the others, so a split never leaves a dust bucket.
+* LIRE reassignment, with the collection's own routing score (lam, tau), against the ``reassign_neighbors``
+  buckets whose drift-corrected centroids are nearest the old bucket's mean: every vector of the old bucket goes
+  to its best bucket among the pieces and those neighbours; a neighbour's vector moves only if a new piece now
+  serves it better than its own bucket (it is scored against those two only, straight from the segment blocks,
+  so only the stolen rows are copied). A piece left below ``min_piece`` after that is dissolved and the
+  reassignment redone.
+* Each created bucket's centroid is the mean of the vectors it finally holds (unit length for cosine), so its
+  drift starts at 0; its statistics are computed from those rows by the commit. The old bucket is dropped. A
+  size split that would leave everything where it is (one piece, nothing stolen or given) returns ``None``.
+  The plan's ``info`` records the pieces made and the vectors stolen from / given to neighbours.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import zmq
 
@@ -58,23 +57,24 @@ class FastPathClient:
         self.max_message_bytes = max_message_bytes
         self.cancel_check = cancel_check
 
-    def _socket(self) -> Any:
+    def _socket(self) -> list:
+        """This thread's ``[REQ socket, its receive timeout in ms]`` for the address."""
         socks = getattr(_state, "socks", None)
         if socks is None or getattr(_state, "pid", None) != os.getpid():
             socks = _state.socks = {}
             _state.pid = os.getpid()
-        sock = socks.get(self.address)
-        if sock is None:
+        entry = socks.get(self.address)
+        if entry is None:
             sock = _context().socket(zmq.REQ)
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(self.address)
-            socks[self.address] = sock
-        return sock
+            entry = socks[self.address] = [sock, -1]
+        return entry
 
     def _discard(self) -> None:
-        sock = getattr(_state, "socks", {}).pop(self.address, None)
-        if sock is not None:
-            sock.close(linger=0)
+        entry = getattr(_state, "socks", {}).pop(self.address, None)
+        if entry is not None:
+            entry[0].close(linger=0)
 
     def call(self, request: pb.FastRequest, timeout: float | None) -> pb.FastReply:
         request.token = self.token
@@ -83,26 +83,15 @@ class FastPathClient:
             raise RequestTooLargeError(
                 f"request of {len(body)} bytes is over the server's {self.max_message_bytes}-byte message limit"
             )
-        sock = self._socket()
+        entry = self._socket()
+        sock = entry[0]
         try:
             sock.send(body)
         except zmq.ZMQError as exc:
             self._discard()
             raise EngineUnavailableError(f"fast path {self.address}: {exc}") from None
-        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            while True:
-                wait = SLICE_S if self.cancel_check is not None else None
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise DeadlineExceededError(f"no reply from {self.address} within {timeout} s")
-                    wait = left if wait is None else min(wait, left)
-                if sock.poll(None if wait is None else max(1, int(wait * 1000)), zmq.POLLIN):
-                    raw = sock.recv()
-                    break
-                if self.cancel_check is not None:
-                    self.cancel_check()
+            raw = self._wait(entry, timeout)
         except BaseException:
             self._discard()
             raise
@@ -112,3 +101,26 @@ class FastPathClient:
             err = reply.error
             raise cv.make_error(err.code, err.error_class, err.message, err.hint)
         return reply
+
+    def _wait(self, entry: list, timeout: float | None) -> bytes:
+        sock = entry[0]
+        if self.cancel_check is None:  # one blocking receive, bounded by the socket's receive timeout
+            ms = -1 if timeout is None else max(1, int(timeout * 1000))
+            if entry[1] != ms:
+                sock.setsockopt(zmq.RCVTIMEO, ms)
+                entry[1] = ms
+            try:
+                return sock.recv()
+            except zmq.Again:
+                raise DeadlineExceededError(f"no reply from {self.address} within {timeout} s") from None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = SLICE_S
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DeadlineExceededError(f"no reply from {self.address} within {timeout} s")
+                wait = min(wait, left)
+            if sock.poll(max(1, int(wait * 1000)), zmq.POLLIN):
+                return sock.recv()
+            self.cancel_check()

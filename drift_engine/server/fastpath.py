@@ -71,6 +71,7 @@ class FastPathServer:
         self._cursors: dict[int, _Cursor] = {}
         self._lock = threading.Lock()
         self._busy = 0
+        self._swept = 0.0  # when idle cursors were last looked for
         self._ctx: zmq.Context | None = None
         self._threads: list[threading.Thread] = []
 
@@ -187,6 +188,9 @@ class FastPathServer:
 
     def _sweep_locked(self) -> None:
         now = time.monotonic()
+        if now - self._swept < min(1.0, self._idle / 2) and len(self._cursors) < self._max_cursors:
+            return
+        self._swept = now
         for cursor_id, cur in list(self._cursors.items()):
             if not cur.busy and now - cur.used > self._idle:
                 self._drop_locked(cursor_id)

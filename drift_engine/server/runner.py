@@ -102,6 +102,7 @@ class ServeOptions:
     admin_threads: int = 2
     fast_path: bool = True
     fast_workers: int = 4
+    cursor_idle_s: float = 60.0
     inline_reads: str = "idle"
     grace: float = 10.0
     engine_settings: dict[str, Any] = field(default_factory=dict)
@@ -197,7 +198,9 @@ async def serve(
             if fast_address:
                 from drift_engine.server.fastpath import FastPathServer
 
-                fast = FastPathServer(core, fast_address, token=opts.token, workers=opts.fast_workers)
+                fast = FastPathServer(
+                    core, fast_address, token=opts.token, workers=opts.fast_workers, cursor_idle_s=opts.cursor_idle_s
+                )
                 fast.start()
         finally:
             os.umask(old_umask)

@@ -16,8 +16,10 @@ Contract:
   ids, the first round of a SearchStream) run inline too when ``inline_reads`` is "idle" and nothing else
   is in flight (the thread hop costs more than such a search), "always", or never ("never").
 * ``SearchStream``: strictly non-decreasing distances, never an id twice (``stream.SearchStreamer``); one
-  round at a time on a worker thread, one message per batch. When the client cancels, the handler is
-  cancelled at its next await: no further round starts and the streamer is dropped.
+  round at a time on a worker thread, one message per batch. gRPC server streaming cannot see the reader's
+  demand, so the server runs ahead of a slow reader until HTTP/2 flow control stops it; when the client
+  cancels, the handler is cancelled at its next await, the streamer is closed (a round already running
+  finishes, no other starts) and dropped. The fast path's cursors are demand-driven instead.
 """
 
 from __future__ import annotations

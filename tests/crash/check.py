@@ -25,6 +25,7 @@ Contract:
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ class AckLog:
     """A driver's ack log, parsed."""
 
     acked: list[dict[str, Any]] = field(default_factory=list)  # of the last run
-    in_flight: dict[str, Any] | None = None  # of the last run
+    in_flight: list[dict[str, Any]] = field(default_factory=list)  # of the last run: one per writer thread at most
     earlier: list[dict[str, Any]] = field(default_factory=list)  # ops of earlier runs (acked or not)
     runs: int = 0
     base_index: int | None = None  # which allowed state the last run found the store in (runs > 1)
@@ -62,7 +63,7 @@ class AckLog:
     @property
     def ever_named(self) -> set[int]:
         ids: set[int] = set()
-        for op in [*self.earlier, *self.acked, *([self.in_flight] if self.in_flight else [])]:
+        for op in [*self.earlier, *self.acked, *self.in_flight]:
             ids.update(op.get("ids", ()))
         return ids
 
@@ -85,8 +86,9 @@ def read_ack_log(path: str) -> AckLog:
             out.runs += 1
             out.base_index = rec["base"]
         elif phase == "begin":
-            if begun:
-                raise CrashCheckError(f"{path}:{n}: op {rec['i']} begun while op {next(iter(begun))} is in flight")
+            same = [i for i, op in begun.items() if op.get("t", 0) == rec.get("t", 0)]
+            if same:
+                raise CrashCheckError(f"{path}:{n}: op {rec['i']} begun while op {same[0]} of its thread is in flight")
             begun[rec["i"]] = rec
         elif phase == "ack":
             op = begun.pop(rec["i"])
@@ -100,7 +102,7 @@ def read_ack_log(path: str) -> AckLog:
             out.closed = True
         elif phase == "hits":
             out.hits = rec["hits"]
-    out.in_flight = next(iter(begun.values()), None)
+    out.in_flight = list(begun.values())
     return out
 
 
@@ -132,17 +134,38 @@ def acknowledged_state(log: AckLog, base: dict[int, int] | None = None) -> tuple
 def expected_states(
     log: AckLog, in_flight_rule: str, base: dict[int, int] | None = None
 ) -> list[tuple[str, dict[int, int]]]:
-    """Allowed states: ``in_flight_rule`` is ``"absent"``, ``"present"`` or ``"either"`` for the op in flight."""
+    """Allowed states: ``in_flight_rule`` is ``"absent"``, ``"present"`` or ``"either"`` for the op in flight.
+
+    With several writer threads (disjoint ids) each in-flight op may independently be there or not (``"either"``);
+    a batch is all there or not at all.
+    """
     state, _ = acknowledged_state(log, base)
-    op = log.in_flight
-    if op is None or op["op"] not in WRITE_KINDS:
+    ops = [op for op in log.in_flight if op["op"] in WRITE_KINDS and apply_op(state, op) != state]
+    if not ops:
         return [("acknowledged", state)]
-    after = apply_op(state, op)
-    if after == state:
-        return [("acknowledged", state)]
-    allowed = {"absent": ["before"], "present": ["after"], "either": ["before", "after"]}[in_flight_rule]
-    named = {"before": ("acknowledged, in-flight op lost", state), "after": ("in-flight op applied", after)}
-    return [named[k] for k in allowed]
+    if len(ops) == 1:
+        allowed = {"absent": [False], "present": [True], "either": [False, True]}[in_flight_rule]
+        choices: list[tuple[bool, ...]] = [(a,) for a in allowed]
+    else:
+        if in_flight_rule != "either":
+            raise ValueError(f"{len(ops)} ops in flight: only the 'either' rule applies")
+        choices = list(itertools.product((False, True), repeat=len(ops)))
+    out = []
+    for choice in choices:
+        st = state
+        for op, applied in zip(ops, choice, strict=True):
+            if applied:
+                st = apply_op(st, op)
+        if not any(choice):
+            name = "acknowledged, in-flight op(s) lost"
+        else:
+            name = (
+                "in-flight op(s) "
+                + ", ".join(str(op["i"]) for op, a in zip(ops, choice, strict=True) if a)
+                + " applied"
+            )
+        out.append((name, st))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ observing

@@ -21,6 +21,9 @@ Contract:
   the states the store may be in (``{"states": [[[id, version], ...], ...], "named": [ids]}``); the driver
   finds the one ``col.get`` shows, logs ``{"phase": "start", "run": R, "base": index}`` (or an ``error`` and
   exit 3 when none matches) and goes on from it; run R's ops are numbered ``(R - 1) * 100000 + 1 ...``.
+* ``--threads T`` runs T writer threads, each with its own op stream over the ids with ``id % T == t``; op
+  numbers (= versions) interleave (``k * T + t + 1``) and ``begin`` lines carry ``"t"``. One op per thread may
+  be in flight at a crash.
 * ``--count-hits`` (calibration, no crash): counts how often each crash point is reached and logs
   ``{"phase": "hits", "hits": {...}}`` at the end. It replaces ``crashpoints.hit`` in this process only.
 * ``--wal-file-bytes`` shrinks the WAL's file size (test-only patch of ``engine.writes.WriteAheadLog`` in this
@@ -38,6 +41,7 @@ import functools
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,6 +93,7 @@ class Settings:
     target_bucket_size: int = 16
     wal_file_bytes: int = 16 << 10
     maintain_interval: float = 0.05  # the background Maintainer checks often, so it runs during the workload
+    threads: int = 1  # writer threads, each with its own ids (id % threads) and op stream
 
     def collection_params(self) -> dict[str, Any]:
         from drift_engine.config import PARAM_SPECS
@@ -119,6 +124,8 @@ class Settings:
             str(self.wal_file_bytes),
             "--maintain-interval",
             str(self.maintain_interval),
+            "--threads",
+            str(self.threads),
         ]
 
 
@@ -158,19 +165,35 @@ class Workload:
     settings: Settings
     run: int = 1
     maintenance: bool = False  # the engine has ``Collection.maintain``: use it as an op
+    thread: int = 0  # this stream's ids are those with id % threads == thread
+    threads: int = 1
     rng: np.random.Generator = field(init=False)
     live: dict[int, int] = field(default_factory=dict)
     deleted: list[int] = field(default_factory=list)
     written: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self.rng = np.random.default_rng([self.seed, 1] if self.run == 1 else [self.seed, 1, self.run])
+        key = (
+            [self.seed, 1]
+            if (self.run, self.threads) == (1, 1)
+            else [self.seed, 1, self.run, self.thread, self.threads]
+        )
+        self.rng = np.random.default_rng(key)
+
+    def owns(self, ident: int) -> bool:
+        return ident % self.threads == self.thread
+
+    def start_from(self, state: dict[int, int], named: set[int]) -> None:
+        """Continue from a recovered ``state`` (every id ever ``named``): keep the ids this stream owns."""
+        self.live = {i: v for i, v in state.items() if self.owns(i)}
+        self.written = {i for i in named if self.owns(i)}
+        self.deleted = sorted(self.written - set(self.live))
 
     def _new_ids(self, n: int) -> list[int]:
         out: list[int] = []
         while len(out) < n:
             ident = int(self.rng.integers(-(1 << 63), (1 << 63) - 1, dtype=np.int64))
-            if ident not in self.written and ident not in out:
+            if ident not in self.written and ident not in out and self.owns(ident):
                 out.append(ident)
         return out
 
@@ -327,32 +350,48 @@ def run(
         _shrink_wal_files(settings.wal_file_bytes)
     log = AckLog(log_path)
     engine, col = open_collection(data, settings)
-    work = Workload(seed, settings, run_no, has_maintenance())
+    n_threads = settings.threads
+    works = [Workload(seed, settings, run_no, has_maintenance(), t, n_threads) for t in range(n_threads)]
     base_index = None
     if base_file is not None:
         base_index, state, named = match_base(col, base_file)
         if base_index is None:
-            log.write(
-                {
-                    "phase": "error",
-                    "i": 0,
-                    "error": f"after recovery the store shows none of the allowed states: {sorted(state.items())[:8]}",
-                }
-            )
+            seen = sorted(state.items())[:8]
+            log.write({"phase": "error", "i": 0, "error": f"after recovery the store shows no allowed state: {seen}"})
             return EXIT_BAD_BASE
-        work.live, work.written = dict(state), set(named)
-        work.deleted = sorted(named - set(state))
+        for work in works:
+            work.start_from(state, named)
     log.write({"phase": "start", "run": run_no, "base": base_index})
     first = (run_no - 1) * RUN_STRIDE
-    for i in range(first + 1, first + n_ops + 1):
-        op = work.next_op(i)
-        log.write({"phase": "begin", "i": i, **op})
-        result = run_op(col, seed, op)
-        want = expected_result(op, work.live)
-        if want is not None and result != want:
-            log.write({"phase": "error", "i": i, "error": f"{op['op']} returned {result!r}, expected {want}"})
-        log.write({"phase": "ack", "i": i, "result": result})
-        work.acknowledge(op)
+    failures: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        work = works[t]
+        try:
+            for k in range(n_ops // n_threads):
+                i = first + k * n_threads + t + 1  # unique across threads: the version this op writes
+                op = work.next_op(i)
+                log.write({"phase": "begin", "i": i, "t": t, **op})
+                result = run_op(col, seed, op)
+                want = expected_result(op, work.live)
+                if want is not None and result != want:
+                    log.write({"phase": "error", "i": i, "error": f"{op['op']} returned {result!r}, expected {want}"})
+                log.write({"phase": "ack", "i": i, "result": result})
+                work.acknowledge(op)
+        except BaseException as exc:
+            failures.append(exc)
+            raise
+
+    if n_threads == 1:
+        worker(0)
+    else:
+        pool = [threading.Thread(target=worker, args=(t,), name=f"crash-writer-{t}") for t in range(n_threads)]
+        for th in pool:
+            th.start()
+        for th in pool:
+            th.join()
+        if failures:
+            raise failures[0]
     log.write({"phase": "done", "janitor_flushes": col.stats()["janitor_flushes"]})
     engine.close()
     log.write({"phase": "closed"})
@@ -375,12 +414,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bucket-size", type=int, default=Settings.target_bucket_size)
     p.add_argument("--wal-file-bytes", type=int, default=Settings.wal_file_bytes, help="0 = engine default")
     p.add_argument("--maintain-interval", type=float, default=Settings.maintain_interval)
+    p.add_argument("--threads", type=int, default=Settings.threads, help="writer threads (disjoint ids)")
     p.add_argument("--count-hits", action="store_true", help="calibration: count crash-point hits, never crash")
     p.add_argument("--run", type=int, default=1, help="run number (> 1: continue on a crashed directory)")
     p.add_argument("--base", help="JSON file with the states the store may be in (with --run > 1)")
     a = p.parse_args(argv)
     settings = Settings(
-        a.durability, a.memtable, a.bulk_min, a.auto_train, a.bucket_size, a.wal_file_bytes, a.maintain_interval
+        durability=a.durability,
+        memtable_max_vectors=a.memtable,
+        bulk_min=a.bulk_min,
+        auto_train_threshold=a.auto_train,
+        target_bucket_size=a.bucket_size,
+        wal_file_bytes=a.wal_file_bytes,
+        maintain_interval=a.maintain_interval,
+        threads=a.threads,
     )
     return run(a.data, a.log, a.seed, a.ops, settings, count_hits=a.count_hits, run_no=a.run, base_file=a.base)
 

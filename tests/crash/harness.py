@@ -11,10 +11,13 @@ Contract:
   behaves like ``python -m tests.crash.driver`` with ``DRIFT_CRASH_AT`` set, at a third of the start-up cost.
   ``DRIFT_CRASH_SUBPROCESS=1`` uses plain interpreters instead.
 * ``run_matrix`` runs jobs ``workers`` at a time and verifies every finished job in this process, one at a
-  time: the last child must have died by SIGKILL or finished cleanly; then the directory is reopened and checked
-  (``check.verify_open``) against the acknowledged state, with the op in flight allowed per ``in_flight_rule``;
-  then more writes, close, reopen, check again. It returns one ``RunOutcome`` per job; a failure carries the
-  message and commands that reproduce the children (from the repository root), and keeps its directory.
+  time: the last child must have died by SIGKILL or finished cleanly; then the directory is reopened and
+  checked (``check.verify_open``) against the acknowledged state, with the op in flight allowed per
+  ``in_flight_rule`` (with several writer threads: each in-flight op either way); then more writes, close,
+  reopen, check again. It returns one ``RunOutcome`` per job; a failure carries the message and commands that
+  reproduce the children (from the repository root), and keeps its directory.
+* A SIGKILL from outside (``RunSpec.kill_at``, ``random_kill``) lands once the child has begun op N, plus a
+  few ms: anywhere, not only at a named point.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +45,7 @@ import numpy as np
 from drift_engine import Engine, crashpoints
 from tests.crash import driver
 from tests.crash.check import (
+    AckLog,
     CrashCheckError,
     acknowledged_state,
     expected_states,
@@ -76,6 +80,15 @@ EXPECTED_HITS = {
 CALIBRATION_OPS = 100
 
 
+def random_kill(seed: int, ops: int) -> tuple[int, float]:
+    """A seed-dependent moment for an outside SIGKILL: once op N (1..ops) has begun, plus 0-20 ms; or, for one
+    seed in ten, 0-300 ms after the start (while the engine opens or creates the collection)."""
+    rng = np.random.default_rng([seed, 77])
+    if rng.random() < 0.1:
+        return 0, float(rng.uniform(0.0, 0.3))
+    return int(rng.integers(1, ops + 1)), float(rng.uniform(0.0, 0.02))
+
+
 def skip_for(point: str, seed: int, ops: int = CALIBRATION_OPS) -> int:
     """A seed-dependent ``DRIFT_CRASH_SKIP`` in ``[0, ~0.9 * expected hits)`` for a run of ``ops`` ops."""
     expected = EXPECTED_HITS[point] * ops / CALIBRATION_OPS
@@ -106,6 +119,7 @@ class RunSpec:
     count_hits: bool = False  # calibration: the child counts crash-point hits (never crashes)
     run_no: int = 1
     then: RunSpec | None = None
+    kill_at: tuple[int, float] | None = None  # SIGKILL from outside once op N has begun, after S more seconds
 
     @property
     def crash_skip(self) -> int:
@@ -150,7 +164,9 @@ class RunSpec:
 
     def label(self) -> str:
         return " then ".join(
-            f"{r.point or 'no-crash'} seed={r.seed} skip={r.crash_skip} {r.settings.durability}" for r in self.runs()
+            f"{r.point or 'no-crash'} seed={r.seed} skip={r.crash_skip} {r.settings.durability}"
+            + (f" killed once op {r.kill_at[0]} began, +{r.kill_at[1] * 1000:.1f} ms" if r.kill_at else "")
+            for r in self.runs()
         )
 
 
@@ -178,6 +194,8 @@ class _Job:
 
 
 def _rule(spec: RunSpec, returncode: int) -> str:
+    if spec.settings.threads > 1:
+        return "either"  # which thread the point killed is unknown, and the others' writes may be anywhere
     return in_flight_rule(spec.point if returncode == -signal.SIGKILL else None, spec.settings.durability)
 
 
@@ -207,27 +225,73 @@ def _fork_server() -> multiprocessing.context.BaseContext:
     return _FORK_SERVER
 
 
-def _start_child(argv: list[str], env: dict[str, str], output: Path) -> tuple[int, str]:
+def _count_begun(log_path: Path) -> int:
+    try:
+        return log_path.read_bytes().count(b'"phase": "begin"')
+    except FileNotFoundError:
+        return 0
+
+
+def _kill_when_begun(
+    log_path: Path, kill_at: tuple[int, float], finished: Callable[[float], bool], kill: Callable[[], None]
+) -> None:
+    """Watch the ack log; once op ``kill_at[0]`` has begun, wait ``kill_at[1]`` s, then SIGKILL (unless it ended)."""
+    deadline = time.monotonic() + CHILD_TIMEOUT_S
+    while time.monotonic() < deadline and not finished(0.002):
+        if _count_begun(log_path) >= kill_at[0]:
+            if not finished(kill_at[1]):
+                kill()
+            return
+
+
+def _start_child(
+    argv: list[str], env: dict[str, str], output: Path, log_path: Path, kill_at: tuple[int, float] | None = None
+) -> tuple[int, str]:
     """Run the driver with ``argv`` in a fresh child process: (exit code, -9 for SIGKILL; its stderr + stdout)."""
     if os.environ.get("DRIFT_CRASH_SUBPROCESS"):  # plain interpreters, exactly like the reproduce commands
-        proc = subprocess.run(
-            [sys.executable, "-m", "tests.crash.driver", *argv],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=CHILD_TIMEOUT_S,
-            check=False,
-        )
-        return proc.returncode, proc.stderr
+        with open(output, "wb") as out:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "tests.crash.driver", *argv],
+                cwd=REPO_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+            def exited(timeout: float) -> bool:
+                try:
+                    popen.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    return False
+                return True
+
+            if kill_at is not None:
+                _kill_when_begun(log_path, kill_at, exited, popen.kill)
+            try:
+                code = popen.wait(CHILD_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
+                raise
+        return code, output.read_text(errors="replace")
     proc = _fork_server().Process(target=_child_entry, args=(argv, env, str(output)), daemon=True)
     # ``Process.start`` polls every other live child of this process (``multiprocessing.process._cleanup``), and a
     # poll from two threads at once can read a child's status twice and report exit code 255 for it. So start
     # and poll only under one lock, and wait for the exit without polling.
     with _PROCESS_LOCK:
         proc.start()
-    finished = multiprocessing.connection.wait([proc.sentinel], CHILD_TIMEOUT_S)
+
+    def ended(timeout: float) -> bool:
+        return bool(multiprocessing.connection.wait([proc.sentinel], timeout))
+
+    def kill() -> None:
+        assert proc.pid is not None
+        os.kill(proc.pid, signal.SIGKILL)  # not reaped yet: the sentinel would be ready
+
+    if kill_at is not None:
+        _kill_when_begun(log_path, kill_at, ended, kill)
+    finished = ended(CHILD_TIMEOUT_S)
     with _PROCESS_LOCK:
         if not finished:
             proc.kill()
@@ -254,7 +318,8 @@ def _run_job(spec: RunSpec, workdir: Path) -> _Job:
             base_path.write_text(json.dumps({"states": [sorted(st.items()) for st in allowed], "named": named}))
         t0 = time.perf_counter()
         args = run.driver_args(str(workdir / "data"), str(log_path), str(base_path))
-        returncode, job.stderr = _start_child(args, run.env(), workdir / f"stderr{run.run_no}.txt")
+        output = workdir / f"output{run.run_no}.txt"
+        returncode, job.stderr = _start_child(args, run.env(), output, log_path, run.kill_at)
         job.seconds += time.perf_counter() - t0
         job.returncodes.append(returncode)
         if returncode not in (0, -signal.SIGKILL):
@@ -273,7 +338,10 @@ def verify_job(job: _Job) -> RunOutcome:
     spec, last = job.spec, job.spec.runs()[-1]
     out = RunOutcome(spec, crashed=job.crashed, seconds=job.seconds)
     log_path = job.workdir / "ack.log"
-    log = read_ack_log(str(log_path)) if log_path.exists() else None
+    if log_path.exists():
+        log: AckLog | None = read_ack_log(str(log_path))
+    else:  # killed before it opened its log: nothing was acknowledged
+        log = AckLog() if job.crashed and len(job.returncodes) == 1 else None
     if log is not None and log.errors:
         raise CrashCheckError("the engine returned wrong results: " + "; ".join(log.errors))
     if len(job.returncodes) != len(spec.runs()) or job.returncodes[-1] not in (0, -signal.SIGKILL):
@@ -282,8 +350,8 @@ def verify_job(job: _Job) -> RunOutcome:
         raise CrashCheckError(f"child left no ack log (exit {job.returncodes}):\n{job.stderr[-3000:]}")
     if not out.crashed and not log.closed:
         raise CrashCheckError(f"child exited 0 without finishing its workload:\n{job.stderr[-3000:]}")
-    if log.in_flight is not None:
-        out.in_flight = log.in_flight["op"]
+    if log.in_flight:
+        out.in_flight = "+".join(sorted(op["op"] for op in log.in_flight))
     _, wrong = acknowledged_state(log, job.base)
     if wrong:
         raise CrashCheckError("acknowledged results were wrong: " + "; ".join(wrong))

@@ -1,16 +1,24 @@
 """The crash matrix (issue 3): SIGKILL the engine at every named crash point, reopen, check every acked write.
 
-Each run starts ``tests.crash.driver`` in a fresh interpreter with ``DRIFT_CRASH_AT=<point>`` and a
+Each run starts ``tests.crash.driver`` in a fresh child process with ``DRIFT_CRASH_AT=<point>`` and a
 seed-dependent ``DRIFT_CRASH_SKIP``; the parent then reopens the data directory in-process and checks it
 (``tests.crash.check``): every acknowledged write present exactly once with its latest value, nothing never
 written, deletes stay deleted, LMDB locations agree with the segments, recall unchanged, and the recovered
 store takes more writes that survive another reopen.
 
-Fast suite: 20 seeds per point (two children at a time). ``slow``: 200 seeds per point.
+* ``test_crash_point``: every point, 20 seeds (``slow``: 200), durability ``sync``.
+* ``test_unsynced_modes_survive_sigkill``: engine-level ``durability="off"`` / ``"batch"``. A SIGKILL (the
+  process dies, the OS and its page cache do not) keeps every acknowledged write even without an fsync per
+  write. That is NOT a power-loss test: a power cut may lose the unsynced tail in those modes, which is their
+  documented trade-off.
+* ``test_crash_again_soon_after_recovery``: crash, then continue on the crashed directory and crash again at
+  the same point within the first hits (recovery's own flushes included).
+* ``test_sigkill_at_a_random_moment``: SIGKILL from outside, not at a named point.
+* ``test_two_writer_threads``: two concurrent writers (group commit; two writes may be in flight).
+* ``test_matrix_covers_every_crash_point_of_the_engine``, ``test_clean_run_reaches_every_point``: the matrix
+  keeps up with the engine's crash points and the workload reaches each of them.
 
-``durability="off"`` / ``"batch"`` runs show that a SIGKILL (the process dies, the OS and its page cache
-do not) keeps every acknowledged write even without an fsync per write. That is NOT a power-loss test: a
-power cut may lose the unsynced tail in those modes, which is their documented trade-off.
+The terminal summary lists, per point, how many runs actually died there and which op was in flight.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import pytest
 import drift_engine
 from tests.crash.check import read_ack_log
 from tests.crash.driver import CRASH_POINTS, Settings
-from tests.crash.harness import EXPECTED_HITS, RunOutcome, RunSpec, run_matrix
+from tests.crash.harness import EXPECTED_HITS, RunOutcome, RunSpec, random_kill, run_matrix
 
 FAST_SEEDS = 20
 SLOW_SEEDS = 200
@@ -103,6 +111,46 @@ def test_crash_again_soon_after_recovery(point: str, tmp_path: Path, crash_stats
 def test_crash_again_soon_after_recovery_many_seeds(point: str, tmp_path: Path, crash_stats: dict) -> None:
     outcomes = run_matrix(_chains(point, range(3000, 3050)), tmp_path)
     _assert_matrix(point, outcomes, crash_stats, f"twice {point} (slow)")
+
+
+def _random_kills(seeds: range) -> list[RunSpec]:
+    return [RunSpec(None, seed, OPS, kill_at=random_kill(seed, OPS)) for seed in seeds]
+
+
+def test_sigkill_at_a_random_moment(tmp_path: Path, crash_stats: dict) -> None:
+    """SIGKILL from outside, anywhere (not only at named points): once a random op began, plus 0-20 ms."""
+    outcomes = run_matrix(_random_kills(range(700, 720)), tmp_path)
+    _assert_matrix("a random moment", outcomes, crash_stats, "sync random SIGKILL", min_crashed=0.5)
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_moment_many_seeds(tmp_path: Path, crash_stats: dict) -> None:
+    outcomes = run_matrix(_random_kills(range(7000, 7200)), tmp_path)
+    _assert_matrix("a random moment", outcomes, crash_stats, "sync random SIGKILL (slow)", min_crashed=0.5)
+
+
+TWO_WRITER_POINTS = ("wal.after_fsync", "flush.after_commit", "flush.after_truncate", "train.after_commit")
+
+
+def _two_writers(point: str, seeds: range) -> list[RunSpec]:
+    """Two writer threads (disjoint ids): group commit, and each thread's write may be in flight at the crash."""
+    settings = Settings(threads=2)
+    if point == "random":
+        return [RunSpec(None, seed, OPS, settings, kill_at=random_kill(seed, OPS)) for seed in seeds]
+    return [RunSpec(point, seed, OPS, settings) for seed in seeds]
+
+
+@pytest.mark.parametrize("point", [*TWO_WRITER_POINTS, "random"])
+def test_two_writer_threads(point: str, tmp_path: Path, crash_stats: dict) -> None:
+    outcomes = run_matrix(_two_writers(point, range(800, 804)), tmp_path)
+    _assert_matrix(point, outcomes, crash_stats, f"2 writers {point}", min_crashed=0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", [*CRASH_POINTS, "random"])
+def test_two_writer_threads_many_seeds(point: str, tmp_path: Path, crash_stats: dict) -> None:
+    outcomes = run_matrix(_two_writers(point, range(8000, 8050)), tmp_path)
+    _assert_matrix(point, outcomes, crash_stats, f"2 writers {point} (slow)", min_crashed=0.5)
 
 
 def test_matrix_covers_every_crash_point_of_the_engine() -> None:

@@ -98,7 +98,6 @@ class Stack:
 
 def copy_text(vectors: np.ndarray, tags: Sequence[str] | None = None, start: int = 0) -> bytes:
     """COPY text rows ``id \\t {v1,...} [\\t tag]`` for ids start.. (9 significant digits: exact for float32)."""
-    n, d = vectors.shape
     buf = io.StringIO()
     np.savetxt(buf, vectors, fmt="%.9g", delimiter=",")
     bodies = buf.getvalue().splitlines()

@@ -217,3 +217,15 @@ def test_import_foreign_schema(sql, items, fdw_server) -> None:
 def test_payload_column_is_the_whole_object(sql, items) -> None:
     row = sql.execute(f"SELECT extra FROM {TABLE} WHERE id = 10").fetchone()
     assert row[0] == json.loads('{"tag": "t10", "grp": 1, "flag": true, "score": 1.0}')
+
+
+def test_fdw_backend_stays_thin(sql, items) -> None:
+    _, vecs = items
+    sql.execute(f"SELECT id FROM {TABLE} WHERE query = %s ORDER BY distance LIMIT 60", (_lit(vecs[0]),)).fetchall()
+    sql.execute(
+        "CREATE OR REPLACE FUNCTION pg_temp.heavy() RETURNS text[] LANGUAGE plpython3u AS $$\n"
+        "import sys\n"
+        "return sorted(m for m in sys.modules if m.split('.')[0] in ('numba', 'hnswlib', 'lmdb', 'llvmlite'))\n"
+        "$$"
+    )
+    assert sql.execute("SELECT pg_temp.heavy()").fetchone()[0] == []

@@ -66,7 +66,8 @@ def test_rollback_leaves_nothing(sql, table, engine_server) -> None:
 def test_update_and_delete(sql, table, engine_server) -> None:
     tbl, name = table
     sql.execute(
-        f"INSERT INTO {tbl} (id, embedding, tag) SELECT g, ARRAY[g, 1, 1, 1]::real[], 't' || g FROM generate_series(1, 5) g"
+        f"INSERT INTO {tbl} (id, embedding, tag) "
+        "SELECT g, ARRAY[g, 1, 1, 1]::real[], 't' || g FROM generate_series(1, 5) g"
     )
     sql.execute(f"UPDATE {tbl} SET tag = 'changed', embedding = '{{9,9,9,9}}' WHERE id = 2")
     sql.execute(f"UPDATE {tbl} SET id = 40 WHERE id = 3")
