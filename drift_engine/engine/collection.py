@@ -300,7 +300,10 @@ class Collection:
         threshold = self._config.params.auto_train_threshold
         if self._closed or threshold <= 0 or self._snapshots.current.trained or len(self) < threshold:
             return False
-        self.train()
+        try:
+            self.train()
+        except EngineClosedError:
+            return False  # closed while it ran: nothing was committed, nothing to report
         return True
 
     def train(

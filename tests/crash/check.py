@@ -322,6 +322,7 @@ def check_search(col: Any, state: dict[int, int], seed: int, problems: list[str]
     vecs = np.stack([vector_for(seed, int(i), state[int(i)]) for i in ids])
     tags = np.array([payload_for(int(i), state[int(i)])["tag"] for i in ids])
     hits = total = 0
+    misses: list[str] = []
     for flt in (None, {"tag": "t1"}):
         mask = np.ones(ids.size, dtype=bool) if flt is None else tags == flt["tag"]
         if not mask.any():
@@ -345,10 +346,37 @@ def check_search(col: Any, state: dict[int, int], seed: int, problems: list[str]
                         problems.append(f"search returned id {i} at distance {float(d)}, its vector is at {true_d}")
             hits += len(truth & set(got))
             total += k_eff
+            if len(misses) < 3 and truth - set(got):
+                misses.append(_describe_miss(col, q, flt, truth - set(got), got, state, seed))
     recall = hits / max(1, total)
     if recall < RECALL_MIN:
-        problems.append(f"recall@{K} with every bucket probed is {recall:.3f} < {RECALL_MIN}")
+        problems.append(
+            f"recall@{K} with every bucket probed is {recall:.3f} < {RECALL_MIN}; e.g. " + "; ".join(misses)
+        )
     return recall
+
+
+def _describe_miss(
+    col: Any, q: np.ndarray, flt: dict | None, missed: set[int], got: list[int], state: dict[int, int], seed: int
+) -> str:
+    """Where the true neighbours a search missed live now (memtable level / L1 segment, row), for the report."""
+    snap = col.snapshot
+    where: dict[int, str] = {}
+    for level, mt in enumerate(snap.memtables):
+        for ident in missed:
+            if ident not in where and mt.lookup(ident) != "absent":
+                where[ident] = f"memtable {level} ({mt.lookup(ident)}, {len(mt)} live, frozen={mt.frozen})"
+    for seg_id, seg in snap.segments.items():
+        for row in np.flatnonzero(np.isin(seg.ids(), list(missed))).tolist():
+            ident = int(seg.ids()[row])
+            where.setdefault(ident, f"segment {seg_id} row {row} dead={int(snap.dead[seg_id][row])}")
+    dist = {i: round(float(np.linalg.norm(vector_for(seed, i, state[i]) - q)), 3) for i in missed}
+    got_d = [round(float(np.linalg.norm(vector_for(seed, i, state[i]) - q)), 3) for i in got if i in state]
+    return (
+        f"filter {flt}: missed {[(i, dist[i], where.get(i, '?')) for i in sorted(missed)]}, got distances {got_d}, "
+        f"trained={snap.trained} buckets={len(snap.buckets)} memtables={[len(m) for m in snap.memtables]} "
+        f"segments={len(snap.segments)}"
+    )
 
 
 def inspect(col: Any, seed: int, probe: list[int]) -> tuple[dict[int, int], list[str]]:

@@ -358,6 +358,8 @@ def verify_job(job: _Job) -> RunOutcome:
     allowed = expected_states(log, _rule(last, job.returncodes[-1]), job.base)
     probe = log.ever_named | set(job.base)
     data = str(job.workdir / "data")
+    if os.path.isdir(data):  # the store exactly as the crash left it, for a failing run's post-mortem
+        shutil.copytree(data, job.workdir / "data-as-crashed")
     engine = Engine.open(data, durability=last.settings.durability)
     try:
         if not engine.has_collection(COLLECTION):
