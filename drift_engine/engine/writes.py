@@ -39,6 +39,14 @@ from drift_engine.wal.log import WriteAheadLog
 MAX_FROZEN = 4
 
 
+def refuse_existing(ids: np.ndarray, exists: np.ndarray) -> None:
+    """An insert (no replace) that names existing ids raises, listing the first few."""
+    if exists.any():
+        dups = ids[exists].tolist()
+        shown = ", ".join(map(str, dups[:10])) + (" ..." if len(dups) > 10 else "")
+        raise DuplicateIdError(f"{len(dups)} id(s) already exist: {shown}", hint="use upsert to replace them")
+
+
 class WritePath:
     def __init__(
         self,
@@ -143,10 +151,8 @@ class WritePath:
         self, ids: np.ndarray, vectors: np.ndarray, payloads: list[bytes | None], *, replace: bool
     ) -> int:
         exists, old_payloads = self.existing(ids)
-        if not replace and exists.any():
-            dups = ids[exists].tolist()
-            shown = ", ".join(map(str, dups[:10])) + (" ..." if len(dups) > 10 else "")
-            raise DuplicateIdError(f"{len(dups)} id(s) already exist: {shown}", hint="use upsert to replace them")
+        if not replace:
+            refuse_existing(ids, exists)
         lsn = self.wal.append(records.UPSERT, records.encode_upsert(ids, vectors, payloads, replace))
         self._apply_upsert(ids, vectors, payloads, lsn, exists, old_payloads)
         return lsn
@@ -156,10 +162,8 @@ class WritePath:
     ) -> int:
         """WAL-log (fsynced) a batch the caller applies to L1 directly; memtables must be empty of it."""
         exists, old_payloads = self.existing(ids)
-        if not replace and exists.any():
-            dups = ids[exists].tolist()
-            shown = ", ".join(map(str, dups[:10])) + (" ..." if len(dups) > 10 else "")
-            raise DuplicateIdError(f"{len(dups)} id(s) already exist: {shown}", hint="use upsert to replace them")
+        if not replace:
+            refuse_existing(ids, exists)
         lsn = self.wal.append(records.UPSERT, records.encode_upsert(ids, vectors, payloads, replace))
         self.wal.sync(lsn, "sync")
         self.count += int(ids.size - np.count_nonzero(exists))
