@@ -1,19 +1,25 @@
 """Recall@10 vs queries/s on one dataset: drift, FAISS IVF-SQ8, FAISS IVF-Flat and hnswlib.
 
-Order of a run (each system in its own spawned process, see ``bench.isolate``):
+Order of a run (each system in its own spawned process, see ``bench.isolate``; indexes are kept in a
+temporary workspace until the end, then removed):
 
-1. drift — upsert in 50k batches, ``train()`` with default parameters, reopen, sweep nprobe × rerank;
-2. FAISS IVF-SQ8 and IVF-Flat with ``nlist`` = the bucket count drift trained (plus any
+1. drift, variants ``fresh`` and ``settled`` (``bench.ann_drift``): upsert in 50k batches, ``train()``
+   with default parameters (``settled``: then ``maintain()`` until nothing is pending), reopen in a fresh
+   process, sweep nprobe × rerank;
+2. FAISS IVF-SQ8 and IVF-Flat with ``nlist`` = the bucket count drift's ``train()`` made (plus any
    ``extra_nlists``, e.g. 390 ≈ √n for glove, the nlist of the reference numbers), nprobe sweep;
-3. hnswlib M=16, ef_construction=200, ef sweep.
+3. hnswlib M=16, ef_construction=200, ef sweep;
+4. head-to-head (``bench.h2h``): every system at its recall-0.95 point, in the same time window.
 
 The headline q/s is a Python loop with one search call per query, 1 thread, for every system: that
-is the path a client of drift's per-query API takes, so it is the apples-to-apples comparison. The
-batched q/s (one call for all queries) is recorded beside it as ``qps_batch``.
+is the path a client of drift's per-query API takes, so it is the apples-to-apples comparison. It is
+reported over wall time (``qps``) and process CPU time (``qps_cpu``); the batched q/s (one call for all
+queries) is recorded beside it as ``qps_batch``.
 
 ``run_ann`` writes ``ann_<dataset>.json`` and ``ann_<dataset>.png`` and returns the JSON dict, whose
 ``summary`` holds, per system and variant: best q/s at recall@10 ≥ 0.95, max recall, build times,
-memory; and the ratio of drift's best q/s at recall ≥ 0.95 to FAISS IVF-SQ8's in the same run.
+memory; the ratio of drift's q/s at recall ≥ 0.95 to FAISS IVF-SQ8's (from the sweeps and from the
+head-to-head); and, for glove, the issue's targets.
 """
 
 from __future__ import annotations

@@ -181,12 +181,14 @@ def _cpu_flags() -> list[str]:
     return []
 
 
-def _version(module: str) -> str | None:
+def _version(dist: str) -> str | None:
+    """Installed version of a distribution (pip name), or None."""
+    from importlib import metadata
+
     try:
-        mod = __import__(module)
-    except ImportError:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
         return None
-    return str(getattr(mod, "__version__", "unknown"))
 
 
 def machine_info() -> dict[str, Any]:
@@ -204,9 +206,9 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "numpy": _version("numpy"),
         "numba": _version("numba"),
-        "faiss": _version("faiss"),
+        "faiss": _version("faiss-cpu"),
         "hnswlib": _version("hnswlib"),
-        "drift_engine": _version("drift_engine"),
+        "drift_engine": _version("drift-engine"),
         "threads": {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")},
     }
     try:

@@ -55,6 +55,7 @@ from drift_engine.storage.pages import fsync_dir
 
 log = logging.getLogger(__name__)
 DURABILITY_MODES = ("sync", "batch", "off")
+AUTO_TRAIN_IDLE = 1.0  # seconds without writes before an automatic train
 
 
 class Collection:
@@ -159,6 +160,11 @@ class Collection:
     def _check_open(self) -> None:
         if self._closed:
             raise EngineClosedError(f"collection {self.name!r} is closed")
+
+    def _janitor_retry_soon(self) -> None:
+        timer = threading.Timer(AUTO_TRAIN_IDLE, self._wake_janitor)
+        timer.daemon = True
+        timer.start()
 
     def _wake_janitor(self) -> None:
         if self._janitor is not None:
@@ -297,8 +303,14 @@ class Collection:
         return min([applied, *(p - 1 for p in pending)])
 
     def _auto_train(self) -> bool:
+        """Train an untrained collection once it passes the threshold and writes pause (AUTO_TRAIN_IDLE s), or
+        once it holds 4x the threshold: a bulk load then trains once, at its end, not midway and again."""
         threshold = self._config.params.auto_train_threshold
         if self._closed or threshold <= 0 or self._snapshots.current.trained or len(self) < threshold:
+            return False
+        idle = time.monotonic() - self._writes.last_write
+        if idle < AUTO_TRAIN_IDLE and len(self) < 4 * threshold:
+            self._janitor_retry_soon()
             return False
         try:
             self.train()

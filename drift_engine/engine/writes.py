@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -72,6 +73,7 @@ class WritePath:
             crash_hook=crashpoints.hit if crashpoints.ENABLED else None,
         )
         self.count = snapshots.current.live_count
+        self.last_write = time.monotonic()  # monotonic time of the latest write (for auto-train's idle test)
         self.has_payloads = kv.count(L.DB_PAYLOAD) > 0
 
     # ------------------------------------------------------------------ memtables
@@ -166,6 +168,7 @@ class WritePath:
             refuse_existing(ids, exists)
         lsn = self.wal.append(records.UPSERT, records.encode_upsert(ids, vectors, payloads, replace))
         self.wal.sync(lsn, "sync")
+        self.last_write = time.monotonic()
         self.count += int(ids.size - np.count_nonzero(exists))
         self._update_payload_index(ids, payloads, old_payloads)
         return lsn
@@ -192,6 +195,7 @@ class WritePath:
         exists: np.ndarray,
         old_payloads: list[bytes | None] | None,
     ) -> None:
+        self.last_write = time.monotonic()
         self._snapshots.current.memtables[0].add(ids, vectors, payloads, lsn)
         self.count += int(ids.size - np.count_nonzero(exists))
         self._update_payload_index(ids, payloads, old_payloads)

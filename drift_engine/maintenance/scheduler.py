@@ -44,7 +44,7 @@ from drift_engine.engine.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
-SEGMENT_TIER_BASE = 8  # segments below this many target buckets of live rows form tier 0
+SEGMENT_TIER_BASE = 16  # segments below this many target buckets of live rows form tier 0
 SEGMENT_TIER_RATIO = 8  # each further tier holds segments this many times larger
 MAX_SEGMENTS_PER_MERGE = 32
 KINDS = ("split", "merge", "drift", "compact")
