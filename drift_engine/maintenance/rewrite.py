@@ -225,6 +225,8 @@ def _new_headers(snap: Snapshot, plan: Plan) -> tuple[dict[int, BucketHeader], s
         own(b).add(r.vectors[leaving & (dst == b)])
     for b in full:
         sel = dst == b
+        if b in plan.new_buckets and not sel.any():
+            continue  # every row meant for it was left alone by the compare-and-set: do not create it empty
         if b in plan.new_buckets:
             header = BucketHeader.new(b, plan.new_buckets[b])
             inserts = 0

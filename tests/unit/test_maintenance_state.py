@@ -102,7 +102,7 @@ class MaintenanceMachine(RuleBasedStateMachine):
 
 
 MaintenanceMachine.TestCase.settings = settings(
-    max_examples=12,
+    max_examples=20,
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
