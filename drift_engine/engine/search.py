@@ -220,10 +220,18 @@ def search_hybrid(
     for i, mt in enumerate(mts):
         if len(mt) == 0:
             continue
-        ids, dists = mt.search(query, k, ef, None if flt is None else _payload_matcher(mt, flt))
-        if i and ids.size:
+        allow = None if flt is None else _payload_matcher(mt, flt)
+        want_mt = k
+        while True:
+            ids, dists = mt.search(query, want_mt, max(ef, want_mt), allow)
+            if not i or not ids.size:
+                break
             keep = ~hidden_by(mts[:i], ids)
+            full = ids.size >= want_mt
             ids, dists = ids[keep], dists[keep]
+            if ids.size >= k or not full or want_mt >= len(mt):
+                break
+            want_mt = min(len(mt), want_mt * 2 + int(np.count_nonzero(~keep)))
         ids_parts.append(ids)
         dist_parts.append(dists)
     want = k

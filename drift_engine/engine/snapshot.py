@@ -90,7 +90,8 @@ class Snapshot:
     dead: Mapping[int, np.ndarray]  # segment id -> uint8[n_rows], 1 = row no longer live
     live_count: int  # live rows in L1 (memtables not included)
     memtables: tuple = ()  # MemTable objects, newest (the active one) first; frozen ones follow
-    filter_masks: dict = field(default_factory=dict, compare=False)  # per-snapshot memo, filter -> masks
+    # per-version memo of filter masks; init=False so dataclasses.replace gives each version a fresh dict
+    filter_masks: dict = field(default_factory=dict, compare=False, init=False)  # per-snapshot memo, filter -> masks
 
     def skip_mask(self, segment_id: int) -> np.ndarray:
         return self.dead[segment_id]

@@ -1,7 +1,6 @@
 """Engine bugs the crash-matrix work turned up, each as a minimal failing test.
 
-Each is marked ``xfail(strict=True)`` until the engine is fixed: once it passes, the strict mark fails the
-suite, so the mark gets removed and the test keeps guarding the fix.
+Each was found failing, then fixed in the engine; the tests keep guarding the fixes.
 """
 
 from __future__ import annotations
@@ -14,11 +13,6 @@ import pytest
 from drift_engine import Engine
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="engine/snapshot.py: Snapshot.filter_masks is shared by every snapshot version (stale filter masks)",
-)
 @pytest.mark.parametrize("change", ["flush", "train"])
 def test_filtered_search_after_an_l1_change(tmp_path: Path, change: str) -> None:
     """``Snapshot.filter_masks`` (engine/snapshot.py, ``field(default_factory=dict)``) is copied by reference by
@@ -42,11 +36,6 @@ def test_filtered_search_after_an_l1_change(tmp_path: Path, change: str) -> None
         assert col.search(v[0], k=2, filter={"tag": "a"}).ids.tolist()[0] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="engine/search.py: search_hybrid cuts an older memtable's top k before hiding entries a newer one replaced",
-)
 @pytest.mark.parametrize("newer_write", ["replace", "delete"])
 def test_search_with_an_entry_of_a_frozen_memtable_hidden_by_a_newer_one(tmp_path: Path, newer_write: str) -> None:
     """``search_hybrid`` (engine/search.py) takes each memtable's top k (``mt.search(query, k, ...)``) and only
