@@ -193,7 +193,7 @@ def test_no_reader_sees_a_deleted_file_during_train(tmp_path, rng):
                 while not stop.is_set():
                     counts.append(len(col.search(base[0], k=5, nprobe=64)))
                     col.get([1, 2, 3])
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
 
         threads = [threading.Thread(target=reader) for _ in range(2)]
