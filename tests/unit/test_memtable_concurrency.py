@@ -121,8 +121,7 @@ def test_readers_during_writes_resizes_and_deletes(monkeypatch) -> None:  # type
     errors: list[BaseException] = []
     stats: list[int] = []
     readers = [
-        threading.Thread(target=_reader, args=(mt, hist, 100 + r, done, errors, stats), daemon=True)
-        for r in range(4)
+        threading.Thread(target=_reader, args=(mt, hist, 100 + r, done, errors, stats), daemon=True) for r in range(4)
     ]
     writer = threading.Thread(target=_writer, args=(mt, hist, np.random.default_rng(1), done), daemon=True)
     t0 = time.monotonic()
@@ -172,9 +171,7 @@ def test_delete_and_resize_wait_for_in_flight_searches() -> None:
     ):
         entered, release = threading.Event(), threading.Event()
 
-        def blocking_allow(
-            ident: int, entered: threading.Event = entered, release: threading.Event = release
-        ) -> bool:
+        def blocking_allow(ident: int, entered: threading.Event = entered, release: threading.Event = release) -> bool:
             entered.set()
             assert release.wait(10)
             return True

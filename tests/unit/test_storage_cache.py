@@ -197,9 +197,7 @@ def test_get_or_load_single_flight_across_threads() -> None:
         return "v", 100
 
     results: list[object] = []
-    threads = [
-        threading.Thread(target=lambda: results.append(c.get_or_load("k", slow_loader))) for _ in range(8)
-    ]
+    threads = [threading.Thread(target=lambda: results.append(c.get_or_load("k", slow_loader))) for _ in range(8)]
     for t in threads:
         t.start()
     time.sleep(0.05)
