@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent project setup (called by `make setup`; safe to run again at any time).
 #
-# 1. System packages (Debian/Ubuntu): a PostgreSQL server, its PL/Python 3 for the installed server
-#    major version, python3-venv, python3-dev and build-essential.  As root the missing ones are
+# 1. System packages (Debian/Ubuntu): a PostgreSQL server, its PL/Python 3 and postgresql-server-dev for
+#    the installed server major version, python3-venv, python3-dev and build-essential.  As root the missing ones are
 #    apt-get installed (`apt-get update` runs only when something is missing); as any other user the
 #    exact `sudo apt-get install ...` line is printed and the script fails.
 # 2. `.venv`, made by the system Python ($DRIFT_SYSTEM_PYTHON, default /usr/bin/python3) because that
@@ -14,6 +14,9 @@
 # 4. The `drift` extension's files (sql/drift.control, sql/drift--*.sql) into the PostgreSQL server's
 #    `$(pg_config --sharedir)/extension/`: copied as root when missing or different; as any other user the
 #    exact `sudo install ...` line is printed (nothing fails: only `CREATE EXTENSION drift` needs them).
+# 5. Multicorn2 and pgvector, built from their pinned release tarballs for that server and installed
+#    (Multicorn's Python package into .venv): scripts/extensions.sh says where the tarballs come from.
+#    DRIFT_SKIP_EXTENSIONS=1 skips this step (and the postgresql-server-dev package).
 set -euo pipefail
 umask 022 # PostgreSQL backends run as another OS user and must be able to read the venv
 
@@ -75,7 +78,7 @@ system_packages() {
 		log "python3-dev yourself (PL/Python must embed the same Python as $SYSTEM_PYTHON)"
 		return 0
 	fi
-	local base=(python3-venv python3-dev build-essential) major want missing
+	local base=(python3-venv python3-dev build-essential) major want missing dev=()
 	major=$(pg_major)
 	if [ "$(id -u)" = 0 ]; then
 		want=("${base[@]}")
@@ -84,7 +87,8 @@ system_packages() {
 		if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
 		major=$(pg_major)
 		[ -n "$major" ] || die "no PostgreSQL server under /usr/lib/postgresql after installing 'postgresql'"
-		mapfile -t missing < <(missing_of "postgresql-plpython3-$major")
+		[ "${DRIFT_SKIP_EXTENSIONS:-0}" = 1 ] || dev=("postgresql-server-dev-$major")
+		mapfile -t missing < <(missing_of "postgresql-plpython3-$major" "${dev[@]}")
 		if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
 	else
 		want=("${base[@]}")
@@ -92,7 +96,10 @@ system_packages() {
 			want+=(postgresql)
 			major=$(pg_default_major)
 		fi
-		if [ -n "$major" ]; then want+=("postgresql-plpython3-$major"); fi
+		if [ -n "$major" ]; then
+			want+=("postgresql-plpython3-$major")
+			[ "${DRIFT_SKIP_EXTENSIONS:-0}" = 1 ] || want+=("postgresql-server-dev-$major")
+		fi
 		mapfile -t missing < <(missing_of "${want[@]}")
 		if [ "${#missing[@]}" -gt 0 ]; then
 			printf 'setup: missing system packages: %s\n' "${missing[*]}" >&2
@@ -182,10 +189,18 @@ install_extension() {
 	fi
 }
 
+install_vendor_extensions() {
+	local pgc
+	pgc=$(pg_config_bin)
+	[ -n "$pgc" ] || return 0
+	bash scripts/extensions.sh "$pgc" "$VENV"
+}
+
 start=$SECONDS
 system_packages
 make_venv
 install_project
 check_plpython_python
 install_extension
+install_vendor_extensions
 if [ $((SECONDS - start)) -gt 2 ]; then log "done in $((SECONDS - start)) s"; fi

@@ -4,7 +4,8 @@
   ``tests/pg/cluster.py``): ``.dsn``, ``.host`` (the Unix socket folder), ``.port``, ``.bindir``,
   ``.connect()`` (psycopg, autocommit) and ``.psql(sql)``. Skipped, with the reason, when no PostgreSQL
   server is installed; stopped (``pg_ctl stop -m fast``) and removed at the end of the session.
-- Tests marked ``multicorn`` are skipped when the ``multicorn`` extension is not available in that server.
+- Tests marked ``multicorn`` are skipped when the ``multicorn`` extension is not available in that server;
+  under ``CI=true`` they fail instead (``tests.pg.cluster.skip_or_fail``): a broken install never passes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.pg.cluster import ClusterError, PgCluster, find_bindir, has_extension, server_major
+from tests.pg.cluster import ClusterError, PgCluster, find_bindir, missing_extension, server_major, skip_or_fail
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +43,6 @@ def _skip_without_multicorn(request: pytest.FixtureRequest) -> None:
         return
     cluster: PgCluster = request.getfixturevalue("pg_cluster")
     with cluster.connect() as conn:
-        if not has_extension(conn, "multicorn"):
-            pytest.skip(
-                f"the multicorn extension is not available in PostgreSQL {server_major(cluster.bindir)} "
-                "(build Multicorn2 against postgresql-server-dev and python3-dev)"
-            )
+        reason = missing_extension(conn, "multicorn", cluster.bindir)
+    if reason is not None:
+        skip_or_fail(reason)

@@ -18,8 +18,8 @@ Contract:
     LMDB payload of an L1 row is the one of the row's version, and the segment directory holds exactly the
     files LMDB references;
   - search is unchanged: recall@10 with every bucket probed is >= 0.99 against numpy brute force over the
-    expected live vectors, results hold only live ids, once each, with exact distances (also with a filter);
-    checked after the frozen memtables are flushed (``FLUSH_FROZEN_BEFORE_SEARCH``).
+    expected live vectors, results hold only live ids, once each, with exact distances (also with a filter),
+    right after the reopen (memtables replayed from the WAL may still wait for the Janitor).
 * ``write_more`` applies a few more writes (new, replaced, deleted ids; a flush) to an open collection and
   returns the new expected state, so a second reopen can check the recovered store keeps accepting writes.
 """
@@ -42,11 +42,6 @@ from tests.crash.driver import DIM, WRITE_KINDS, centers, expected_result, paylo
 RECALL_MIN = 0.99
 K = 10
 NPROBE_ALL = 1_000_000  # the API's cap; routing probes min(nprobe, buckets), even if maintenance splits meanwhile
-# Search loses candidates while a frozen memtable holds entries a newer memtable replaced or deleted (engine bug,
-# see test_found_bugs.py). Until that is fixed, the recall check runs after the frozen memtables replayed at open
-# are flushed (what the Janitor is about to do anyway); set this to False once it is (or run with
-# DRIFT_CRASH_SEARCH_WITH_FROZEN=1 to see it).
-FLUSH_FROZEN_BEFORE_SEARCH = not os.environ.get("DRIFT_CRASH_SEARCH_WITH_FROZEN")
 
 
 class CrashCheckError(AssertionError):
@@ -425,8 +420,6 @@ def verify_open(col: Any, seed: int, allowed: list[tuple[str, dict[int, int]]], 
     if chosen is None:
         problems.extend(mismatches)
     else:
-        if FLUSH_FROZEN_BEFORE_SEARCH:
-            col.flush_pending()
         check_search(col, chosen, seed, problems)
     if problems:
         raise CrashCheckError("\n  ".join(["recovered store is wrong:", *problems]))

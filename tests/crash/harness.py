@@ -13,9 +13,10 @@ Contract:
 * ``run_matrix`` runs jobs ``workers`` at a time and verifies every finished job in this process, one at a
   time: the last child must have died by SIGKILL or finished cleanly; then the directory is reopened and
   checked (``check.verify_open``) against the acknowledged state, with the op in flight allowed per
-  ``in_flight_rule`` (with several writer threads: each in-flight op either way); then more writes, close,
-  reopen, check again. It returns one ``RunOutcome`` per job; a failure carries the message and commands that
-  reproduce the children (from the repository root), and keeps its directory.
+  ``in_flight_rule`` (with several writer threads: each in-flight op either way); then more writes and a
+  flush, search checked again, close, reopen, check again. It returns one ``RunOutcome`` per job; a failure
+  carries the message and commands that reproduce the children (from the repository root), and keeps its
+  directory (with ``data-as-crashed``, the store as the crash left it).
 * A SIGKILL from outside (``RunSpec.kill_at``, ``random_kill``) lands once the child has begun op N, plus a
   few ms: anywhere, not only at a named point.
 """
@@ -48,6 +49,7 @@ from tests.crash.check import (
     AckLog,
     CrashCheckError,
     acknowledged_state,
+    check_search,
     expected_states,
     read_ack_log,
     verify_open,
@@ -369,6 +371,10 @@ def verify_job(job: _Job) -> RunOutcome:
         col = engine.collection(COLLECTION)
         state = verify_open(col, spec.seed, allowed, probe)
         state, named = write_more(col, spec.seed, state, base_version=10**7)
+        problems: list[str] = []
+        check_search(col, state, spec.seed, problems)  # filtered search again, after write_more's flush
+        if problems:
+            raise CrashCheckError("\n  ".join(["search after writing more is wrong:", *problems]))
     finally:
         engine.close()
     engine = Engine.open(data, durability=last.settings.durability)

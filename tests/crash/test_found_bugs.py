@@ -20,8 +20,7 @@ def test_filtered_search_after_an_l1_change(tmp_path: Path, change: str) -> None
     (engine/collection.py, keyed only by filter and payload-index version) is shared by all versions. After an
     L1 change that leaves the payload index alone (flush, train, maintenance) a filtered search reuses masks
     of an older segment set: ``KeyError`` in ``search._skip_for`` for a new segment, or stale dead-row bits for
-    segments in both. Fix: ``field(default_factory=dict, compare=False, init=False)`` (replace() then starts an
-    empty memo), or put ``snap.version`` in the memo key."""
+    segments in both. Fixed with ``field(..., init=False)``: replace() gives each version an empty memo."""
     with Engine.open(tmp_path) as engine:
         col = engine.create_collection("c", dim=4, auto_train_threshold=0)
         v = np.eye(4, dtype=np.float32)
@@ -43,7 +42,8 @@ def test_search_with_an_entry_of_a_frozen_memtable_hidden_by_a_newer_one(tmp_pat
     widens, so an older (frozen) memtable contributes fewer than k live candidates and its (k+1)-th nearest
     entry is lost: lower recall, or fewer than k results although more are live, for as long as a frozen
     memtable waits for the Janitor (e.g. right after recovery replayed several memtables). The crash matrix saw
-    recall@10 of 0.80 and 0.97 with every bucket probed (two writers, right after reopening)."""
+    recall@10 of 0.80 and 0.97 with every bucket probed (two writers, right after reopening). Fixed: an older
+    memtable's search now widens until k unhidden candidates (or all of it) are found."""
     with Engine.open(tmp_path) as engine:
         col = engine.create_collection("c", dim=2, memtable_max_vectors=16, auto_train_threshold=0)
         col._janitor.stop()  # test-only: keep the frozen memtable unflushed, as when the Janitor is behind

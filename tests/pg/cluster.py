@@ -283,6 +283,34 @@ def has_extension(conn: Any, name: str) -> bool:
         return cur.fetchone() is not None
 
 
+REQUIRED_EXTENSIONS = {
+    "multicorn": "Multicorn2 (the foreign data wrapper)",
+    "vector": "pgvector (the vector type and the comparison benchmarks)",
+}
+
+
+def missing_extension(conn: Any, name: str, bindir: Path) -> str | None:
+    """Why ``CREATE EXTENSION name`` cannot work in this server, or ``None`` when it can."""
+    if has_extension(conn, name):
+        return None
+    what = REQUIRED_EXTENSIONS.get(name, name)
+    return (
+        f"the {name} extension ({what}) is not available in PostgreSQL {server_major(bindir)}: "
+        "`make setup` builds it from the pinned tarball in $DRIFT_VENDOR_DIR or ../shared/vendor "
+        "(scripts/extensions.sh); see its output"
+    )
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip the test with ``reason``, or fail it when ``CI`` is set: in CI a missing extension is a broken
+    install, never a silent skip."""
+    import pytest
+
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 # --- the drift extension ------------------------------------------------------------------------------
 EXTENSION_FILES = ("drift.control", "drift--0.1.0.sql")
 

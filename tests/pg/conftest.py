@@ -6,7 +6,7 @@
   done; skipped, with the reason, without PL/Python or when the extension files cannot be installed.
   ``drift_sql.address`` is the engine's address, usable as the ``server`` argument of ``drift.*``.
 - ``fdw_server`` (session): also ``CREATE EXTENSION multicorn`` and a foreign server ``drift_test`` pointing
-  at the engine; skipped when Multicorn is not installed.
+  at the engine; skipped when Multicorn is not installed (a failure under ``CI=true``).
 - ``sql`` (function): a fresh autocommit psycopg connection to the cluster (closed afterwards).
 """
 
@@ -20,7 +20,14 @@ from typing import Any
 
 import pytest
 
-from tests.pg.cluster import PgCluster, has_extension, install_drift_extension, server_major
+from tests.pg.cluster import (
+    PgCluster,
+    has_extension,
+    install_drift_extension,
+    missing_extension,
+    server_major,
+    skip_or_fail,
+)
 from tests.pg.engine import EngineError, EngineServer
 
 FDW_SERVER = "drift_test"
@@ -58,10 +65,10 @@ def drift_sql(pg_cluster: PgCluster, engine_server: EngineServer) -> DriftSql:
     with pg_cluster.connect() as conn:
         if not has_extension(conn, "plpython3u"):
             major = server_major(pg_cluster.bindir)
-            pytest.skip(f"plpython3u is not installed: apt-get install postgresql-plpython3-{major}")
+            skip_or_fail(f"plpython3u is not installed: apt-get install postgresql-plpython3-{major}")
     reason = install_drift_extension(pg_cluster)
     if reason is not None:
-        pytest.skip(reason)
+        skip_or_fail(reason)
     with pg_cluster.connect() as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS drift CASCADE")
     return DriftSql(pg_cluster, engine_server)
@@ -70,8 +77,9 @@ def drift_sql(pg_cluster: PgCluster, engine_server: EngineServer) -> DriftSql:
 @pytest.fixture(scope="session")
 def fdw_server(drift_sql: DriftSql) -> str:
     with drift_sql.connect() as conn:
-        if not has_extension(conn, "multicorn"):
-            pytest.skip("the multicorn extension is not available (build Multicorn2 for this PostgreSQL)")
+        reason = missing_extension(conn, "multicorn", drift_sql.cluster.bindir)
+        if reason is not None:
+            skip_or_fail(reason)
         conn.execute("CREATE EXTENSION IF NOT EXISTS multicorn")
         conn.execute(f"DROP SERVER IF EXISTS {FDW_SERVER} CASCADE")
         conn.execute(

@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from tests.pg.cluster import missing_extension, skip_or_fail
+
 pytestmark = [pytest.mark.pg, pytest.mark.multicorn]
 
 N, DIM = 3000, 16
@@ -178,8 +180,9 @@ def test_join_with_a_local_table(sql, items) -> None:
 
 def test_pgvector_columns(sql, items, fdw_server, drift_sql) -> None:
     name, vecs = items
-    if sql.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone() is None:
-        pytest.skip("pgvector is not installed")
+    reason = missing_extension(sql, "vector", drift_sql.cluster.bindir)
+    if reason is not None:
+        skip_or_fail(reason)
     sql.execute("CREATE EXTENSION IF NOT EXISTS vector")
     sql.execute(
         f"CREATE FOREIGN TABLE pg_temp.vitems (id bigint, embedding vector({DIM}), query vector({DIM}), "
