@@ -16,6 +16,7 @@ from pathlib import Path
 
 from drift_engine.errors import DriftError
 from drift_engine.server.client import Client
+from tests import reaper
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,6 +28,7 @@ class ServerProc:
     log: Path
     token: str | None = None
     extra: list[str] = field(default_factory=list)
+    reaper_token: int | None = None  # tests.reaper stops the process if this test run is killed
 
     @property
     def address(self) -> str:
@@ -49,6 +51,9 @@ class ServerProc:
             self.proc.kill()
             self.proc.wait()
             raise AssertionError(f"server did not stop within {timeout} s after signal {sig}") from None
+        finally:
+            if self.proc.poll() is not None:
+                reaper.unregister(self.reaper_token)
 
 
 def serve_cmd(data: Path, *args: str) -> list[str]:
@@ -66,7 +71,7 @@ def start_server(data: Path, *args: str, token: str | None = None, wait: bool = 
     log = data.parent / f"{data.name}.log"
     with open(log, "ab") as err:
         proc = subprocess.Popen(serve_cmd(data, *extra), stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
-    server = ServerProc(data, proc, log, token, extra)
+    server = ServerProc(data, proc, log, token, extra, reaper.register_process(proc.pid))
     if wait:
         wait_healthy(server)
     return server

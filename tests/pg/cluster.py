@@ -11,7 +11,10 @@ Contract:
   run as the ``postgres`` OS user (PostgreSQL refuses root). The server's environment is clean but for
   ``PYTHONPATH=<venv site-packages>:<repo root>`` (so PL/Python imports this repository's
   ``drift_engine`` and the venv's numpy), ``NUMBA_CACHE_DIR`` and ``HOME`` inside the temp folder.
-- ``stop()`` runs ``pg_ctl stop -m fast`` and removes the folder (kept when ``DRIFT_PG_KEEP=1``).
+- ``stop()`` runs ``pg_ctl stop -m fast`` (also after a ``start()`` that failed half-way, whenever the data
+  folder has a ``postmaster.pid``) and removes the folder (kept when ``DRIFT_PG_KEEP=1``). The cluster is
+  registered with ``tests.reaper`` from initdb on, so it is stopped even when the process that started it
+  is killed.
 - Before starting as root it checks that the ``postgres`` user can reach the repository and the venv;
   when a parent folder blocks it, it grants that folder search (``o+x``, not list) permission only if
   ``CI`` or ``DRIFT_PG_FIX_PERMS=1`` is set, and otherwise fails with the folder named.
@@ -31,6 +34,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from tests import reaper
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVER_BINARIES = ("initdb", "pg_ctl", "postgres")
@@ -129,6 +134,7 @@ class PgCluster:
         self.logfile: Path | None = None
         self.running = False
         self._pw: pwd.struct_passwd | None = None
+        self._reaper_token: int | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> PgCluster:
@@ -150,6 +156,8 @@ class PgCluster:
                 os.chown(p, self._pw.pw_uid, self._pw.pw_gid)
         initdb_opts = ["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"]
         self._run([self._bin("initdb"), "-D", str(self.datadir), *initdb_opts], what="initdb")
+        immediate = [self._bin("pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "-w", "stop"]
+        self._reaper_token = reaper.register_cluster(self._wrap(immediate), self.datadir)
         self.port = free_port()
         listen = "127.0.0.1" if self.tcp else ""
         opts = f"-p {self.port} -k {self.host} -c listen_addresses='{listen}' -c fsync=off"
@@ -159,12 +167,15 @@ class PgCluster:
         return self
 
     def stop(self) -> None:
-        if self.running and self.datadir is not None:
+        started = self.datadir is not None and (self.running or (self.datadir / "postmaster.pid").exists())
+        if started:
             try:
                 stop = [self._bin("pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "stop"]
                 self._run(stop, what="pg_ctl stop")
             finally:
                 self.running = False
+        reaper.unregister(self._reaper_token)
+        self._reaper_token = None
         if self.tmp is not None and os.environ.get("DRIFT_PG_KEEP") != "1":
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -233,11 +244,13 @@ class PgCluster:
             "NUMBA_CACHE_DIR": str(self.tmp / "home" / "numba-cache"),
         }
 
+    def _wrap(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` with the server's clean environment, as the ``postgres`` OS user when we are root."""
+        cmd = ["env", "-i", *(f"{k}={v}" for k, v in self.server_env().items()), *argv]
+        return ["runuser", "-u", PG_OS_USER, "--", *cmd] if self.as_root else cmd
+
     def _run(self, argv: Sequence[str], *, what: str) -> None:
-        env = self.server_env()
-        cmd = ["env", "-i", *(f"{k}={v}" for k, v in env.items()), *argv]
-        if self.as_root:
-            cmd = ["runuser", "-u", PG_OS_USER, "--", *cmd]
+        cmd = self._wrap(argv)
         out = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
         if out.returncode != 0:
             detail = (out.stderr or out.stdout).strip()

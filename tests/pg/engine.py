@@ -10,7 +10,8 @@ Contract:
   root, the sockets (gRPC and the ZeroMQ fast path; mode 0660) are handed to the ``postgres`` group, the
   group of the OS user the private cluster's backends run as.
 - ``stop()`` sends SIGTERM (a graceful drain), waits, kills after ``grace`` seconds, and removes the folder
-  (kept when ``DRIFT_PG_KEEP=1``). ``log()`` returns the tail of the server's stderr.
+  (kept when ``DRIFT_PG_KEEP=1``). ``log()`` returns the tail of the server's stderr. The process is
+  registered with ``tests.reaper``, so it is stopped even when the process that started it is killed.
 - The server's environment: the caller's, plus ``PYTHONPATH=<repo root>``.
 """
 
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests import reaper
 from tests.pg.cluster import PG_OS_USER, REPO_ROOT
 
 
@@ -44,6 +46,7 @@ class EngineServer:
         self.socket = ""
         self.proc: subprocess.Popen[bytes] | None = None
         self._logfile: Path | None = None
+        self._reaper_token: int | None = None
 
     @property
     def address(self) -> str:
@@ -70,6 +73,7 @@ class EngineServer:
         argv += ["--listen", self.address, "--log-format", "text", *self.extra_args]
         with open(self._logfile, "ab") as log:
             self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=REPO_ROOT)
+        self._reaper_token = reaper.register_process(self.proc.pid)
 
     def _wait_ready(self, timeout: float) -> None:
         from drift_engine.errors import DriftError
@@ -115,14 +119,17 @@ class EngineServer:
     def terminate(self, grace: float = 15.0) -> None:
         """Stop the process (SIGTERM, then SIGKILL after ``grace`` s) but keep its folder."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        reaper.unregister(self._reaper_token)
+        self._reaper_token = None
 
     def restart(self, timeout: float = 60.0) -> None:
         """Start the server again on the same data directory and socket."""

@@ -22,3 +22,8 @@ def test_demo_runs_on_bigann(pg_cluster, capsys: pytest.CaptureFixture[str]) -> 
     assert "returned exactly 10 rows" in out
     assert "(3 rows)" in out  # the point lookup finds 3 of its 4 ids
     assert ("through the foreign table" in out) != ("NOT installed" in out)
+    if "through the foreign table" in out:  # the FDW path: EXPLAIN, a rolled-back and a committed transaction
+        assert "drift pushed down: filter tag" in out
+        assert "(after ROLLBACK: as expected)" in out and "(after COMMIT: as expected)" in out
+    if "vector(n) columns" in out:  # pgvector installed: its HNSW index over the same rows, side by side
+        assert "pgvector HNSW (ef_search" in out
