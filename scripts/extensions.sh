@@ -147,7 +147,7 @@ build_extension() { # NAME EXTENSION MODULE [extra make install args...]
 		log "installed $name $version ($PKGLIBDIR/$module.so, $EXTDIR/$ext.control)"
 	else
 		log "$name $version is built but cannot be installed by this user; run once:"
-		printf '\n    sudo make -C %s PG_CONFIG=%s OPTFLAGS= %s install\n\n' "$src" "$PG_CONFIG" "$*" >&2
+		printf '\n    sudo make -C %s PG_CONFIG=%s OPTFLAGS= %sinstall\n\n' "$src" "$PG_CONFIG" "${*:+$* }" >&2
 	fi
 }
 
@@ -162,8 +162,12 @@ install_multicorn_python() {
 		src=$(unpack "$tarball")
 	fi
 	log "pip install multicorn $version (its Python package) into $VENV"
-	# setuptools from the venv when it has a recent one (no download), else pip's isolated build.
-	if "$VENV/bin/python" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 62)' 2>/dev/null; then
+	# The venv's setuptools when it can build a wheel itself (no download), else pip's isolated build.
+	if "$VENV/bin/python" - 2>/dev/null <<-'EOF'; then
+		import importlib.util, sys, setuptools
+		major, minor = (int(x) for x in setuptools.__version__.split(".")[:2])
+		sys.exit(not ((major, minor) >= (70, 1) or (major >= 62 and importlib.util.find_spec("wheel"))))
+	EOF
 		pip_opts+=(--no-build-isolation)
 	fi
 	PATH="$(dirname "$PG_CONFIG"):$PATH" "$VENV/bin/python" -m pip install --disable-pip-version-check \
