@@ -30,6 +30,11 @@ from typing import Any
 
 import numpy as np
 
+from drift_engine.datasets import pad_ids as stack_ids
+from drift_engine.datasets import recall_at_k
+
+__all__ = ["recall_at_k", "stack_ids"]  # re-exported: the one recall / padding helper lives in datasets
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RECALL_TARGET = 0.95
 
@@ -112,26 +117,6 @@ def add_batch(p: dict[str, Any], found: np.ndarray, gt: np.ndarray, wall: float,
 
 
 # --------------------------------------------------------------------------------------------- recall
-def recall_at_k(found: np.ndarray, gt: np.ndarray, k: int = 10) -> float:
-    """Mean recall@k of ``found`` (m, >=k) against ``gt`` (m, >=k); negative ids never match."""
-    f = np.asarray(found)[:, :k].astype(np.int64)
-    t = np.asarray(gt)[:, :k].astype(np.int64)
-    if t.size == 0:
-        return 0.0
-    f = np.where(f < 0, -(2**62), f)
-    hits = (f[:, :, None] == t[:, None, :]).any(axis=2).sum()
-    return float(hits) / float(t.shape[0] * k)
-
-
-def stack_ids(rows: Sequence[np.ndarray], k: int) -> np.ndarray:
-    """Pad a list of per-query id arrays (length <= k) into an (m, k) int64 array (-1 = missing)."""
-    out = np.full((len(rows), k), -1, dtype=np.int64)
-    for i, r in enumerate(rows):
-        r = np.asarray(r).ravel()[:k]
-        out[i, : r.size] = r
-    return out
-
-
 def query_subset(nq: int, m: int, seed: int = 0) -> np.ndarray:
     """A fixed, sorted random subset of ``m`` query indices out of ``nq`` (all of them if m >= nq)."""
     if m >= nq:

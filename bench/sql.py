@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import RESULTS_DIR, machine_info, recall_at_k, write_json
+from bench.common import RESULTS_DIR, machine_info, write_json
+from drift_engine.datasets import exact_top_k, recall_at_k
 
 K = 10
 NPROBES = (8, 12, 16, 24, 32, 48, 64)
@@ -55,17 +56,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def lit(v: np.ndarray, pgvector: bool = False) -> str:
     body = ",".join(f"{x:.9g}" for x in v.tolist())
     return f"[{body}]" if pgvector else f"{{{body}}}"
-
-
-def exact_topk(base: np.ndarray, queries: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.ndarray:
-    ids = np.arange(len(base)) if rows is None else rows
-    sub = base[ids].astype(np.float64)
-    out = np.empty((len(queries), k), dtype=np.int64)
-    for i, q in enumerate(queries.astype(np.float64)):
-        d = ((sub - q) ** 2).sum(axis=1)
-        top = np.argpartition(d, k)[:k]
-        out[i] = ids[top[np.argsort(d[top], kind="stable")]]
-    return out
 
 
 class System:
@@ -200,7 +190,7 @@ def head_to_head(conn: Any, chosen: dict[str, tuple[System, int]], nq: int, serv
 def filtered(conn: Any, stack: Any, base: np.ndarray, queries: np.ndarray, server: str) -> dict[str, Any]:
     m = min(len(queries), 200)
     qs = queries[:m]
-    exact = exact_topk(base, qs, K, rows=np.arange(7, len(base), N_TAGS))
+    exact = exact_top_k(base, qs, K, rows=np.arange(7, len(base), N_TAGS))
     stmts = {}
     if stack.multicorn:
         stmts["fdw"] = ("SELECT id FROM items WHERE query = %s AND tag = 't7' ORDER BY distance LIMIT 10", False, "")
@@ -240,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     base = np.ascontiguousarray(ds.base[:n])
     nq = min(nq_default, ds.nq)
     queries = ds.queries[:nq]
-    gt = ds.gt[:nq, :K] if n == ds.n else exact_topk(base, queries, K)
+    gt = ds.gt[:nq, :K] if n == ds.n else exact_top_k(base, queries, K)
     tags = [f"t{i % N_TAGS}" for i in range(n)]
     result: dict[str, Any] = {"benchmark": "sql", "dataset": dataset, "rows": n, "queries": nq, "k": K,
                               "machine": machine_info(), "notes": []}  # fmt: skip

@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,9 +201,34 @@ def load_dataset(name: str, *, build: bool = True) -> Dataset:
     )
 
 
-def recall_at_k(found: np.ndarray, gt: np.ndarray, k: int) -> float:
-    """Mean recall@k of ``found`` ids ``(m, >=k)`` against ground truth ``(m, >=k)``; -1 ids never match."""
+def recall_at_k(found: np.ndarray, gt: np.ndarray, k: int = 10) -> float:
+    """Mean recall@k of ``found`` ids ``(m, >=k)`` against ground truth ``(m, >=k)``: per query
+    ``|set(found[:k]) ∩ set(gt[:k])| / k``. Negative ids (padding) never match, and an id found twice counts
+    once. The one recall helper of the demo, the benchmarks and the tests."""
     found = np.asarray(found)[:, :k]
     truth = np.asarray(gt)[:, :k]
     hits = sum(len(np.intersect1d(f[f >= 0], t)) for f, t in zip(found, truth, strict=True))
     return hits / float(truth.shape[0] * k) if truth.size else 0.0
+
+
+def pad_ids(rows: Sequence[Sequence[int] | np.ndarray], k: int) -> np.ndarray:
+    """Per-query id lists (each of any length) as an ``(m, k)`` int64 array: the first k ids, -1 padding."""
+    out = np.full((len(rows), k), -1, dtype=np.int64)
+    for i, r in enumerate(rows):
+        r = np.asarray(r, dtype=np.int64).ravel()[:k]
+        out[i, : len(r)] = r
+    return out
+
+
+def exact_top_k(base: np.ndarray, queries: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """Exact L2 top-k ids by brute force in float64, ties to the lower id (as the datasets' ground truth),
+    over ``rows`` of ``base`` when given; ``(len(queries), min(k, n))`` int64."""
+    ids = np.arange(len(base)) if rows is None else np.asarray(rows)
+    sub = base[ids].astype(np.float64)
+    k = min(k, len(ids))
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for i, q in enumerate(np.asarray(queries, dtype=np.float64)):
+        d = ((sub - q) ** 2).sum(axis=1)
+        top = np.argpartition(d, k - 1)[:k] if k < len(d) else np.arange(len(d))
+        out[i] = ids[top[np.lexsort((ids[top], d[top]))]]
+    return out

@@ -23,18 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from drift_engine.datasets import load_dataset, recall_at_k
-from drift_engine.demo_sql import (
-    TABLE,
-    Via,
-    as_matrix,
-    exact_top_k,
-    psql,
-    short,
-    step,
-    timed,
-    vector_literal,
-)
+from drift_engine.datasets import exact_top_k, load_dataset, pad_ids, recall_at_k
+from drift_engine.demo_sql import TABLE, Via, psql, short, step, timed, vector_literal
 
 K = 10
 N_TAGS = 100
@@ -204,7 +194,7 @@ def _measure(conn: Any, via: Via, ds: Any, base: np.ndarray, n: int, n_queries: 
     print(f"  {'system':<42} {'recall@10':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for label, found, lat in rows:
         p50, p99 = np.percentile(lat, [50, 99]) * 1e3
-        print(f"  {label:<42} {recall_at_k(as_matrix(found, K), gt, K):9.4f} {p50:8.3f} {p99:8.3f}")
+        print(f"  {label:<42} {recall_at_k(pad_ids(found, K), gt, K):9.4f} {p50:8.3f} {p99:8.3f}")
     print("  (recall@10 against exact ground truth; a demo, not a benchmark: `python -m bench.sql` measures)")
     tagged = np.arange(7, n, N_TAGS)
     m = min(nq, 100)
@@ -212,7 +202,7 @@ def _measure(conn: Any, via: Via, ds: Any, base: np.ndarray, n: int, n_queries: 
     full = sum(len(r) == K for r in fids)
     exact = exact_top_k(base, queries[:m], K, rows=tagged)
     print(f"{m} filtered kNN queries (tag = 't7', 1 % of the rows, LIMIT {K}):")
-    print(f"  {full} of {m} returned exactly {K} rows; recall@{K} {recall_at_k(as_matrix(fids, K), exact, K):.4f} "
+    print(f"  {full} of {m} returned exactly {K} rows; recall@{K} {recall_at_k(pad_ids(fids, K), exact, K):.4f} "
           f"against brute force over the matching rows; p50 {np.median(flat) * 1e3:.3f} ms")  # fmt: skip
 
 

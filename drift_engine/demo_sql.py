@@ -3,8 +3,7 @@
 Contract: ``Via`` builds each statement of one access path — the foreign table (Multicorn; with ``vector(n)``
 columns where pgvector is installed, else ``real[]``), or the ``drift.*`` PL/Python functions where Multicorn
 is missing — and ``psql`` runs a statement and prints it and its rows the way psql does (long vector literals
-abbreviated). ``exact_top_k`` is the brute-force ground truth over a subset of rows (float64, ties to the
-lower index). Nothing here starts a server.
+abbreviated). Nothing here starts a server.
 """
 
 from __future__ import annotations
@@ -81,18 +80,6 @@ def step(label: str, seconds: float, extra: str = "") -> None:
     print(f"  {label:<52} {seconds:7.2f} s  {extra}")
 
 
-def exact_top_k(base: np.ndarray, queries: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.ndarray:
-    """Exact L2 top-k ids (brute force, float64), over ``rows`` of ``base`` when given."""
-    ids = np.arange(len(base)) if rows is None else rows
-    sub = base[ids].astype(np.float64)
-    out = np.empty((len(queries), k), dtype=np.int64)
-    for i, q in enumerate(queries.astype(np.float64)):
-        d = ((sub - q) ** 2).sum(axis=1)
-        top = np.argpartition(d, k)[:k] if k < len(d) else np.arange(len(d))
-        out[i] = ids[top[np.lexsort((top, d[top]))]]
-    return out
-
-
 def timed(conn: Any, sqls: list[str]) -> tuple[list[list[int]], np.ndarray]:
     """Run each statement (after 10 warm-ups); the first column of its rows and its latency in seconds."""
     for s in sqls[:10]:
@@ -104,13 +91,6 @@ def timed(conn: Any, sqls: list[str]) -> tuple[list[list[int]], np.ndarray]:
         lat[i] = time.perf_counter() - t0
         ids.append([r[0] for r in rows])
     return ids, lat
-
-
-def as_matrix(ids: list[list[int]], k: int) -> np.ndarray:
-    out = np.full((len(ids), k), -1, dtype=np.int64)
-    for i, row in enumerate(ids):
-        out[i, : min(k, len(row))] = row[:k]
-    return out
 
 
 class Via:
