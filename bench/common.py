@@ -195,6 +195,7 @@ def machine_info() -> dict[str, Any]:
         "hnswlib": _version("hnswlib"),
         "drift_engine": _version("drift-engine"),
         "threads": {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")},
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],  # run benchmarks alone: should be ~0
     }
     try:
         import faiss
