@@ -31,6 +31,7 @@ from multicorn.utils import ERROR, log_to_postgres
 
 from drift_engine.errors import CollectionNotFoundError, DriftError
 from drift_fdw import connection as conn
+from drift_fdw import explain_guard
 from drift_fdw.knn import knn_hits
 from drift_fdw.options import ConfigError, TableSpec
 from drift_fdw.quals import ScanPlan, plan_scan
@@ -107,6 +108,8 @@ class DriftFDW(ForeignDataWrapper):
     def get_rel_size(self, quals: list[Any], columns: list[str]) -> tuple[int, int]:
         global LAST_PLANNED
         LAST_PLANNED = self
+        with contextlib.suppress(Exception):  # planning must not fail because of the guard
+            explain_guard.protect(self)
         width = 16 * max(1, len(columns))
         if "embedding" in self.spec.roles and self.spec.roles["embedding"] in columns:
             width += 12 * (self._dim or 128)
@@ -149,11 +152,33 @@ class DriftFDW(ForeignDataWrapper):
         offset: int | None = None,
     ) -> list[str]:
         try:
+            return self._explain_lines(quals, columns, sortkeys, verbose, limit, offset)
+        except Exception as exc:  # never raise here: see explain_guard
+            return [f"drift: {exc}"]
+
+    def _explain_lines(
+        self,
+        quals: list[Any],
+        columns: list[str],
+        sortkeys: list[SortKey] | None,
+        verbose: bool,
+        limit: int | None,
+        offset: int | None,
+    ) -> list[str]:
+        hidden = explain_guard.take_hidden()
+        late = (
+            [f"drift: {hidden} condition(s) get their values only at run time (not shown; the plan may change)"]
+            if hidden
+            else []
+        )
+        try:
             plan = plan_scan(quals, self.spec, self._dim)
         except (ValueProblem, ConfigError) as exc:
-            return [f"drift: {exc}"]
+            return [*late, f"drift: {exc}"]
         mode = {"knn": "kNN stream", "lookup": "point lookup", "scan": "full scan", "empty": "no rows"}[plan.mode]
-        lines = [f"drift: collection {self.spec.collection!r} at {self.spec.address}: {mode}"]
+        if hidden and plan.mode == "scan":
+            mode = "decided at run time"
+        lines = [f"drift: collection {self.spec.collection!r} at {self.spec.address}: {mode}", *late]
         lines += [f"drift pushed down: {p}" for p in plan.pushed]
         if sortkeys:
             lines.append("drift pushed down: ORDER BY " + ", ".join(s.attname for s in sortkeys))
