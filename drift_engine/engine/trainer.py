@@ -4,6 +4,12 @@ Contract: ``train_layout`` reads one pinned snapshot, runs k-means and SQ8 train
 segment files (step 1 of the commit order). It returns a ``TrainResult`` whose ``stage`` puts every
 LMDB record of the new layout into the caller's write batch; the caller commits, publishes and retires
 the old segments. Nothing visible changes until that commit.
+
+Each bucket's centroid is the plain mean of the rows finally assigned to it (for every metric: a cosine
+centroid is a mean of unit vectors, inside the sphere), the same quantity as its running mean, so every drift
+statistic is 0 right after training. k-means is spherical for ip only (routing scores an ip centroid by its
+direction, ``index.routing``); assignment is by L2 to the k-means centroids, which for unit centroids is the
+largest inner product.
 """
 
 from __future__ import annotations
@@ -99,7 +105,7 @@ def train_layout(
         k,
         max_iter=params.kmeans_iters,
         sample_size=params.kmeans_sample or None,
-        spherical=config.metric == "cosine",
+        spherical=config.metric == "ip",  # ip routes by the centroid's direction (index.routing)
         progress=progress,
     )
     rng = np.random.default_rng(0)
@@ -107,7 +113,7 @@ def train_layout(
     sq8 = sq8_codec.train_sq8(sample, params.sq8_clip)
     if progress is not None:
         progress("assign", 0.0)
-    labels, _ = assign(vectors, centroids)
+    labels, _ = assign(vectors, centroids)  # ip: unit centroids, so nearest = largest inner product
     labels = labels.astype(np.int64)
     written, segment_of, row_of = write_bucketed_segments(
         seg_dir, next_segment_id, sq8, ids, vectors, labels, rows_per_segment=params.rows_per_segment
@@ -117,8 +123,11 @@ def train_layout(
     cuts = np.flatnonzero(np.diff(labels[order])) + 1
     for part in np.split(order, cuts):
         b = int(labels[part[0]])
-        header = BucketHeader.new(b, centroids[b])
-        header.add(vectors[part])
+        members = vectors[part]
+        # the centroid is the mean of the rows the bucket finally holds (one Lloyd update after the last
+        # assignment), in the same space as the running mean, so drift starts at exactly 0 for every metric
+        header = BucketHeader.new(b, members.astype(np.float64).mean(axis=0).astype(np.float32))
+        header.add(members)
         header.inserts_since_centroid = 0
         buckets[b] = header
     for w in written:

@@ -12,7 +12,11 @@ Contract
   and ``‖ĉ‖²``.  ``lam = 0, tau = inf`` is plain IVF.
 * ``route`` scores every bucket and returns the ``min(nprobe, nb)`` best bucket ids, best first, ties to the
   lower table position.  The score (lower is better) is ``dist(q, ĉ) − bonus`` where ``dist`` is the
-  Euclidean distance for ``l2`` and ``cosine`` (unit vectors) and ``−q·ĉ`` for ``ip`` (as FAISS IVF-IP).
+  Euclidean distance for ``l2`` and ``cosine`` (unit vectors; centroids are plain means, inside the sphere)
+  and ``−q·ĉ/‖ĉ‖`` for ``ip`` (as FAISS IVF-IP, whose centroids are unit length).  Scoring ip by the
+  centroid's direction makes the placement of a vector (its best bucket) the nearest unit direction, so
+  ``centroid = mean of the bucket's rows`` is a spherical k-means step and maintenance settles; with the raw
+  ``−q·ĉ`` the longest centroids win everything and splits and merges chase each other.
   Distances use the expansion ``‖ĉ‖² − 2q·ĉ`` (+‖q‖²) like FAISS, in float32 about the mean of the ĉ
   (which keeps the rounding small for data far from the origin); when no bucket has a bonus the l2/cosine
   ranking uses the squared distance itself, so with ``lam = 0, tau = inf`` the order is nearest-centroid
@@ -67,6 +71,8 @@ class RoutingTable:
     origin: np.ndarray = field(init=False, repr=False)  # float32[d]: mean of ĉ (scores are computed about it)
     centered_sq: np.ndarray = field(init=False, repr=False)  # float32[nb]: ‖ĉ − origin‖²
     centered_t: np.ndarray = field(init=False, repr=False)  # float32[d, nb]: (ĉ − origin)ᵀ, C-contiguous
+    directions: np.ndarray = field(init=False, repr=False)  # float32[nb, d]: ĉ / ‖ĉ‖ (0 for ĉ = 0), for ip
+    directions_t: np.ndarray = field(init=False, repr=False)  # float32[d, nb]: (ĉ / ‖ĉ‖)ᵀ, C-contiguous
     bonus: np.ndarray = field(init=False, repr=False)  # float32[nb]
     has_bonus: bool = field(init=False, repr=False)
 
@@ -134,7 +140,13 @@ class RoutingTable:
         centered_sq = np.einsum("ij,ij->i", centered, centered).astype(np.float32)
         centered_t = np.ascontiguousarray(centered.T)
         del centered
-        for arr in (ids, c, mu, a, n, r, adjusted, adjusted_sq, bonus, origin, centered_sq, centered_t):
+        norms = np.sqrt(adjusted_sq.astype(np.float64))
+        directions = np.where((norms > 0)[:, None], adjusted / np.where(norms > 0, norms, 1.0)[:, None], 0.0).astype(
+            np.float32
+        )
+        directions_t = np.ascontiguousarray(directions.T)
+        arrays = (ids, c, mu, a, n, r, adjusted, adjusted_sq, bonus, origin, centered_sq, centered_t)
+        for arr in (*arrays, directions, directions_t):
             arr.flags.writeable = False
         values = {
             "bucket_ids": ids,
@@ -150,6 +162,8 @@ class RoutingTable:
             "origin": origin,
             "centered_sq": centered_sq,
             "centered_t": centered_t,
+            "directions": directions,
+            "directions_t": directions_t,
             "bonus": bonus,
             "has_bonus": bool(np.any(bonus != 0)),
         }
@@ -168,8 +182,8 @@ class RoutingTable:
 )
 def _scores(q, chat_t, chat_sq, bonus, mode, out):
     """out[b] = score of bucket b, with ĉ (and for l2 also q) taken about the table's origin o.  mode 0:
-    ‖ĉ‖² − 2q·ĉ (= ‖q − ĉ‖² − ‖q‖², ranks as squared L2); 1: sqrt(‖q − ĉ‖²) − bonus; 2: −q·ĉ − bonus
-    (= the true score + q·o, the same constant for every bucket).
+    ‖ĉ‖² − 2q·ĉ (= ‖q − ĉ‖² − ‖q‖², ranks as squared L2); 1: sqrt(‖q − ĉ‖²) − bonus; 2: −q·u − bonus, where
+    ``chat_t`` holds the (uncentred) directions u = ĉ/‖ĉ‖.
 
     ``chat_t`` is ĉ transposed, (d, nb): the loop over buckets is contiguous and vectorises without
     horizontal sums, eight dimensions per pass (measured 1.9x faster than row-wise dot products at
@@ -228,7 +242,7 @@ def _scores(q, chat_t, chat_sq, bonus, mode, out):
 def _route_one(q, origin, chat_t, chat_sq, bonus, mode, p, bucket_ids):
     d, nb = chat_t.shape
     qc = np.empty(d, dtype=np.float32)
-    for j in range(d):  # l2: ‖q − ĉ‖ = ‖(q − o) − (ĉ − o)‖; ip: −q·ĉ = −q·(ĉ − o) − q·o, same ranking
+    for j in range(d):  # l2: ‖q − ĉ‖ = ‖(q − o) − (ĉ − o)‖; ip: q as is
         qc[j] = q[j] if mode == 2 else q[j] - origin[j]
     scores = np.empty(nb, dtype=np.float32)
     _scores(qc, chat_t, chat_sq, bonus, mode, scores)
@@ -284,7 +298,8 @@ def route(table: RoutingTable, query: np.ndarray, nprobe: int, metric: str) -> n
     if nb == 0:
         return np.empty(0, dtype=np.int64)
     p = min(int(nprobe), nb)
-    return _route_one(q, table.origin, table.centered_t, table.centered_sq, table.bonus, mode, p, table.bucket_ids)
+    chat_t = table.directions_t if mode == 2 else table.centered_t
+    return _route_one(q, table.origin, chat_t, table.centered_sq, table.bonus, mode, p, table.bucket_ids)
 
 
 def route_batch(table: RoutingTable, queries: np.ndarray, nprobe: int, metric: str) -> np.ndarray:
@@ -301,7 +316,7 @@ def route_batch(table: RoutingTable, queries: np.ndarray, nprobe: int, metric: s
     out = np.empty((m, p), dtype=np.int64)
     if m == 0 or p == 0:
         return out
-    chat_t = table.centered_t * np.float32(-1.0 if mode == 2 else -2.0)
+    chat_t = table.directions_t * np.float32(-1.0) if mode == 2 else table.centered_t * np.float32(-2.0)
     step = max(1, min(m, max(64, _BLOCK_BYTES // (4 * nb))))
     for lo in range(0, m, step):
         blk = qs[lo : lo + step] if mode == 2 else qs[lo : lo + step] - table.origin

@@ -13,7 +13,8 @@ Contract
   nprobe, in a third of the time.
   A cluster that goes empty is re-seeded at the sample point farthest from its centroid (a different point
   for each empty cluster), which splits the worst-fitting cluster.  ``spherical=True`` normalises every
-  centroid to unit length (for cosine collections of unit vectors).
+  centroid to unit length (ip collections: their routing scores a centroid's direction, so the nearest unit
+  centroid is the one a vector is placed in).
 * ``assign(x, centroids)`` returns ``(labels int64[n], squared_distance float32[n])`` of every row's nearest
   centroid; ties go to the lower centroid index.  Candidate distances use the BLAS expansion
   ``‖x‖² − 2x·c + ‖c‖²`` in blocks of at most ``chunk`` rows (fewer for large k, so that a block of

@@ -6,17 +6,20 @@ the bucket cannot be usefully split). It never writes; ``rewrite.commit`` applie
 * The bucket's live vectors are clustered into ``k`` pieces: ``k = max(2, round(n / target_bucket_size))`` when
   the bucket is too large, ``max(1, round(n / target))`` when it is split for drift (``k = 1`` re-centres it:
   the new centroid is the mean, which is one Lloyd step for that bucket). k-means (``index.train.kmeans``,
-  spherical for cosine) then nearest-centroid assignment; a piece smaller than ``min_piece`` (the merge size,
-  at least) is dissolved into the others, so a split never leaves a dust bucket.
+  spherical for ip, whose routing scores a centroid's direction) then nearest-centroid assignment; a piece
+  smaller than ``min_piece`` (the merge size, at least) is dissolved into the others, so a split never leaves a
+  dust bucket.
 * LIRE reassignment, with the collection's own routing score (lam, tau), against the ``reassign_neighbors``
   buckets whose drift-corrected centroids are nearest the old bucket's mean: every vector of the old bucket goes
   to its best bucket among the pieces and those neighbours; a neighbour's vector moves only if a new piece now
   serves it better than its own bucket (it is scored against those two only, straight from the segment blocks,
   so only the stolen rows are copied). A piece left below ``min_piece`` after that is dissolved and the
   reassignment redone.
-* Each created bucket's centroid is the mean of the vectors it finally holds (unit length for cosine), so its
-  drift starts at 0; its statistics are computed from those rows by the commit. The old bucket is dropped. A
-  size split that would leave everything where it is (one piece, nothing stolen or given) returns ``None``.
+* Each created bucket's centroid is the plain mean of the vectors it finally holds — for every metric, also
+  cosine (a mean of unit vectors lies inside the sphere; normalising it would make the drift ``‖μ − c‖`` and the
+  drift criterion fire on every bucket at once) — so its drift starts at 0; its statistics are computed from
+  those rows by the commit. The old bucket is dropped. A size split that would leave everything where it is (one
+  piece, nothing stolen or given) returns ``None``.
   The plan's ``info`` records the pieces made and the vectors stolen from / given to neighbours.
 """
 
@@ -55,13 +58,11 @@ def nearest_buckets(snap: Snapshot, point: np.ndarray, m: int, exclude: set[int]
     return out
 
 
-def _unit(c: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(c, axis=-1, keepdims=True)
-    return np.where(norms > 0, c / np.where(norms > 0, norms, 1), c).astype(np.float32)
+def cluster(vectors: np.ndarray, k: int, *, min_piece: int, seed: int, spherical: bool = False) -> np.ndarray:
+    """Labels (int64[n], 0..k'-1) of a k-means split into k' <= k pieces of at least ``min_piece`` rows.
 
-
-def cluster(vectors: np.ndarray, k: int, *, min_piece: int, spherical: bool, seed: int) -> np.ndarray:
-    """Labels (int64[n], 0..k'-1) of a k-means split into k' <= k pieces of at least ``min_piece`` rows."""
+    ``spherical`` (ip): unit centroids, so the nearest one (L2) is the one with the largest inner product —
+    the assignment ``route`` makes for ip."""
     n = vectors.shape[0]
     k = max(1, min(k, n // max(1, min_piece)))
     if k == 1:
@@ -82,12 +83,12 @@ def cluster(vectors: np.ndarray, k: int, *, min_piece: int, spherical: bool, see
     return labels.astype(np.int64)
 
 
-def _piece_headers(ids: list[int], vectors: np.ndarray, labels: np.ndarray, spherical: bool) -> list[BucketHeader]:
+def _piece_headers(ids: list[int], vectors: np.ndarray, labels: np.ndarray) -> list[BucketHeader]:
     out = []
     for j, b in enumerate(ids):
         part = vectors[labels == j]
         mean = part.astype(np.float64).mean(axis=0).astype(np.float32)
-        header = BucketHeader.new(b, _unit(mean) if spherical else mean)
+        header = BucketHeader.new(b, mean)
         header.add(part)
         header.inserts_since_centroid = 0
         out.append(header)
@@ -95,7 +96,8 @@ def _piece_headers(ids: list[int], vectors: np.ndarray, labels: np.ndarray, sphe
 
 
 def _score(v_sq: np.ndarray, dot: np.ndarray, c_sq: np.ndarray, bonus: np.ndarray, metric: str) -> np.ndarray:
-    """Routing score (lower is better) from ‖v‖², v·ĉ, ‖ĉ‖² and the density bonus, as ``index.routing``."""
+    """Routing score (lower is better) from ‖v‖², v·ĉ (ip: v·ĉ/‖ĉ‖), ‖ĉ‖² and the density bonus, as
+    ``index.routing``."""
     if metric == "ip":
         return -dot - bonus
     return np.sqrt(np.maximum(v_sq - 2.0 * dot + c_sq, 0.0)) - bonus
@@ -109,13 +111,14 @@ def steal_from_neighbours(
 
     Each vector is scored only against its own bucket and the pieces (a neighbour vector never moves between two
     old buckets), straight from the segment blocks: only the stolen rows are copied."""
-    pieces = table.adjusted[:k]
+    centres = table.directions if metric == "ip" else table.adjusted  # what ``route`` scores against
+    pieces = centres[:k]
     p_sq, p_bonus = table.adjusted_sq[:k], table.bonus[:k]
     parts: list[Rows] = []
     dsts: list[np.ndarray] = []
     for i, b in enumerate(neighbours):
         row = k + i
-        c, c_sq, c_bonus = table.adjusted[row], table.adjusted_sq[row], table.bonus[row]
+        c, c_sq, c_bonus = centres[row], table.adjusted_sq[row], table.bonus[row]
         for ext in snap.buckets[b].extents:
             seg = snap.segments[ext.segment_id]
             v = seg.vectors()[ext.start : ext.start + ext.count]
@@ -155,16 +158,15 @@ def plan_split(
     n = rows.size
     if n == 0:
         return None
-    spherical = metric == "cosine"
     target = params.target_bucket_size
     k = max(1, round(n / target)) if for_drift else max(2, round(n / target))
     min_piece = max(1, params.merge_size, min(target // 4, n // (2 * k)))
-    labels = cluster(rows.vectors, k, min_piece=min_piece, spherical=spherical, seed=bucket_id & 0x7FFFFFFF)
+    labels = cluster(rows.vectors, k, min_piece=min_piece, seed=bucket_id & 0x7FFFFFFF, spherical=metric == "ip")
     k = int(labels.max()) + 1
     if k == 1 and not for_drift:
         return None
     piece_ids = [new_bucket_id() for _ in range(k)]
-    pieces = _piece_headers(piece_ids, rows.vectors, labels, spherical)
+    pieces = _piece_headers(piece_ids, rows.vectors, labels)
     mean = snap.buckets[bucket_id].mean()
     neighbours = nearest_buckets(snap, mean, params.reassign_neighbors, {bucket_id})
     dim = rows.vectors.shape[1]
@@ -189,7 +191,7 @@ def plan_split(
         if not sel.any():
             continue
         mean = all_rows.vectors[sel].astype(np.float64).mean(axis=0).astype(np.float32)
-        new_buckets[b] = _unit(mean) if spherical else mean
+        new_buckets[b] = mean
     given = int(np.count_nonzero(~np.isin(dst_own, piece_ids)))
     if not for_drift and len(new_buckets) <= 1 and stolen == 0 and given == 0:
         return None  # the bucket would stay as it is: no progress

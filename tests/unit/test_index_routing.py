@@ -25,7 +25,9 @@ def _table(nb: int, d: int, seed: int, *, lam: float = 0.0, tau: float = INF) ->
 def _scores64(table: RoutingTable, q: np.ndarray, metric: str) -> np.ndarray:
     c = table.centroids.astype(np.float64)
     q64 = q.astype(np.float64)
-    return -(c @ q64) if metric == "ip" else ((c - q64) ** 2).sum(axis=1)
+    if metric == "ip":  # as FAISS IVF-IP: the inner product with the centroid's direction
+        return -(c @ q64) / np.linalg.norm(c, axis=1)
+    return ((c - q64) ** 2).sum(axis=1)
 
 
 def _assert_nearest_order(table: RoutingTable, q: np.ndarray, metric: str, got: np.ndarray) -> None:
@@ -103,7 +105,7 @@ def test_density_bonus_breaks_near_ties_towards_wide_full_buckets() -> None:
     np.testing.assert_allclose(t1.bonus, 0.3 * spreads * 1000 / 1010, rtol=1e-6)
     assert route(t1, q, 2, "l2").tolist() == [8, 7]
     assert route_batch(t1, q[None, :], 2, "l2").tolist() == [[8, 7]]
-    # ip: the bonus is subtracted from −q·ĉ too
+    # ip: the bonus is subtracted from −q·ĉ/‖ĉ‖ too
     assert route(t0, q, 1, "ip").tolist() == [7]
     assert route(t1, q, 1, "ip").tolist() == [8]
 
@@ -120,6 +122,18 @@ def test_route_batch_agrees_with_route(metric: str, lam: float) -> None:
         # float summation order differs (BLAS vs kernel): allow rare swaps of near-tied neighbours
         assert (batch == single).mean() > 0.99
         assert (batch[:, 0] == single[:, 0]).mean() > 0.99
+
+
+def test_ip_routes_by_centroid_direction() -> None:
+    # a long centroid must not win every ip query: bucket 1 points along q, bucket 0 is long but off-axis
+    c = np.array([[10.0, 10.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=np.float32)
+    ids = np.array([5, 6, 7])
+    t = RoutingTable.build(ids, c, c, np.zeros(3), np.ones(3), np.zeros(3, np.float32), lam=0.0, tau=INF)
+    q = np.array([1.0, -0.2, 0.0], dtype=np.float32)
+    assert route(t, q, 3, "ip").tolist() == [6, 5, 7]  # raw −q·c would put 5 first; the zero centroid scores 0
+    assert route_batch(t, q[None, :], 3, "ip").tolist() == [[6, 5, 7]]
+    np.testing.assert_allclose(np.linalg.norm(t.directions[:2], axis=1), 1.0, rtol=1e-6)
+    assert not t.directions[2].any()
 
 
 def test_empty_table_and_validation() -> None:
