@@ -1,30 +1,35 @@
-"""SQL-path benchmark: kNN through the foreign table and through ``drift.search``, beside pgvector's HNSW.
+"""SQL-path benchmark: kNN through the foreign table and ``drift.search``, beside pgvector's HNSW and IVFFlat.
 
-``python -m bench.sql [--dataset glove-6b-50d] [--queries 1000] [--rows N] [--quick] [--out DIR]``
+``python -m bench.sql [--dataset glove-6b-50d] [--queries 1000] [--rows N] [--clients 8] [--quick] [--out DIR]``
 
-One private PostgreSQL cluster (over TCP, one client) and one drift engine server (``tests/pg/stack.py``),
-the dataset loaded through SQL, then:
+One private PostgreSQL cluster (over TCP) and one drift engine server (``tests/pg/stack.py``), the dataset
+loaded through SQL, then (every system in the same run; see ``bench/sql_systems.py`` for how each is timed):
 
 1. **Writes** — ``INSERT INTO <foreign table> SELECT ... FROM staging`` (multi-row INSERT: ``bulk_insert``,
    50,000 rows per transaction) and ``COPY <foreign table> FROM STDIN`` (through ``drift.enable_copy``) on a
    50,000-row subset, in rows/s including the commit (when the engine applies them); ``drift.train`` time;
-   pgvector: INSERT + ``CREATE INDEX ... USING hnsw (m = 16, ef_construction = 64)`` time.
-2. **Sweeps** — recall@10 (exact ground truth) and latency of ``... ORDER BY distance LIMIT 10`` over
-   ``nprobe`` for drift (the FDW and ``drift.search(..., payloads => false)`` share the engine, so one
-   recall per point) and over ``hnsw.ef_search`` for pgvector.
-3. **Head to head** — for each system its fastest sweep point with recall >= 0.95, timed again with the
-   systems interleaved in blocks of 50 queries (a busy machine then slows all of them alike): p50, p99.
-4. **Filtered kNN** — ``tag`` has 100 values (1 % each): queries with ``tag = 't7' ... LIMIT 10``: how many
-   return exactly 10 rows, recall against brute force over the matching rows; pgvector with and without
+   pgvector: INSERT + ``CREATE INDEX ... USING hnsw (m = 16, ef_construction = 64)`` and ``USING ivfflat
+   (lists = sqrt(n))`` build times (each index on its own copy of the table).
+2. **Sweeps** — recall@10 (exact ground truth) and p50 / p99 of ``... ORDER BY distance LIMIT 10`` over
+   ``nprobe`` for drift (FDW and ``drift.search(..., payloads => false)``), ``hnsw.ef_search`` and
+   ``ivfflat.probes`` for pgvector; one client; plotted as ``sql_<dataset>.png`` (p50 against recall).
+3. **Head to head at matched recall** — for each target (0.95, 0.99) each system's fastest sweep point with
+   at least that recall, timed again with the systems interleaved in blocks of 50 queries: p50, p99.
+4. **Concurrency** — at recall >= 0.95: 1 and ``--clients`` client processes per system, systems rotating in
+   rounds: q/s, p50, p99.
+5. **Filtered kNN** — ``tag`` has 100 values (1 % each): ``tag = 't7' ... LIMIT 10``: how many statements
+   return exactly 10 rows, recall against brute force over the matching rows; pgvector HNSW with and without
    ``hnsw.iterative_scan``.
 
 Without Multicorn the FDW column is skipped (``drift.search`` and the loader ``drift.upsert`` still run);
-without pgvector its column is skipped; each with a note. Writes ``bench/results/sql_<dataset>.json``.
+without pgvector its columns are skipped; each with a note. Writes ``bench/results/sql_<dataset>.json`` with
+the machine's load average: run it alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -33,13 +38,13 @@ from typing import Any
 import numpy as np
 
 from bench.common import RESULTS_DIR, machine_info, write_json
+from bench.sql_systems import K, System, at_recall, concurrent, head_to_head, plot, summary, sweep
 from drift_engine.datasets import exact_top_k, recall_at_k
 
-K = 10
-NPROBES = (8, 12, 16, 24, 32, 48, 64)
-EF_SEARCHES = (10, 16, 20, 24, 32, 40, 64, 100)
-BLOCK = 50
-TARGET = 0.95
+NPROBES = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+EF_SEARCHES = (10, 16, 20, 24, 32, 40, 64, 100, 160, 256, 400)
+IVF_PROBES = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+TARGETS = (0.95, 0.99)
 N_TAGS = 100
 
 
@@ -48,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--dataset", default="glove-6b-50d")
     ap.add_argument("--queries", type=int, default=1000, help="queries per sweep point (default %(default)s)")
     ap.add_argument("--rows", type=int, default=0, help="load only the first ROWS vectors (default: all)")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent clients (default %(default)s)")
+    ap.add_argument("--round-seconds", type=float, default=5.0, help="length of one concurrent round")
+    ap.add_argument("--rounds", type=int, default=2, help="concurrent rounds per system and client count")
     ap.add_argument("--quick", action="store_true", help="smoke test: bigann-10k, 200 queries, fewer points")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
     return ap.parse_args(argv)
@@ -56,28 +64,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def lit(v: np.ndarray, pgvector: bool = False) -> str:
     body = ",".join(f"{x:.9g}" for x in v.tolist())
     return f"[{body}]" if pgvector else f"{{{body}}}"
-
-
-class System:
-    """One SQL access path: its statement, its parameter literals, and how to set its knob."""
-
-    def __init__(self, name: str, sql: str, params: list[str], knob: str) -> None:
-        self.name, self.sql, self.params, self.knob = name, sql, params, knob
-
-    def run(self, conn: Any, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ids = np.full((len(idx), K), -1, dtype=np.int64)
-        lat = np.empty(len(idx))
-        for j, i in enumerate(idx.tolist()):
-            t0 = time.perf_counter()
-            rows = conn.execute(self.sql, (self.params[i],)).fetchall()
-            lat[j] = time.perf_counter() - t0
-            ids[j, : len(rows)] = [r[0] for r in rows[:K]]
-        return ids, lat
-
-
-def summary(lat: np.ndarray) -> dict[str, float]:
-    p50, p99 = np.percentile(lat, [50, 99]) * 1e3
-    return {"p50_ms": round(float(p50), 4), "p99_ms": round(float(p99), 4), "n": len(lat)}
 
 
 def load(conn: Any, stack: Any, base: np.ndarray, tags: list[str], out: dict[str, Any]) -> None:
@@ -132,59 +118,37 @@ def load(conn: Any, stack: Any, base: np.ndarray, tags: list[str], out: dict[str
         t0 = time.perf_counter()
         conn.execute("CREATE INDEX ON pv USING hnsw (embedding vector_l2_ops) WITH (m = 16, ef_construction = 64)")
         out["pgvector_hnsw_build_s"] = round(time.perf_counter() - t0, 2)
+        lists = max(1, round(math.sqrt(n)))
+        conn.execute(f"CREATE TABLE pv_ivf (id bigint PRIMARY KEY, embedding vector({dim}), tag text)")
+        conn.execute("INSERT INTO pv_ivf SELECT * FROM pv")
+        t0 = time.perf_counter()
+        conn.execute(f"CREATE INDEX ON pv_ivf USING ivfflat (embedding vector_l2_ops) WITH (lists = {lists})")
+        out["pgvector_ivfflat_build_s"] = round(time.perf_counter() - t0, 2)
+        out["pgvector_ivfflat_lists"] = lists
         conn.execute("RESET maintenance_work_mem")
         conn.execute("ANALYZE pv")
+        conn.execute("ANALYZE pv_ivf")
 
 
-def systems(stack: Any, queries: np.ndarray) -> dict[str, System]:
+def systems(stack: Any, queries: np.ndarray, quick: bool) -> dict[str, System]:
+    def values(v: tuple[int, ...]) -> tuple[int, ...]:
+        return v[::2] if quick else v
+
     arr = [lit(q) for q in queries]
     out = {}
     if stack.multicorn:
-        out["fdw"] = System("fdw", "SELECT id FROM items WHERE query = %s ORDER BY distance LIMIT 10", arr, "nprobe")
+        sql = "SELECT id FROM items WHERE query = %s ORDER BY distance LIMIT 10"
+        out["drift-fdw"] = System("drift-fdw", sql, arr, "nprobe", values(NPROBES))
     server = "'drift'" if stack.multicorn else f"'{stack.address}'"
-    out["drift.search"] = System(
-        "drift.search", f"SELECT id FROM drift.search('items', %s, 10, {server}, payloads => false)", arr, "nprobe"
-    )
+    sql = f"SELECT id FROM drift.search('items', %s, 10, {server}, payloads => false)"
+    out["drift.search"] = System("drift.search", sql, arr, "nprobe", values(NPROBES))
     if stack.pgvector:
         vec = [lit(q, pgvector=True) for q in queries]
-        out["pgvector-hnsw"] = System(
-            "pgvector-hnsw", "SELECT id FROM pv ORDER BY embedding <-> %s::vector LIMIT 10", vec, "ef_search"
-        )
+        sql = "SELECT id FROM pv ORDER BY embedding <-> %s::vector LIMIT 10"
+        out["pgvector-hnsw"] = System("pgvector-hnsw", sql, vec, "hnsw.ef_search", values(EF_SEARCHES))
+        sql = "SELECT id FROM pv_ivf ORDER BY embedding <-> %s::vector LIMIT 10"
+        out["pgvector-ivfflat"] = System("pgvector-ivfflat", sql, vec, "ivfflat.probes", values(IVF_PROBES))
     return out
-
-
-def set_knob(conn: Any, sysm: System, value: int, server: str) -> None:
-    if sysm.knob == "nprobe":
-        conn.execute(f"SELECT drift.set_params('items', {server}, nprobe => {int(value)})")
-    else:
-        conn.execute(f"SET hnsw.ef_search = {int(value)}")
-
-
-def sweep(conn: Any, sysm: System, values: tuple[int, ...], gt: np.ndarray, server: str) -> list[dict[str, Any]]:
-    idx = np.arange(len(gt))
-    curve = []
-    for value in values:
-        set_knob(conn, sysm, value, server)
-        sysm.run(conn, idx[: min(20, len(idx))])  # warm-up (plans, caches)
-        ids, lat = sysm.run(conn, idx)
-        curve.append({sysm.knob: value, "recall": round(recall_at_k(ids, gt, K), 4), **summary(lat)})
-        print(f"  {sysm.name:<14} {sysm.knob}={value:<4} recall {curve[-1]['recall']:.4f}  "
-              f"p50 {curve[-1]['p50_ms']:.3f} ms  p99 {curve[-1]['p99_ms']:.3f} ms", flush=True)  # fmt: skip
-        if curve[-1]["recall"] >= 0.995:
-            break
-    return curve
-
-
-def head_to_head(conn: Any, chosen: dict[str, tuple[System, int]], nq: int, server: str) -> dict[str, Any]:
-    """Interleave the systems in blocks of BLOCK queries; each at its chosen knob value."""
-    lat: dict[str, list[np.ndarray]] = {name: [] for name in chosen}
-    order = np.random.default_rng(0).permutation(nq)
-    for start in range(0, nq, BLOCK):
-        block = order[start : start + BLOCK]
-        for name, (sysm, value) in chosen.items():
-            set_knob(conn, sysm, value, server)
-            lat[name].append(sysm.run(conn, block)[1])
-    return {name: summary(np.concatenate(parts)) for name, parts in lat.items()}
 
 
 def filtered(conn: Any, stack: Any, base: np.ndarray, queries: np.ndarray, server: str) -> dict[str, Any]:
@@ -207,7 +171,7 @@ def filtered(conn: Any, stack: Any, base: np.ndarray, queries: np.ndarray, serve
     for name, (sql, vec, setup) in stmts.items():
         if setup:
             conn.execute(setup)
-        ids, lat = System(name, sql, [lit(q, vec) for q in qs], "").run(conn, np.arange(m))
+        ids, lat = System(name, sql, [lit(q, vec) for q in qs], "", ()).run(conn, np.arange(m))
         full = int(((ids >= 0).sum(axis=1) == K).sum())
         out[name] = {"queries": m, "returned_limit_rows": full, "recall": round(recall_at_k(ids, exact, K), 4),
                      **summary(lat)}  # fmt: skip
@@ -252,50 +216,68 @@ def main(argv: list[str] | None = None) -> int:
             print(f"loading {n:,} x {ds.dim} ({dataset}) through SQL ...", flush=True)
             load(conn, stack, base, tags, result.setdefault("load", {}))
             print("  " + ", ".join(f"{k} {v}" for k, v in result["load"].items()), flush=True)
-            syss = systems(stack, queries)
-            curves = {}
-            knob_values = {"nprobe": NPROBES, "ef_search": EF_SEARCHES}
-            for name, sysm in syss.items():
-                values = knob_values[sysm.knob]
-                curves[name] = sweep(conn, sysm, values[::2] if args.quick else values, gt, server)
-            result["sweeps"] = curves
-            chosen = {}
-            for name, curve in curves.items():
-                ok = [p for p in curve if p["recall"] >= TARGET]
-                if ok:
-                    best = min(ok, key=lambda p: p["p50_ms"])
-                    chosen[name] = (syss[name], best[syss[name].knob])
-            result["at_recall_0.95"] = {
-                name: {"knob": syss[name].knob, "value": value,
-                       "recall": next(p["recall"] for p in curves[name] if p[syss[name].knob] == value)}
-                for name, (_, value) in chosen.items()
-            }  # fmt: skip
-            h2h = head_to_head(conn, chosen, nq, server)
-            for name, stats in h2h.items():
-                result["at_recall_0.95"][name].update(stats)
+            syss = systems(stack, queries, args.quick)
+            result["sweeps"] = {name: sweep(conn, sysm, gt, server) for name, sysm in syss.items()}
+            result["knobs"] = {name: sysm.knob for name, sysm in syss.items()}
+            result["at_recall"] = {}
+            for target in TARGETS:
+                chosen = at_recall(result["sweeps"], target)
+                for name, stats in head_to_head(conn, syss, chosen, nq, server).items():
+                    chosen[name].update(stats)
+                result["at_recall"][str(target)] = chosen
+            chosen = at_recall(result["sweeps"], TARGETS[0])
+            dsn = {"host": "127.0.0.1", "port": stack.cluster.port, "user": "postgres", "dbname": "postgres"}
+            result["concurrent"] = {}
+            for clients in sorted({1, args.clients}):
+                print(f"concurrent: {clients} client(s) per system ...", flush=True)
+                result["concurrent"][str(clients)] = concurrent(
+                    dsn, conn, syss, chosen, server, clients=clients, rounds=args.rounds, round_s=args.round_seconds
+                )
             result["filtered"] = filtered(conn, stack, base, queries, server)
     finally:
         stack.stop()
-    at = result["at_recall_0.95"]
-    if "fdw" in at and "pgvector-hnsw" in at:
-        ratio = at["fdw"]["p50_ms"] / at["pgvector-hnsw"]["p50_ms"]
-        result["fdw_p50_over_hnsw_p50"] = round(ratio, 3)
-        result["target_fdw_p50_le_1.5x_hnsw"] = ratio <= 1.5
+    result["ratios"] = ratios(result)
     path = write_json(f"sql_{dataset}", result, args.out)
+    plot(result, args.out / f"sql_{dataset}.png")
     print_table(result)
     print(f"\nwrote {path.name} in {args.out.name}/")
     return 0
 
 
+def ratios(result: dict[str, Any]) -> dict[str, Any]:
+    """drift over pgvector HNSW at each matched recall (p50, p99) and for concurrent q/s."""
+    out: dict[str, Any] = {}
+    for target, rows in result["at_recall"].items():
+        if "pgvector-hnsw" not in rows:
+            continue
+        ref = rows["pgvector-hnsw"]
+        for name in ("drift-fdw", "drift.search"):
+            if name in rows:
+                out[f"{name}_p50_over_hnsw_at_{target}"] = round(rows[name]["p50_ms"] / ref["p50_ms"], 3)
+                out[f"{name}_p99_over_hnsw_at_{target}"] = round(rows[name]["p99_ms"] / ref["p99_ms"], 3)
+    for clients, rows in result.get("concurrent", {}).items():
+        if "pgvector-hnsw" in rows and "drift-fdw" in rows:
+            out[f"drift-fdw_qps_over_hnsw_{clients}_clients"] = round(
+                rows["drift-fdw"]["qps"] / rows["pgvector-hnsw"]["qps"], 3
+            )
+    return out
+
+
 def print_table(result: dict[str, Any]) -> None:
-    print(f"\nSQL kNN, {result['dataset']} ({result['rows']:,} rows), LIMIT {K}, 1 client over TCP, "
-          f"head to head at recall >= {TARGET}:")  # fmt: skip
-    print(f"  {'system':<16} {'knob':<14} {'recall':>7} {'p50 ms':>8} {'p99 ms':>8}")
-    for name, row in result["at_recall_0.95"].items():
-        print(f"  {name:<16} {row['knob'] + '=' + str(row['value']):<14} {row['recall']:>7.4f} "
-              f"{row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f}")  # fmt: skip
-    if "fdw_p50_over_hnsw_p50" in result:
-        print(f"  FDW p50 / HNSW p50 = {result['fdw_p50_over_hnsw_p50']:.2f} (target <= 1.5, stretch <= 1)")
+    print(f"\nSQL kNN, {result['dataset']} ({result['rows']:,} rows), LIMIT {K}, over TCP, "
+          f"load average {result['machine']['load_average_1_5_15']}:")  # fmt: skip
+    for target, rows in result["at_recall"].items():
+        print(f"  at recall >= {target} (1 client, systems interleaved):")
+        print(f"    {'system':<18} {'knob':<22} {'recall':>7} {'p50 ms':>8} {'p99 ms':>8}")
+        for name, row in rows.items():
+            knob = f"{result['knobs'][name]}={row['value']}"
+            print(f"    {name:<18} {knob:<22} {row['recall']:>7.4f} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f}")
+    for clients, rows in result.get("concurrent", {}).items():
+        print(f"  concurrent, {clients} client(s), at recall >= {TARGETS[0]}:")
+        for name, row in rows.items():
+            print(f"    {name:<18} {row['qps']:>9.1f} q/s  p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms")
+    for key, value in result["ratios"].items():
+        print(f"  {key} = {value}")
     print("filtered kNN (tag = 't7': 1 % of rows):")
     for name, row in result["filtered"].items():
         print(f"  {name:<24} filled LIMIT in {row['returned_limit_rows']}/{row['queries']}, "
