@@ -209,7 +209,7 @@ def problem(exc: BaseException, address: str = "") -> SqlProblem:
         return SqlProblem(f"drift: {exc.message}", _hint(exc, address), state)
     message = getattr(exc, "message", None)
     if message is not None and hasattr(exc, "hint"):  # ConfigError, ValueProblem
-        return SqlProblem(str(message), exc.hint, "22023")
+        return SqlProblem(str(message), exc.hint, getattr(exc, "sqlstate", None) or "22023")
     return SqlProblem(
         f"drift: unexpected {type(exc).__name__}: {exc}",
         "this is a bug in drift_fdw; the server log of PostgreSQL has no more detail",

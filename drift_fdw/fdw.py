@@ -9,9 +9,15 @@ Contract (what PostgreSQL sees):
   ``can_limit`` (PostgreSQL offers it only when there are no quals) is always accepted and then applied
   exactly, since PostgreSQL does not apply an accepted LIMIT / OFFSET again. Only the columns asked for
   are returned; ``query`` and the knobs are echoed back so PostgreSQL's re-check of them passes.
-* Writes: INSERT (``bulk_insert`` for multi-row INSERT), UPDATE and DELETE, with ``id`` as rowid, are
-  validated at once and buffered per transaction (``writes.WriteBuffer``); pre-commit applies the buffer
-  (one atomic engine batch when it fits in one call), ROLLBACK drops it, savepoints are honoured.
+* kNN never ends silently short: past the engine's per-search cap the scan raises an ERROR (``knn``).
+  A scan that has no ``query = <vector>`` condition but reads ``query`` (``query IN (a, b)``, ``query = a
+  OR query = b``: Multicorn does not pass those on) raises an ERROR instead of returning no rows.
+* Writes: INSERT, UPDATE and DELETE, with ``id`` as rowid, are validated at once and buffered per
+  transaction (``writes.WriteBuffer``); pre-commit applies the buffer (one atomic engine batch when it fits
+  in one call), ROLLBACK drops it, savepoints are honoured. Inserts go one row per call (batch size 1) so
+  ``RETURNING`` returns the row and the command tag counts it; INSERT / UPDATE return the row as written.
+  Scans of the table in the same transaction see the buffer (``overlay``), so UPDATE / DELETE of a row
+  inserted earlier in the transaction apply to it.
 * ``explain`` lists what was pushed down and what PostgreSQL filters itself; ``import_schema`` creates a
   foreign table per collection (``connection``-level options ``sample`` and ``vector``).
 * Every failure reaches PostgreSQL as ``log_to_postgres(ERROR)`` with a hint; nothing raised here
@@ -31,11 +37,19 @@ from multicorn.utils import ERROR, log_to_postgres
 
 from drift_engine.errors import CollectionNotFoundError, DriftError
 from drift_fdw import connection as conn
-from drift_fdw import explain_guard
+from drift_fdw import explain_guard, overlay
 from drift_fdw.knn import knn_hits
 from drift_fdw.options import ConfigError, TableSpec
 from drift_fdw.quals import ScanPlan, plan_scan
-from drift_fdw.rows import ValueProblem, parse_int, parse_vector, payload_value, pg_value, vector_literal
+from drift_fdw.rows import (
+    ValueProblem,
+    array_literal,
+    parse_int,
+    parse_vector,
+    payload_value,
+    pg_value,
+    vector_literal,
+)
 from drift_fdw.schema import import_tables
 from drift_fdw.writes import WriteBuffer
 
@@ -205,6 +219,15 @@ class DriftFDW(ForeignDataWrapper):
                 plan = plan_scan(quals, self.spec, col.dim)
         except conn.SqlProblem as exc:
             log_to_postgres(exc.message, ERROR, hint=exc.hint)
+        query_col = self.spec.roles.get("query")
+        if plan.query_echo is None and query_col in columns and set(columns) != set(self.spec.columns):
+            log_to_postgres(  # e.g. query IN (a, b) or query = a OR query = b: Multicorn does not pass those on
+                f"drift: {query_col} only works as  {query_col} = <one vector>  (IN lists and OR of vectors are "
+                "not pushed down, and drift cannot answer them)",
+                ERROR,
+                hint="run one kNN per query vector, e.g. SELECT ... FROM unnest(...) q, LATERAL (SELECT ... "
+                "WHERE query = q ORDER BY distance LIMIT n) s",
+            )
         if plan.mode == "empty" or limit == 0:
             return iter(())
         rows = self._rows(col, plan, set(columns), bool(sortkeys))
@@ -259,31 +282,34 @@ class DriftFDW(ForeignDataWrapper):
 
     def _knn(self, col: Any, plan: ScanPlan, columns: set[str]) -> Iterator[dict[str, Any]]:
         want_payloads, want_vectors = self._wants(columns)
-        for hit in knn_hits(col, plan, self.spec.address, want_payloads, want_vectors, self._streams):
+        hits = knn_hits(col, plan, self.spec.address, want_payloads, want_vectors, self._streams)
+        if len(self._writes):
+            hits = overlay.knn(hits, self._writes, plan, lambda v: _distances(v, plan.query, col.metric))
+        for hit in hits:
             yield self._row(columns, hit.id, hit.distance, hit.vector, hit.payload, plan)
 
     def _lookup(self, col: Any, plan: ScanPlan, columns: set[str], sort: bool) -> Iterator[dict[str, Any]]:
         with conn.engine_call(self.spec.address):
             got = col.get(plan.ids) if plan.ids else None
         conn.COUNTERS["lookups"] += 1
-        if got is None or len(got) == 0:
+        rows = overlay.lookup_rows(plan.ids or [], got, self._writes)
+        if not rows:
             return
-        ids = got.ids.tolist()
-        dists: list[float | None] = [None] * len(ids)
+        dists: list[float | None] = [None] * len(rows)
         if plan.query is not None:
-            d = _distances(got.vectors, plan.query, col.metric)
+            d = _distances(np.stack([r[1] for r in rows]), plan.query, col.metric)
             dists = d.tolist()
             if sort:
                 order = np.argsort(d, kind="stable").tolist()
-                ids, dists = [ids[i] for i in order], [dists[i] for i in order]
-                got = type(got)(got.ids[order], got.vectors[order], [got.payloads[i] for i in order])
-        for i, ident in enumerate(ids):
-            yield self._row(columns, ident, dists[i], got.vectors[i], got.payloads[i], plan)
+                rows, dists = [rows[i] for i in order], [dists[i] for i in order]
+        for (ident, vec, payload), dist in zip(rows, dists, strict=True):
+            yield self._row(columns, ident, dist, vec, payload, plan)
 
     def _scan(self, col: Any, columns: set[str]) -> Iterator[dict[str, Any]]:
         want_payloads, want_vectors = self._wants(columns)
         address = self.spec.address
         conn.COUNTERS["scans"] += 1
+        buffered = len(self._writes) > 0
         with conn.engine_call(address):
             batches = col.scan(SCAN_BATCH, vectors=want_vectors, payloads=want_payloads)
         try:
@@ -291,14 +317,18 @@ class DriftFDW(ForeignDataWrapper):
                 with conn.engine_call(address):
                     got = next(batches, None)
                 if got is None:
-                    return
+                    break
                 conn.COUNTERS["scan_rows"] += len(got)
                 for i, ident in enumerate(got.ids.tolist()):
+                    if buffered and overlay.hides(self._writes, ident):
+                        continue
                     vec = got.vectors[i] if want_vectors else None
                     payload = got.payloads[i] if want_payloads else None
                     yield self._row(columns, ident, None, vec, payload, None)
         finally:
             batches.close()
+        for ident, vec, payload in overlay.scan_extra(self._writes) if buffered else []:
+            yield self._row(columns, ident, None, vec, payload, None)
 
     def end_scan(self) -> None:
         pass  # each scan's generator closes its own stream when PostgreSQL drops it
@@ -313,8 +343,11 @@ class DriftFDW(ForeignDataWrapper):
 
     @property
     def modify_batch_size(self) -> int:
+        """1: PostgreSQL returns no RETURNING rows for batched foreign inserts (and then reports INSERT 0 0),
+        and an FDW cannot tell whether the statement has RETURNING. Rows are only buffered here, so one
+        call per row costs Python overhead only."""
         self.inserting = True  # PostgreSQL asks only when it sets up an INSERT (never for COPY)
-        return 1000
+        return 1
 
     def end_modify(self) -> None:
         self.inserting = False
@@ -358,12 +391,31 @@ class DriftFDW(ForeignDataWrapper):
             self._info = None
             log_to_postgres(exc.message, ERROR, hint=exc.hint)
 
-    def insert(self, values: dict[str, Any]) -> None:
-        def run() -> None:
-            ident = self._id_of(values)
-            self._writes.insert(ident, *self._vector_and_payload(values, ident))
+    def _returned(self, values: dict[str, Any], ident: int, vec: np.ndarray) -> dict[str, Any]:
+        """The row as written, for RETURNING (values in a form PostgreSQL's input functions take)."""
+        out: dict[str, Any] = {}
+        for name, value in values.items():
+            c = self.spec.columns.get(name)
+            if c is None:
+                continue
+            if c.role == "id":
+                out[name] = ident
+            elif c.role == "embedding":
+                out[name] = vector_literal(vec, c.pgvector)
+            elif isinstance(value, list | tuple):
+                out[name] = array_literal(value)
+            else:
+                out[name] = value
+        return out
 
-        self._modify(run)
+    def insert(self, values: dict[str, Any]) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            ident = self._id_of(values)
+            vec, payload = self._vector_and_payload(values, ident)
+            self._writes.insert(ident, vec, payload)
+            return self._returned(values, ident, vec)
+
+        return self._modify(run)
 
     def bulk_insert(self, all_values: list[dict[str, Any]]) -> None:
         def run() -> None:
@@ -373,8 +425,8 @@ class DriftFDW(ForeignDataWrapper):
 
         self._modify(run)
 
-    def update(self, oldvalues: Any, newvalues: dict[str, Any]) -> None:
-        def run() -> None:
+    def update(self, oldvalues: Any, newvalues: dict[str, Any]) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
             old = parse_int(oldvalues, self.rowid_column)
             new = self._id_of(newvalues)
             vec, payload = self._vector_and_payload(newvalues, new)
@@ -383,8 +435,9 @@ class DriftFDW(ForeignDataWrapper):
                 self._writes.insert(new, vec, payload)
             else:
                 self._writes.update(new, vec, payload)
+            return self._returned(newvalues, new, vec)
 
-        self._modify(run)
+        return self._modify(run)
 
     def delete(self, oldvalues: Any) -> None:
         self._modify(lambda: self._writes.delete(parse_int(oldvalues, self.rowid_column)))

@@ -9,6 +9,10 @@ Contract of ``knn_hits(col, plan, ...)`` (a generator of ``Hit``):
   for more does phase 2 open a ``SearchStream`` with the same arguments (its round 0 is the same search):
   rows already emitted are skipped, as is any row closer than the last one emitted (it can no longer be
   placed in order; only concurrent writes cause that), so the contract above holds across the phases.
+* Never silently short: when the engine ends the stream because it hit its per-search cap (``end_reason``
+  ``max_k``, ``MAX_K`` = 10,000 rows) and the consumer pulls further, ``StreamCapReached`` is raised (an
+  ERROR in PostgreSQL, SQLSTATE 54000 where the caller can set it) instead of ending as if no rows were left.
+  This covers ``LIMIT`` beyond the cap and every filter PostgreSQL evaluates itself (``distance > x``...).
 * A stream left unfinished (the ``Limit`` node stopped pulling) is closed when the generator is closed
   or dropped; ``streams`` (a set) holds the open ones so an aborted transaction can close them too.
 * ``connection.COUNTERS``: ``knn_queries``, ``engine_rows`` (rows received in both phases),
@@ -26,6 +30,16 @@ from drift_fdw import connection as conn
 from drift_fdw.quals import ScanPlan
 
 FIRST_K = 10
+
+
+class StreamCapReached(Exception):
+    """The engine ended the stream at its per-search cap (``max_k``) while rows were still wanted."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.sqlstate = "54000"  # program_limit_exceeded
 
 
 class Hit(NamedTuple):
@@ -119,6 +133,13 @@ def _more(
                     return
             if batch.done:
                 finished = True
+                if stream.end_reason == "max_k":
+                    raise StreamCapReached(
+                        f"drift: the engine stopped this kNN stream after {len(emitted)} rows (its cap of rows "
+                        "per search); PostgreSQL wanted more, so the result would be incomplete",
+                        hint="add  k = <n>  or a smaller LIMIT, or narrow the query with  distance < x  or a "
+                        "filter drift pushes down; a full scan (no query = ...) reads every row",
+                    )
                 return
     finally:
         streams.discard(stream)

@@ -12,7 +12,10 @@ Contract:
 * ``batches(max_rows)`` yields the engine calls that apply the buffer, in this order: inserts (the engine
   refuses the whole call if one id exists), upserts, deletes; each at most ``max_rows`` rows. When it yields
   a single call, the transaction is applied as one atomic engine batch (one WAL record).
-* A statement does not see the buffered writes of its own transaction (scans ask the engine).
+* ``pending(ident)`` / ``rows()`` expose the buffer so scans of the same table in the same transaction
+  see its writes (``overlay``): an UPDATE or DELETE of a row inserted earlier in the transaction finds it
+  and changes the buffered insert (update: insert stays an insert with the new values; delete: the insert
+  is dropped).
 """
 
 from __future__ import annotations
@@ -70,6 +73,13 @@ class WriteBuffer:
     def delete(self, ident: int) -> None:
         prev = self._rows.get(ident)
         self._set(ident, None if prev and prev[0] == "insert" else ("delete", None, None))
+
+    def pending(self, ident: int) -> _Row | None:
+        """The buffered (state, vector, payload) of ``ident``, or None when nothing is pending for it."""
+        return self._rows.get(ident)
+
+    def rows(self) -> list[tuple[int, _Row]]:
+        return list(self._rows.items())
 
     # ------------------------------------------------------------------ transactions
     def clear(self) -> None:
