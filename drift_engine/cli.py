@@ -81,6 +81,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             fast_path=not args.no_fast_path,
             fast_workers=args.fast_workers,
             cursor_idle_s=args.cursor_idle,
+            max_cursors=args.max_cursors,
+            max_cursors_per_client=args.max_cursors_per_client,
             inline_reads=args.inline_reads,
             grace=args.grace,
             engine_settings=engine_settings,
@@ -152,6 +154,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--fast-workers", type=int, default=4, help="fast-path worker threads (default %(default)s)")
     s.add_argument(
         "--cursor-idle", type=float, default=60.0, help="seconds an unread fast-path stream cursor is kept (default 60)"
+    )
+    s.add_argument(
+        "--max-cursors", type=int, default=1024, help="open fast-path stream cursors, server-wide (default %(default)s)"
+    )
+    s.add_argument(
+        "--max-cursors-per-client",
+        type=int,
+        default=64,
+        help="open fast-path stream cursors per client connection; beyond it the client's least recently used idle "
+        "one is evicted (default %(default)s)",
     )
     s.add_argument(
         "--inline-reads",

@@ -7,6 +7,8 @@ Contract:
   thread-safe (the engine is); callers run the heavy ones on worker threads.
 * Every method either returns a response message or raises a ``DriftError``. Bad input is refused before
   the engine writes anything (the engine validates again, as for embedded callers).
+* ``health`` reports the fast path's state (``fast_state``, from ``FastPathServer.state``): while it is
+  ``"down"`` the status is ``DEGRADED`` and the fast path is not advertised, so clients use gRPC.
 * The server talks to the engine only through ``Engine`` / ``Collection``'s public methods, plus
   ``scan.live_ids`` for ``Scan`` (see there).
 """
@@ -17,7 +19,7 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +78,7 @@ class ServiceCore:
         self.limits = limits
         self.version = version
         self.fast_path = fast_path
+        self.fast_state: Callable[[], str] | None = None  # set by the runner once the fast path is up
         self.counters = Counters()
         self.started = time.monotonic()
         self.draining = False
@@ -271,8 +274,10 @@ class ServiceCore:
     def health(self, req: pb.HealthRequest | None = None) -> pb.HealthResponse:
         c = self.counters
         lim = self.limits
+        fast_state = self.fast_state() if self.fast_state is not None else ""
+        status = "DRAINING" if self.draining else "DEGRADED" if fast_state == "down" else "SERVING"
         return pb.HealthResponse(
-            status="DRAINING" if self.draining else "SERVING",
+            status=status,
             version=self.version,
             pid=os.getpid(),
             uptime_s=time.monotonic() - self.started,
@@ -280,7 +285,8 @@ class ServiceCore:
             inflight=c.inflight,
             active_streams=c.active_streams,
             stream_rounds=c.stream_rounds,
-            fast_path=self.fast_path,
+            fast_path=self.fast_path if fast_state != "down" else "",  # new clients then use gRPC
+            fast_path_state=fast_state,
             max_message_bytes=lim.max_message_bytes,
             max_batch=lim.max_batch,
             max_k=lim.max_k,

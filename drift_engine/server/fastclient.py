@@ -8,7 +8,8 @@ Contract:
   seconds (``None`` = forever), in slices of ``SLICE_S`` so ``cancel_check`` (e.g. PostgreSQL's query
   cancel) can interrupt the wait by raising. After a timeout or an interruption the socket is discarded
   (a REQ socket cannot send again before it receives) and a fresh one is used next time.
-* A reply carrying ``ErrorStatus`` raises the same ``DriftError`` subclass the server raised.
+* A reply carrying ``ErrorStatus`` raises the same ``DriftError`` subclass the server raised; a reply that
+  does not parse raises ``EngineUnavailableError`` (and the socket is replaced).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable
 
 import zmq
+from google.protobuf.message import DecodeError
 
 from drift_engine.errors import DeadlineExceededError, EngineUnavailableError, RequestTooLargeError
 from drift_engine.server import convert as cv
@@ -96,7 +98,11 @@ class FastPathClient:
             self._discard()
             raise
         reply = pb.FastReply()
-        reply.ParseFromString(raw)
+        try:
+            reply.ParseFromString(raw)
+        except (DecodeError, RuntimeError, ValueError) as exc:
+            self._discard()
+            raise EngineUnavailableError(f"fast path {self.address}: malformed reply ({exc})") from None
         if reply.WhichOneof("result") == "error":
             err = reply.error
             raise cv.make_error(err.code, err.error_class, err.message, err.hint)

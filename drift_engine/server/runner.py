@@ -103,6 +103,8 @@ class ServeOptions:
     fast_path: bool = True
     fast_workers: int = 4
     cursor_idle_s: float = 60.0
+    max_cursors: int = 1024
+    max_cursors_per_client: int = 64
     inline_reads: str = "idle"
     grace: float = 10.0
     engine_settings: dict[str, Any] = field(default_factory=dict)
@@ -199,9 +201,16 @@ async def serve(
                 from drift_engine.server.fastpath import FastPathServer
 
                 fast = FastPathServer(
-                    core, fast_address, token=opts.token, workers=opts.fast_workers, cursor_idle_s=opts.cursor_idle_s
+                    core,
+                    fast_address,
+                    token=opts.token,
+                    workers=opts.fast_workers,
+                    max_cursors=opts.max_cursors,
+                    max_cursors_per_client=opts.max_cursors_per_client,
+                    cursor_idle_s=opts.cursor_idle_s,
                 )
                 fast.start()
+                core.fast_state = fast.state
         finally:
             os.umask(old_umask)
         info = {

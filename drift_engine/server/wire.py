@@ -263,6 +263,7 @@ def health_dict(resp: pb.HealthResponse) -> dict[str, Any]:
         "active_streams": resp.active_streams,
         "stream_rounds": resp.stream_rounds,
         "fast_path": resp.fast_path,
+        "fast_path_state": resp.fast_path_state,
         "max_message_bytes": resp.max_message_bytes,
         "max_batch": resp.max_batch,
         "max_k": resp.max_k,
