@@ -15,6 +15,8 @@ Contract of ``trigger(TD)`` (the body of ``drift.copy_trigger()``), per statemen
   PostgreSQL never calls the broken insert path. COPY therefore reports ``COPY 0``; the rows are applied
   at commit and discarded by ROLLBACK, like every other write through the FDW.
 * ``AFTER ... FOR EACH STATEMENT``: ends the COPY mode of the table.
+* Every row of INSERT, UPDATE and COPY is first checked by ``sqlapi.check_row`` (no multi-dimensional
+  arrays: Multicorn would hand them over flattened).
 Only PostgreSQL up to 15 benefits: from 16 on, COPY asks the FDW for a batch size before any trigger
 runs, which crashes the same way; there, COPY into a staging table and ``INSERT ... SELECT``.
 """
@@ -47,6 +49,11 @@ def trigger(TD: dict[str, Any]) -> str | None:
                 _copying[relid] = inst
         else:
             _copying.pop(relid, None)
+        return None
+    from drift_fdw import sqlapi
+
+    sqlapi.check_row(TD)
+    if TD["event"] == "UPDATE":
         return None
     inst = _copying.get(relid)
     if inst is None:

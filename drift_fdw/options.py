@@ -10,13 +10,17 @@ Contract:
   ``metric`` (``l2`` | ``cosine`` | ``ip``), ``create`` (``true``: create the collection on
   first use when it is missing; needs ``dim`` or a ``vector(n)`` column). Server: ``address`` (required),
   ``timeout`` (seconds per engine call, default 30), ``durability`` (``sync`` | ``batch`` | ``off``, for
-  writes). User mapping: ``token``. Anything else is refused.
+  writes). User mapping: ``token`` (the engine's token belongs there: a user mapping is readable only by
+  its user and the server's owner; never put it in a setting stored with ALTER ROLE / DATABASE ... SET,
+  which every role can read in ``pg_db_role_setting``). Anything else is refused, at CREATE / ALTER
+  FOREIGN TABLE already (``sqlapi.validate_table``, run by the extension's event trigger).
 * Column roles, by name unless a column option ``role`` says otherwise: ``id`` (integer types; the rowid),
   ``embedding`` (``real[]``, ``double precision[]`` or pgvector ``vector(n)``), ``query`` (same types; the
   query-vector input, echoed back), ``distance`` (``real``, ``double precision`` or ``numeric``),
   ``k`` / ``nprobe`` / ``ef`` / ``rerank`` (integer knobs), ``payload`` (``json``/``jsonb``: the whole
   payload object; only by option), and ``field`` for every other column: one payload field whose key is
-  the column name or the column option ``field``.
+  the column name or the column option ``field``. Field types drift cannot store exactly are refused here
+  (``bytea``, ``numeric`` and their arrays); so are 2-D array values (at INSERT / UPDATE: ``copyin``).
 """
 
 from __future__ import annotations
@@ -234,7 +238,23 @@ _ROLE_TYPES = {
 }
 
 
+_LOSSY_FIELD_TYPES = {
+    "bytea": "it would be stored as its text form and re-encoded by every UPDATE; encode it (e.g. base64) into text",
+    "numeric": "payload numbers are float64, so a numeric would be rounded; use double precision, or text for "
+    "exact decimals",
+}
+
+
 def _check_type(col: ColumnSpec) -> None:
+    if col.role == "field":
+        base = col.type_name.strip().lower().split("(")[0].strip()
+        base = base[:-2].strip() if base.endswith("[]") else base
+        why = _LOSSY_FIELD_TYPES.get(base.rsplit(".", 1)[-1])
+        if why is not None:
+            raise ConfigError(
+                f"drift: column {col.name!r} has type {col.type_name}, which a payload field cannot hold exactly",
+                hint=why,
+            )
     rule = _ROLE_TYPES.get(col.role)
     if rule is None:
         return

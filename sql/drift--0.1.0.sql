@@ -5,6 +5,11 @@
 -- With no server, a drift foreign table of that name is used, else the setting drift.server, else the
 -- only drift foreign server. The bodies live in the Python module drift_fdw.sqlapi, which needs this
 -- repository and its venv on the backends' PYTHONPATH. Multicorn is not needed for these functions.
+--
+-- Engine token: put it in a USER MAPPING (CREATE USER MAPPING FOR role SERVER s OPTIONS (token '...')),
+-- which only that role and the server's owner can read. The setting drift.token also works when
+-- `server` is a bare address, but a value stored with ALTER ROLE / ALTER DATABASE ... SET is readable by
+-- every role through pg_db_role_setting; the functions emit a WARNING whenever they use it.
 
 \echo Use "CREATE EXTENSION drift CASCADE" to load this file. \quit
 
@@ -145,7 +150,7 @@ RETURNS jsonb LANGUAGE plpython3u AS $$
 from drift_fdw import sqlapi
 return sqlapi.health(server)
 $$;
-COMMENT ON FUNCTION drift.health(text) IS 'The engine server''s health: status, version, collections, limits, fast path.';
+COMMENT ON FUNCTION drift.health(text) IS 'The engine server''s health: status, version, collections, limits, fast path. The engine''s token belongs in a USER MAPPING of a foreign server (not in the setting drift.token, which ALTER ROLE / DATABASE ... SET makes readable by every role).';
 
 CREATE FUNCTION drift.backend_stats()
 RETURNS jsonb LANGUAGE plpython3u AS $$
@@ -207,7 +212,7 @@ BEGIN
     PERFORM drift.disable_copy(tbl);
     EXECUTE format('CREATE TRIGGER drift_copy_begin BEFORE INSERT ON %s FOR EACH STATEMENT '
                    'EXECUTE FUNCTION drift.copy_trigger()', tbl);
-    EXECUTE format('CREATE TRIGGER drift_copy_row BEFORE INSERT ON %s FOR EACH ROW '
+    EXECUTE format('CREATE TRIGGER drift_copy_row BEFORE INSERT OR UPDATE ON %s FOR EACH ROW '
                    'EXECUTE FUNCTION drift.copy_trigger()', tbl);
     EXECUTE format('CREATE TRIGGER drift_copy_end AFTER INSERT ON %s FOR EACH STATEMENT '
                    'EXECUTE FUNCTION drift.copy_trigger()', tbl);
@@ -241,16 +246,25 @@ BEGIN
         WHERE c.object_type = 'foreign table'
           AND s.srvoptions && ARRAY['wrapper=drift_fdw.DriftFDW', 'wrapper=drift_fdw.fdw.DriftFDW']
     LOOP
+        PERFORM drift.validate_table(t);
         PERFORM drift.enable_copy(t);
     END LOOP;
 END $$;
 COMMENT ON FUNCTION drift.copy_guard() IS
-'Event trigger: every new drift foreign table gets drift.enable_copy, so COPY into it works instead of crashing the backend.';
+'Event trigger: every new or altered drift foreign table is checked (drift.validate_table) and gets drift.enable_copy, so COPY into it works instead of crashing the backend.';
+
+CREATE FUNCTION drift.validate_table(tbl regclass)
+RETURNS void LANGUAGE plpython3u AS $$
+from drift_fdw import sqlapi
+sqlapi.validate_table(tbl)
+$$;
+COMMENT ON FUNCTION drift.validate_table(regclass) IS
+'Check a drift foreign table''s options and columns (unknown options, roles, types drift cannot store exactly such as bytea and numeric); ERROR 22023 with a hint. Run at CREATE / ALTER FOREIGN TABLE by the event trigger.';
 
 CREATE EVENT TRIGGER drift_copy_guard ON ddl_command_end
-    WHEN TAG IN ('CREATE FOREIGN TABLE', 'IMPORT FOREIGN SCHEMA')
+    WHEN TAG IN ('CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE', 'IMPORT FOREIGN SCHEMA')
     EXECUTE FUNCTION drift.copy_guard();
-COMMENT ON EVENT TRIGGER drift_copy_guard IS 'Runs drift.copy_guard() after CREATE FOREIGN TABLE and IMPORT FOREIGN SCHEMA.';
+COMMENT ON EVENT TRIGGER drift_copy_guard IS 'Runs drift.copy_guard() after CREATE FOREIGN TABLE, ALTER FOREIGN TABLE and IMPORT FOREIGN SCHEMA.';
 
 -- ------------------------------------------------------------------------------------ loading without the FDW
 CREATE FUNCTION drift.upsert(collection text, rows_query text, server text DEFAULT NULL, batch_size integer DEFAULT 10000)
