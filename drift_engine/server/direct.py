@@ -1,0 +1,340 @@
+"""The direct fast path: ``FastRequest`` / ``FastReply`` frames over one stream socket per client connection.
+
+Contract:
+
+* Listens on a Unix socket (``fast+unix:PATH``, mode 0660 like the gRPC socket) or on TCP
+  (``fast+tcp:HOST:PORT``). Every accepted connection is served by its own thread, which reads a request,
+  calls the shared ``ServiceCore`` and writes the reply on the same thread: no proxy and no thread hop, so
+  a round trip costs about what the socket costs. The schema, limits, validation and error mapping are the
+  gRPC service's (errors travel as ``ErrorStatus``).
+* A frame is a little-endian u32 length and then that many bytes. A request longer than the server's
+  ``max_message_bytes``, or one that does not parse as a ``FastRequest``, gets an error reply and the
+  connection is closed (a stream cannot be resynchronised after a bad length); a worker thread never dies
+  of a request. A connection idle for ``idle_s`` seconds is closed. Beyond ``max_connections`` open
+  connections a new one is answered ``UNAVAILABLE`` and closed.
+* The token, when the server has one, is checked on every request in constant time. A TCP listener needs
+  a token unless ``allow_no_token`` (then it must be loopback) — the runner enforces the same rules as for
+  gRPC.
+* Stream cursors belong to the connection that opened them: at most ``max_cursors`` per connection (opening
+  one more drops that connection's least recently used one), all dropped when it closes. A plain search
+  never takes a cursor, so one client with many streams cannot starve anyone else.
+* Draining (``core.draining``): requests are answered ``UNAVAILABLE``. ``stop(grace)`` waits up to ``grace``
+  seconds for requests being served, then closes the listener and every connection and removes the socket
+  file. ``serving`` is False once the accept loop has ended (Health reports it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import struct
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+from drift_engine.errors import (
+    DriftError,
+    EngineUnavailableError,
+    InvalidArgumentError,
+    RequestTooLargeError,
+)
+from drift_engine.server import convert as cv
+from drift_engine.server import drift_pb2 as pb
+from drift_engine.server.core import ServiceCore
+from drift_engine.server.service import check_token, parse_request
+
+log = logging.getLogger("drift_engine.server.direct")
+HEADER = struct.Struct("<I")
+UNIX_PREFIX = "fast+unix:"
+TCP_PREFIX = "fast+tcp:"
+
+
+def parse_address(address: str) -> tuple[int, Any]:
+    """``(socket family, bind/connect address)`` of a ``fast+unix:PATH`` or ``fast+tcp:HOST:PORT`` address."""
+    if address.startswith(UNIX_PREFIX):
+        path = address[len(UNIX_PREFIX) :]
+        if not path:
+            raise InvalidArgumentError(f"fast path address {address!r} names no socket path")
+        return socket.AF_UNIX, path
+    if address.startswith(TCP_PREFIX):
+        host, sep, port = address[len(TCP_PREFIX) :].rpartition(":")
+        if not sep or not port.isdigit():
+            raise InvalidArgumentError(f"fast path address {address!r} is not fast+tcp:HOST:PORT")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return family, (host, int(port))
+    raise InvalidArgumentError(f"fast path address must be fast+unix:PATH or fast+tcp:HOST:PORT, got {address!r}")
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    """Exactly ``n`` bytes, or ``None`` when the peer closed before the first byte (EOF mid-frame raises)."""
+    if n == 0:
+        return b""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        r = sock.recv_into(view[got:], n - got)
+        if r == 0:
+            if got == 0:
+                return None
+            raise ConnectionError(f"connection closed after {got} of {n} bytes")
+        got += r
+    return bytes(buf)
+
+
+def send_frame(sock: socket.socket, body: bytes) -> None:
+    sock.sendall(HEADER.pack(len(body)) + body)
+
+
+class _Connection:
+    """One client connection: its socket and its own stream cursors (least recently used first)."""
+
+    def __init__(self, sock: socket.socket, peer: str) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.cursors: OrderedDict[int, Any] = OrderedDict()
+
+
+class DirectServer:
+    def __init__(
+        self,
+        core: ServiceCore,
+        address: str,
+        *,
+        token: bytes | None,
+        allow_no_token: bool = False,
+        max_connections: int = 256,
+        max_cursors: int = 64,
+        idle_s: float = 600.0,
+    ) -> None:
+        self.family, self.bind_to = parse_address(address)
+        if self.family != socket.AF_UNIX and token is None and not allow_no_token:
+            raise InvalidArgumentError(
+                f"the fast path on {address} is TCP and this server has no token",
+                hint="start the server with --token-file (or serve on a Unix socket)",
+            )
+        self.core = core
+        self.address = address
+        self._token = token
+        self._max_connections = max_connections
+        self._max_cursors = max(1, max_cursors)
+        self._idle = idle_s
+        self._lock = threading.Lock()
+        self._connections: set[_Connection] = set()
+        self._busy = 0
+        self._listener: socket.socket | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._stopping = False
+        self.serving = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Bind (a Unix socket under the caller's umask, then 0660) and start accepting."""
+        listener = socket.socket(self.family, socket.SOCK_STREAM)
+        if self.family == socket.AF_UNIX:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.bind_to)
+            listener.bind(self.bind_to)
+            os.chmod(self.bind_to, 0o660)
+        else:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(self.bind_to)
+            if self.bind_to[1] == 0:  # an ephemeral port: advertise the one the kernel chose
+                host, port = listener.getsockname()[:2]
+                self.bind_to = (host, port)
+                self.address = f"{TCP_PREFIX}{host}:{port}"
+        listener.listen(128)
+        self._listener = listener
+        self.serving = True
+        self._accept_thread = threading.Thread(target=self._accept_loop, name="drift-direct-accept", daemon=True)
+        self._accept_thread.start()
+
+    def stop(self, grace: float) -> None:
+        self._stopping = True
+        deadline = time.monotonic() + grace
+        while self._busy and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+        if self._accept_thread is not None:
+            self._accept_thread.join(timeout=5)
+        with self._lock:
+            conns = list(self._connections)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+        if self.family == socket.AF_UNIX:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.bind_to)
+        self.serving = False
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        try:
+            while not self._stopping:
+                try:
+                    sock, peer = self._listener.accept()
+                except OSError:
+                    if self._stopping:
+                        break
+                    time.sleep(0.01)  # e.g. EMFILE: keep serving the connections we have
+                    continue
+                self._admit(sock, str(peer) if peer else "unix")
+        finally:
+            self.serving = False
+
+    def _admit(self, sock: socket.socket, peer: str) -> None:
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = _Connection(sock, peer)
+        with self._lock:
+            full = len(self._connections) >= self._max_connections
+            if not full:
+                self._connections.add(conn)
+        if full:
+            err = EngineUnavailableError(
+                f"{self._max_connections} fast path connections are open, the limit of this server",
+                hint="close idle connections, or raise the server's connection limit",
+            )
+            with contextlib.suppress(OSError):
+                sock.settimeout(1.0)
+                send_frame(sock, pb.FastReply(error=cv.error_status(err)).SerializeToString())
+            sock.close()
+            return
+        threading.Thread(target=self._serve, args=(conn,), name="drift-direct-conn", daemon=True).start()
+
+    def _serve(self, conn: _Connection) -> None:
+        sock = conn.sock
+        limit = self.core.limits.max_message_bytes
+        try:
+            sock.settimeout(self._idle)
+            while True:
+                try:
+                    header = recv_exact(sock, HEADER.size)
+                except (TimeoutError, OSError):
+                    return
+                if header is None:
+                    return
+                (length,) = HEADER.unpack(header)
+                if length > limit:
+                    err = RequestTooLargeError(f"request of {length} bytes is over this server's {limit}-byte limit")
+                    send_frame(sock, pb.FastReply(error=cv.error_status(err)).SerializeToString())
+                    return
+                try:
+                    body = recv_exact(sock, length)
+                except (TimeoutError, OSError):
+                    return
+                if body is None:
+                    return
+                reply, close = self.dispatch(conn, body)
+                send_frame(sock, reply.SerializeToString())
+                if close:
+                    return
+        except OSError:
+            return
+        finally:
+            with self._lock:
+                self._connections.discard(conn)
+                dropped = len(conn.cursors)
+                conn.cursors.clear()
+            if dropped:
+                self.core.counters.add("active_streams", -dropped)
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    # ------------------------------------------------------------------ requests
+    def dispatch(self, conn: _Connection, body: bytes) -> tuple[pb.FastReply, bool]:
+        """One request -> (its reply, whether to close the connection after it)."""
+        counters = self.core.counters
+        counters.add("inflight", 1)
+        with self._lock:
+            self._busy += 1
+        t0 = time.perf_counter()
+        call = "?"
+        try:
+            if self.core.draining or self._stopping:
+                raise EngineUnavailableError("the server is shutting down", hint="retry on the restarted server")
+            try:
+                req = parse_request(pb.FastRequest, body, "fast path")
+            except InvalidArgumentError as err:
+                return pb.FastReply(error=cv.error_status(err)), True
+            check_token(self._token, req.token)
+            call = req.WhichOneof("call") or "?"
+            if call == "search":
+                return pb.FastReply(search=self.core.search(req.search)), False
+            if call == "get":
+                return pb.FastReply(get=self.core.get(req.get)), False
+            if call == "stream_open":
+                return pb.FastReply(batch=self._open(conn, req.stream_open)), False
+            if call == "stream_next":
+                return pb.FastReply(batch=self._next(conn, req.stream_next.cursor)), False
+            if call == "stream_close":
+                self._drop(conn, req.stream_close.cursor)
+                return pb.FastReply(closed=pb.StreamCursor(cursor=req.stream_close.cursor)), False
+            raise InvalidArgumentError("fast path request names no call")
+        except DriftError as err:
+            ms = round((time.perf_counter() - t0) * 1e3, 3)
+            extra = {"rpc": call, "code": err.grpc_code, "error": type(err).__name__, "ms": ms}
+            log.info("fast path refused", extra=extra)
+            return pb.FastReply(error=cv.error_status(err)), False
+        except Exception:
+            log.exception("fast path call failed", extra={"rpc": call})
+            status = pb.ErrorStatus(
+                code="INTERNAL", error_class="DriftError", message="internal error; see the server log"
+            )
+            return pb.FastReply(error=status), False
+        finally:
+            with self._lock:
+                self._busy -= 1
+            counters.add("inflight", -1)
+
+    def _drop(self, conn: _Connection, cursor_id: int) -> None:
+        with self._lock:
+            gone = conn.cursors.pop(cursor_id, None) is not None
+        if gone:
+            self.core.counters.add("active_streams", -1)
+
+    def _open(self, conn: _Connection, request: pb.SearchStreamRequest) -> pb.SearchStreamBatch:
+        streamer = self.core.open_stream(request)
+        batch = self.core.stream_batch(streamer)
+        if batch.done:
+            return batch
+        cursor_id = secrets.randbits(63) or 1
+        with self._lock:
+            evicted = None
+            if len(conn.cursors) >= self._max_cursors:
+                evicted, _ = conn.cursors.popitem(last=False)  # this connection's least recently used
+            conn.cursors[cursor_id] = streamer
+        if evicted is None:
+            self.core.counters.add("active_streams", 1)
+        else:
+            log.info("stream cursor evicted", extra={"cursor": evicted, "peer": conn.peer})
+        batch.cursor = cursor_id
+        return batch
+
+    def _next(self, conn: _Connection, cursor_id: int) -> pb.SearchStreamBatch:
+        with self._lock:
+            streamer = conn.cursors.get(cursor_id)
+            if streamer is not None:
+                conn.cursors.move_to_end(cursor_id)
+        if streamer is None:
+            raise InvalidArgumentError(
+                f"unknown, expired or evicted stream cursor {cursor_id}", hint="open the stream again"
+            )
+        try:
+            batch = self.core.stream_batch(streamer)
+        except BaseException:
+            self._drop(conn, cursor_id)
+            raise
+        if batch.done:
+            self._drop(conn, cursor_id)
+        else:
+            batch.cursor = cursor_id
+        return batch

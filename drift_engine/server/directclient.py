@@ -1,0 +1,131 @@
+"""Client of the direct fast path (``drift_engine.server.direct``): one stream socket per thread and address.
+
+Contract:
+
+* ``DirectClient(address, token, cancel_check=...)`` with ``address`` ``fast+unix:PATH`` or
+  ``fast+tcp:HOST:PORT``. Each thread of each process has its own connection per address, opened on first
+  use and kept (after ``fork`` the child opens its own; the parent's sockets are never used from the child).
+* ``call(request, timeout)`` sends one ``FastRequest`` frame and returns the ``FastReply``. The wait is one
+  blocking ``poll`` on the socket, woken the moment the reply arrives; with a ``cancel_check`` (e.g.
+  PostgreSQL's query cancel) the poll is cut into slices of ``SLICE_S`` so the check can raise in between —
+  a slice ends early when data arrives, so it adds no latency. After a timeout, an interruption or a broken
+  connection the socket is discarded and a fresh one is used next time.
+* A broken connection before the request was sent raises ``EngineUnavailableError``; after it was sent,
+  also ``EngineUnavailableError`` (the calls on this path only read, so nothing is left half-done).
+* A reply carrying ``ErrorStatus`` raises the same ``DriftError`` subclass the server raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from drift_engine.errors import DeadlineExceededError, EngineUnavailableError, RequestTooLargeError
+from drift_engine.server import convert as cv
+from drift_engine.server import drift_pb2 as pb
+from drift_engine.server.direct import HEADER, parse_address, recv_exact
+
+SLICE_S = 0.05
+_state = threading.local()
+
+
+class DirectClient:
+    def __init__(
+        self,
+        address: str,
+        token: str | None,
+        *,
+        max_message_bytes: int = 0,
+        cancel_check: Callable[[], None] | None = None,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.family, self.target = parse_address(address)
+        self.address = address
+        self.token = token or ""
+        self.max_message_bytes = max_message_bytes
+        self.cancel_check = cancel_check
+        self.connect_timeout = connect_timeout
+
+    def _socket(self) -> socket.socket:
+        socks = getattr(_state, "socks", None)
+        if socks is None or getattr(_state, "pid", None) != os.getpid():
+            socks = _state.socks = {}
+            _state.pid = os.getpid()
+        sock = socks.get(self.address)
+        if sock is None:
+            sock = socket.socket(self.family, socket.SOCK_STREAM)
+            sock.settimeout(self.connect_timeout)
+            try:
+                sock.connect(self.target)
+            except OSError as exc:
+                sock.close()
+                raise EngineUnavailableError(
+                    f"cannot connect to the fast path {self.address}: {exc}", hint="is the engine server running?"
+                ) from None
+            if self.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(None)
+            socks[self.address] = sock
+        return sock
+
+    def _discard(self) -> None:
+        sock = getattr(_state, "socks", {}).pop(self.address, None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def close(self) -> None:
+        """Close this thread's connection to the address (the next call opens a new one)."""
+        self._discard()
+
+    def call(self, request: pb.FastRequest, timeout: float | None) -> pb.FastReply:
+        request.token = self.token
+        body = request.SerializeToString()
+        if self.max_message_bytes and len(body) > self.max_message_bytes:
+            raise RequestTooLargeError(
+                f"request of {len(body)} bytes is over the server's {self.max_message_bytes}-byte message limit"
+            )
+        sock = self._socket()
+        try:
+            sock.sendall(HEADER.pack(len(body)) + body)
+            self._wait(sock, timeout)
+            header = recv_exact(sock, HEADER.size)
+            if header is None:
+                raise ConnectionError("the server closed the connection")
+            raw = recv_exact(sock, HEADER.unpack(header)[0])
+            if raw is None:
+                raise ConnectionError("the server closed the connection")
+        except OSError as exc:
+            self._discard()
+            raise EngineUnavailableError(f"fast path {self.address}: {exc}", hint="retry; is the server up?") from None
+        except BaseException:
+            self._discard()
+            raise
+        reply = pb.FastReply()
+        reply.ParseFromString(raw)
+        if reply.WhichOneof("result") == "error":
+            err = reply.error
+            raise cv.make_error(err.code, err.error_class, err.message, err.hint)
+        return reply
+
+    def _wait(self, sock: socket.socket, timeout: float | None) -> None:
+        """Return once the reply's first byte is readable; raise on timeout or when ``cancel_check`` raises."""
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = None if self.cancel_check is None else SLICE_S
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DeadlineExceededError(f"no reply from {self.address} within {timeout} s")
+                wait = left if wait is None else min(wait, left)
+            if poller.poll(None if wait is None else max(1, int(wait * 1000))):
+                return
+            if self.cancel_check is not None:
+                self.cancel_check()
