@@ -249,7 +249,9 @@ def search(
     with _errors(t.address):
         if query is None:
             raise _Fail("drift: the query vector is NULL", hint="pass a real[] such as '{0.1,0.2}'")
-        if k is None or not 1 <= k <= 10_000:
+        if k is None:
+            raise _Fail("drift: k must not be NULL", hint="k is the number of rows wanted, 1 to 10000")
+        if not 1 <= k <= 10_000:
             raise _Fail(f"drift: k = {k} is out of range [1, 10000]")
         flt = _filter(filter)
 
@@ -293,6 +295,11 @@ def get(
 def _filter(filter: str | None) -> dict[str, Any] | None:
     if filter is None:
         return None
+    if _depth(filter) > MAX_FILTER_DEPTH:
+        raise _Fail(
+            f"drift: filter is nested deeper than {MAX_FILTER_DEPTH} levels",
+            hint="flatten the filter (a few levels of and / or are plenty)",
+        )
     try:
         flt = json.loads(filter)
     except ValueError:
@@ -300,6 +307,32 @@ def _filter(filter: str | None) -> dict[str, Any] | None:
     if not isinstance(flt, dict):
         raise _Fail("drift: filter must be a JSON object", hint='e.g. filter => \'{"category": "news"}\'')
     return flt
+
+
+MAX_FILTER_DEPTH = 32
+
+
+def _depth(text: str) -> int:
+    """The deepest nesting of objects / arrays in JSON text, read without parsing it (``json.loads`` of a
+    very deep value hits Python's recursion limit)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
 
 
 def create_collection(

@@ -119,6 +119,17 @@ def test_create_drop_and_the_server_setting(sql, drift_sql, unique_name) -> None
         ("drift.set_params(%(c)s, %(a)s, nprobe => -3)", "nprobe", None),
         ("drift.search(%(c)s, '{1,2,3,4,5,6,7,8}', 5, %(a)s, filter => '[1]')", "JSON object", None),
         ("drift.params(%(c)s, 'unix:/nonexistent/drift.sock')", "drift", "is the drift engine running"),
+        ("drift.search(%(c)s, '{1,2,3,4,5,6,7,8}', NULL, %(a)s)", "k must not be NULL", "1 to 10000"),
+        (
+            "drift.search(%(c)s, '{1,2,3,4,5,6,7,8}', 5, %(a)s, filter => "
+            + "'"
+            + '{"a": ' * 3000
+            + "1"
+            + "}" * 3000
+            + "')",
+            "nested deeper than 32",
+            "flatten",
+        ),
     ],
 )
 def test_bad_input_is_a_clean_error(sql, drift_sql, loaded, call, message, hint) -> None:
@@ -129,6 +140,7 @@ def test_bad_input_is_a_clean_error(sql, drift_sql, loaded, call, message, hint)
     assert message in diag.message_primary
     if hint is not None:
         assert diag.message_hint and hint in diag.message_hint
+    assert diag.sqlstate != "XX000"
     assert sql.execute("SELECT 1").fetchone() == (1,)  # the backend still serves
 
 
