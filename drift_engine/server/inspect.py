@@ -2,7 +2,8 @@
 
 For each collection, read-only:
 
-* LMDB opens and holds a valid config record;
+* LMDB opens (an old store without checksums is reported, not migrated: nothing is written), every value
+  passes its CRC32C (``KV.verify``), and it holds a valid config record;
 * every segment LMDB references exists, and its header matches (id, rows, dimension) — the checks the
   engine makes at open (``hydrate.load_snapshot``);
 * with ``verify_blocks``, every block of every referenced segment passes its CRC32C (and zero padding);
@@ -66,7 +67,12 @@ def inspect_collection(col_dir: str, *, verify_blocks: bool = True) -> dict[str,
         return report
     snap = None
     try:
-        raw = kv.get(L.DB_META, L.KEY_CONFIG)
+        problems.extend(kv.verify())  # every LMDB value's CRC32C, before anything trusts one
+        try:
+            raw = kv.get(L.DB_META, L.KEY_CONFIG)
+        except DriftError as exc:
+            problems.append(f"LMDB config record: {exc}")
+            return report
         if raw is None:
             problems.append("LMDB has no config record")
             return report
@@ -102,7 +108,8 @@ def inspect_collection(col_dir: str, *, verify_blocks: bool = True) -> dict[str,
                 except (DriftError, OSError) as exc:
                     problems.append(str(exc))
         try:
-            problems.extend(check_l1(kv, snap))
+            if not any("checksum mismatch" in p for p in problems):  # L1 reads would stop at the first bad value
+                problems.extend(check_l1(kv, snap))
         except (DriftError, OSError, ValueError, KeyError) as exc:
             problems.append(f"L1 check failed: {exc}")
     finally:

@@ -20,6 +20,19 @@ Contract:
 * Keys are 1..511 bytes (LMDB's limit); ``encode_i64`` gives int64 keys whose byte order is their
   numeric order.
 
+* Checksums (format version 2): every value is stored as ``u32 CRC32C (little-endian)`` + the value, the
+  CRC taken over ``table name, 0, key, value`` (so a value copied to another key or table fails too). Every
+  read (``get``, ``get_many``, ``iterate``) verifies it and returns the value without the prefix; a mismatch
+  raises ``CorruptionError`` naming the collection (``name``: by default the directory holding the store),
+  the table and the key. ``verify()`` checks every value and returns the problems found.
+* Format version: the table ``_drift_kv`` holds ``format`` = the version, written when the store is created.
+  A store of version 1 (sub-databases but no marker: written before checksums) is migrated by a writable
+  open, in one transaction that adds the checksums; a read-only open refuses it with ``CorruptionError``
+  saying so. A newer version is refused.
+
+* Modes: the environment directory is 0700 and its files 0600 whatever the umask (tightened on a
+  writable open of an older store).
+
 Thread-safety: any number of threads may read concurrently; writes are serialised by a lock.
 """
 
@@ -35,6 +48,14 @@ from typing import Any
 import lmdb
 
 from drift_engine.errors import CorruptionError, EngineClosedError, InvalidArgumentError
+from drift_engine.storage.pages import crc32c
+
+FORMAT_VERSION = 2
+DIR_MODE = 0o700  # the environment directory and its files are private to the engine's user
+FILE_MODE = 0o600
+FORMAT_DB = b"_drift_kv"
+FORMAT_KEY = b"format"
+_CRC = struct.Struct("<I")
 
 _MAX_GROWTHS = 40
 _SIGN = 1 << 63
@@ -126,6 +147,15 @@ class _MapGuard:
                 self._cond.notify_all()
 
 
+def _checksum(name: bytes, key: bytes, value: bytes) -> int:
+    return crc32c(value, crc32c(key, crc32c(name + b"\0")))
+
+
+def seal(name: bytes, key: bytes, value: bytes) -> bytes:
+    """The stored form of ``value`` under ``key`` of table ``name``: its CRC32C prefix, then the value."""
+    return _CRC.pack(_checksum(name, key, value)) + value
+
+
 def _as_key(value: Any, what: str, path: str) -> bytes:
     if not isinstance(value, bytes | bytearray | memoryview):
         raise InvalidArgumentError(f"{path}: {what} must be bytes, got {type(value).__name__}")
@@ -169,12 +199,15 @@ class KV:
         map_size: int = 64 << 20,
         max_dbs: int = 16,
         readonly: bool = False,
+        name: str | None = None,
     ) -> None:
         self.path = os.fspath(path)
+        self.name = name if name is not None else os.path.basename(os.path.dirname(os.path.abspath(self.path)))
         if map_size <= 0 or max_dbs <= 0:
             raise InvalidArgumentError(f"{self.path}: map_size and max_dbs must be > 0")
         if not readonly:
-            os.makedirs(self.path, exist_ok=True)
+            os.makedirs(self.path, mode=DIR_MODE, exist_ok=True)
+            os.chmod(self.path, DIR_MODE)
         self.readonly = readonly
         self._env = lmdb.open(
             self.path,
@@ -185,7 +218,13 @@ class KV:
             metasync=True,
             lock=True,
             readonly=readonly,
+            mode=FILE_MODE,
         )
+        if not readonly:  # a store created before modes were set keeps none wider
+            for name in os.listdir(self.path):
+                full = os.path.join(self.path, name)
+                if os.path.isfile(full):
+                    os.chmod(full, FILE_MODE)
         self._max_key = self._env.max_key_size()
         self._write_lock = threading.Lock()
         self._guard = _MapGuard()
@@ -201,6 +240,61 @@ class KV:
                 raise CorruptionError(
                     f"{self.path}: main database key {name!r} is not a sub-database (not a drift KV store?)"
                 ) from exc
+        try:
+            self._check_format()
+        except BaseException:
+            self._env.close()
+            raise
+
+    def _check_format(self) -> None:
+        """Create the format marker of a new store, migrate a version-1 store, refuse anything else."""
+        marker = None
+        handle = self._dbs.get(FORMAT_DB)
+        if handle is not None:
+            with self._env.begin(db=handle) as txn:
+                marker = txn.get(FORMAT_KEY)
+        if marker is not None:
+            try:
+                version = int(marker)
+            except ValueError:
+                raise CorruptionError(
+                    f"{self.path}: LMDB format marker of collection {self.name!r} is unreadable: {marker!r}"
+                ) from None
+            if version == FORMAT_VERSION:
+                return
+            if version > FORMAT_VERSION:
+                raise CorruptionError(
+                    f"{self.path}: LMDB of collection {self.name!r} has format version {version}, written by a "
+                    f"newer drift (this one reads version {FORMAT_VERSION})"
+                )
+            raise CorruptionError(f"{self.path}: unknown LMDB format version {version} in collection {self.name!r}")
+        tables = [n for n in self._dbs if n != FORMAT_DB]
+        if self.readonly:
+            if tables:
+                raise CorruptionError(
+                    f"{self.path}: LMDB of collection {self.name!r} has format version 1 (no checksums); open it "
+                    "once with a writable engine (drift-engine serve, or Engine.open) to migrate it"
+                )
+            return  # an empty store seen read-only: nothing to check
+        ops: list[tuple[str, bytes, bytes, bytes]] = []
+        for table in tables:
+            with self._env.begin(db=self._dbs[table]) as txn:
+                ops.extend(("put", table, bytes(k), seal(table, bytes(k), bytes(v))) for k, v in txn.cursor())
+        ops.append(("put", FORMAT_DB, FORMAT_KEY, str(FORMAT_VERSION).encode()))
+        self._apply(ops, raw=True)
+
+    def _open_value(self, name: bytes, key: bytes, stored: bytes | None) -> bytes | None:
+        """The value of a stored record, checksum verified (``CorruptionError`` on a mismatch)."""
+        if stored is None:
+            return None
+        stored = bytes(stored)
+        if len(stored) < _CRC.size or _CRC.unpack_from(stored)[0] != _checksum(name, key, stored[_CRC.size :]):
+            raise CorruptionError(
+                f"{self.path}: LMDB checksum mismatch in collection {self.name!r}, table "
+                f"{name.decode('utf-8', 'replace')!r}, key {key.hex()} ({len(stored)} stored bytes)",
+                hint="the value was changed outside drift (disk or memory fault); restore this collection",
+            )
+        return stored[_CRC.size :]
 
     # -- helpers --------------------------------------------------------------------------------
     def _db_name(self, db: str) -> bytes:
@@ -240,7 +334,7 @@ class KV:
             if handle is None:
                 return None
             with self._env.begin(db=handle) as txn:
-                return txn.get(key)
+                return self._open_value(self._db_name(db), key, txn.get(key))
 
     def get_many(self, db: str, keys: Iterable[bytes]) -> list[bytes | None]:
         keys = list(keys)
@@ -248,8 +342,9 @@ class KV:
             handle = self._handle(db)
             if handle is None:
                 return [None] * len(keys)
+            name = self._db_name(db)
             with self._env.begin(db=handle) as txn:
-                return [txn.get(k) for k in keys]
+                return [self._open_value(name, k, txn.get(k)) for k in keys]
 
     def iterate(self, db: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         """(key, value) pairs of ``db`` whose key starts with ``prefix``, in key order, from one snapshot."""
@@ -263,16 +358,33 @@ class KV:
             handle = self._handle(db)
             if handle is None:
                 return
+            name = self._db_name(db)
             with self._env.begin(db=handle) as txn, txn.cursor() as cur:
                 found = cur.set_range(prefix) if prefix else cur.first()
                 while found:
                     key = cur.key()
                     if not key.startswith(prefix):
                         break
-                    yield key, cur.value()
+                    yield key, self._open_value(name, key, cur.value())
                     found = cur.next()
         finally:
             self._guard.release_shared(token)
+
+    def verify(self) -> list[str]:
+        """Check the checksum of every value of every table; one message per bad value (empty: all good)."""
+        problems: list[str] = []
+        with self._guard.shared():
+            self._check_open()
+            for name, handle in sorted(self._dbs.items()):
+                if name == FORMAT_DB:
+                    continue
+                with self._env.begin(db=handle) as txn:
+                    for key, stored in txn.cursor():
+                        try:
+                            self._open_value(name, bytes(key), stored)
+                        except CorruptionError as exc:
+                            problems.append(str(exc))
+        return problems
 
     def count(self, db: str) -> int:
         with self._guard.shared():
@@ -297,7 +409,10 @@ class KV:
         if batch._ops:
             self._apply(batch._ops)
 
-    def _apply(self, ops: list[tuple[str, bytes, bytes, bytes]]) -> None:
+    def _apply(self, ops: list[tuple[str, bytes, bytes, bytes]], *, raw: bool = False) -> None:
+        """Commit ``ops``; values are sealed with their checksum unless ``raw`` (already sealed / the marker)."""
+        if not raw:
+            ops = [(op, name, key, seal(name, key, value) if op == "put" else value) for op, name, key, value in ops]
         with self._write_lock:
             self._check_open()
             for _ in range(_MAX_GROWTHS):

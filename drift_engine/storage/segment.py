@@ -145,7 +145,7 @@ class SegmentWriter:
         self._reserved = align_up(_FIXED.size + _ENTRY.size * reserve + len(self._meta_bytes))
         self._next = self._reserved
         self._blocks: list[BlockInfo] = []
-        self._fd: int | None = os.open(self.tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self._fd: int | None = os.open(self.tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._state = "open"  # open -> finished | aborted
 
     # -- context manager ------------------------------------------------------------------------
