@@ -3,13 +3,14 @@
 Commands (exit status 0 on success, 1 when a check fails or the server is unhealthy, 2 on a usage or
 startup error, with a one-line ``error: ...`` on stderr):
 
-* ``serve --data DIR [--listen unix:PATH | HOST:PORT] [--token-file F] [--tls-cert C --tls-key K] ...``:
+* ``serve --data DIR [--listen unix:PATH | HOST:PORT] [--token-file F] [--tls-cert C --tls-key K] ...``
+  (a TCP listen needs ``--token-file``, or ``--insecure-no-token`` on loopback):
   run the gRPC server (and the ZeroMQ fast path beside a Unix socket) until SIGTERM / SIGINT; logs are
   JSON lines on stderr (``--log-format text`` for people).
 * ``status [--address A | --data DIR] [--token-file F]``: the server's Health as JSON.
 * ``stats [--address A | --data DIR] [--token-file F] [COLLECTION ...]``: per-collection stats as JSON.
 * ``inspect --data DIR [--collection NAME] [--quick]``: offline consistency check of segment files against
-  LMDB (see ``drift_engine.server.inspect``), as JSON.
+  LMDB, with the CRC32C of every LMDB value (see ``drift_engine.server.inspect``), as JSON.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_cursors_per_client=args.max_cursors_per_client,
             inline_reads=args.inline_reads,
             grace=args.grace,
+            insecure_no_token=args.insecure_no_token,
             engine_settings=engine_settings,
         )
         asyncio.run(serve(opts))
@@ -141,8 +143,20 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the gRPC server on a data directory")
     s.add_argument("--data", required=True, help="engine data directory (created if missing; one server per directory)")
-    s.add_argument("--listen", help="unix:PATH (default unix:DATA/drift.sock) or HOST:PORT (loopback unless TLS+token)")
-    s.add_argument("--token-file", help="file holding the bearer token clients must present")
+    s.add_argument(
+        "--listen",
+        help="unix:PATH (default unix:DATA/drift.sock) or HOST:PORT (needs --token-file or "
+        "--insecure-no-token; beyond loopback also TLS)",
+    )
+    s.add_argument(
+        "--token-file", help="file holding the bearer token clients must present (required for a TCP --listen)"
+    )
+    s.add_argument(
+        "--insecure-no-token",
+        action="store_true",
+        help="allow a loopback TCP --listen without --token-file (any local user can then connect; "
+        "non-loopback TCP always needs TLS and a token)",
+    )
     s.add_argument("--tls-cert", help="PEM certificate chain (TCP only; with --tls-key)")
     s.add_argument("--tls-key", help="PEM private key")
     s.add_argument("--max-message-bytes", type=int, default=64 << 20, help="cap on one message (default %(default)s)")

@@ -5,11 +5,17 @@ Contract:
 * The engine is opened first; its directory lock makes a second server on the same data directory fail
   with ``DirectoryLockedError`` before anything is bound (the CLI prints it and exits non-zero).
 * Listen addresses: ``unix:PATH`` (default ``unix:<data>/drift.sock``; socket mode 0660, bound under a
-  0117 umask so it is never wider) or ``HOST:PORT``. TCP on a non-loopback host is refused unless TLS and
-  a token are both configured. A stale socket file (nobody accepting) is replaced; one a live server
+  0117 umask so it is never wider) or ``HOST:PORT``. TCP needs a token (any local user can reach a loopback
+  port) unless ``insecure_no_token`` (``--insecure-no-token``) allows it; TCP on a non-loopback host is refused
+  unless TLS and a token are both configured, whatever that flag says.
+  A stale socket file (nobody accepting) is replaced; one a live server
   accepts on is refused. TCP ports are bound without ``SO_REUSEPORT``.
 * With a Unix socket, the ZeroMQ fast path listens on ``ipc://<socket>.fast`` (same permissions) unless
   disabled; Health advertises it.
+* Modes: the data directory is private to the server's user. ``serve`` runs under a 0077 umask (restored
+  when it returns), so every directory it creates is 0700 and every file 0600 (collections, WAL, segments,
+  LMDB, lock), and first tightens what already exists there (``restrict_data_dir``); the sockets are then
+  0660 as above.
 * Shutdown (SIGTERM / SIGINT): Health reports ``DRAINING``, no new calls are accepted, in-flight calls get
   ``grace`` seconds to finish (streams still open after that are cancelled), then the engine closes
   (memtables flushed, WAL and LMDB fsynced and closed), the socket files are removed and ``serve``
@@ -107,6 +113,7 @@ class ServeOptions:
     max_cursors_per_client: int = 64
     inline_reads: str = "idle"
     grace: float = 10.0
+    insecure_no_token: bool = False  # allow TCP without a token (loopback only; the CLI's --insecure-no-token)
     engine_settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -120,6 +127,33 @@ def check_security(listen: Listen, opts: ServeOptions) -> None:
             f"refusing to listen on {listen.host}:{listen.port} (not loopback) without TLS and a token: "
             "pass --tls-cert, --tls-key and --token-file, or listen on 127.0.0.1 / a Unix socket"
         )
+    if listen.kind == "tcp" and opts.token is None and not opts.insecure_no_token:
+        raise ServerStartupError(
+            f"refusing to listen on TCP {listen.host}:{listen.port} without a token: any local user could connect. "
+            "Pass --token-file, listen on a Unix socket (mode 0660), or pass --insecure-no-token to allow it"
+        )
+
+
+PRIVATE_UMASK = 0o077
+
+
+def restrict_data_dir(data: str) -> int:
+    """Make ``data`` and everything under it private: directories 0700, regular files 0600 (sockets and
+    symbolic links are left alone). Creates ``data`` (0700) when missing. Returns how many modes changed."""
+    os.makedirs(data, mode=0o700, exist_ok=True)
+    changed = 0
+    for dirpath, dirnames, filenames in os.walk(data):
+        for name, want in [(".", 0o700)] + [(d, 0o700) for d in dirnames] + [(f, 0o600) for f in filenames]:
+            path = os.path.normpath(os.path.join(dirpath, name))
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)) or stat.S_IMODE(st.st_mode) == want:
+                continue
+            os.chmod(path, want)
+            changed += 1
+    return changed
 
 
 def claim_unix_path(path: str) -> None:
@@ -169,16 +203,34 @@ async def serve(
 
     listen = parse_listen(opts.listen, opts.data)
     check_security(listen, opts)
+    base_umask = os.umask(PRIVATE_UMASK)
+    try:
+        await _serve(opts, listen, __version__, Engine, on_ready, stop)
+    finally:
+        os.umask(base_umask)
+
+
+async def _serve(
+    opts: ServeOptions,
+    listen: Listen,
+    version: str,
+    engine_cls: Any,
+    on_ready: Callable[[dict[str, Any]], None] | None,
+    stop: asyncio.Event | None,
+) -> None:
+    tightened = await asyncio.to_thread(restrict_data_dir, opts.data)
+    if tightened:
+        log.info("tightened data directory modes", extra={"data": os.path.abspath(opts.data), "changed": tightened})
     stop = stop or asyncio.Event()
     if threading.current_thread() is threading.main_thread():  # from here on, SIGTERM means "drain"
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     fast_address = f"ipc://{listen.path}{FAST_SUFFIX}" if opts.fast_path and listen.kind == "unix" else ""
-    engine = await asyncio.to_thread(Engine.open, opts.data, **opts.engine_settings)
+    engine = await asyncio.to_thread(engine_cls.open, opts.data, **opts.engine_settings)
     pool = ThreadPoolExecutor(opts.threads, thread_name_prefix="drift-rpc")
     admin_pool = ThreadPoolExecutor(opts.admin_threads, thread_name_prefix="drift-admin")
-    core = ServiceCore(engine, opts.limits, version=__version__, fast_path=fast_address)
+    core = ServiceCore(engine, opts.limits, version=version, fast_path=fast_address)
     server = grpc.aio.server(options=_grpc_options(opts.limits))
     fast = None
     bound: list[str] = []

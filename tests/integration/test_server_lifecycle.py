@@ -132,7 +132,13 @@ def test_tcp_rules(tmp_path):
     )
     assert refused.returncode == 2 and "without TLS and a token" in refused.stderr
     assert not (tmp_path / "a" / "collections").exists()  # refused before the engine opened
-    srv = start_server(tmp_path / "b", "--listen", "127.0.0.1:0", wait=False)
+    no_token = subprocess.run(
+        serve_cmd(tmp_path / "c", "--listen", "127.0.0.1:0"), capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert no_token.returncode == 2 and "without a token" in no_token.stderr
+    assert "--insecure-no-token" in no_token.stderr
+    assert not (tmp_path / "c" / "collections").exists()
+    srv = start_server(tmp_path / "b", "--listen", "127.0.0.1:0", "--insecure-no-token", wait=False)
     try:
         address = _wait_serving(srv)
         assert address.startswith("127.0.0.1:")
@@ -141,6 +147,23 @@ def test_tcp_rules(tmp_path):
             assert c.fast() is None
     finally:
         assert srv.stop() == 0
+    srv = start_server(tmp_path / "t", "--listen", "127.0.0.1:0", token="tcp-tok", wait=False)
+    try:
+        address = _wait_serving(srv)
+        with Client(address, token="tcp-tok") as c:
+            assert c.health()["status"] == "SERVING"
+        with Client(address) as c, pytest.raises(E.AuthenticationError):
+            c.health()
+    finally:
+        assert srv.stop() == 0
+
+
+def test_serve_help_documents_the_token_rule():
+    out = subprocess.run(
+        [*serve_cmd(REPO / "unused")[:3], "serve", "--help"], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert out.returncode == 0
+    assert "--insecure-no-token" in out.stdout and "--token-file" in out.stdout
 
 
 def test_tls_and_token_beyond_loopback(tmp_path):
