@@ -4,13 +4,20 @@ Contract:
 
 * **Writes** (``upsert``, ``insert``, ``delete``) go WAL -> active memtable under one write lock
   (``engine.writes``); a call returns once its record is durable per the durability mode, and the
-  written vectors are searchable as soon as it returns. A write that raises changed nothing.
+  written vectors are searchable as soon as it returns. A write that raises changed nothing, now or
+  after a reopen (a failed apply is cancelled by a durable ``ABORT`` WAL record before the error is
+  raised); only ``WritesStoppedError`` (the WAL itself failed) leaves the outcome to the next open.
+  Large batches (``bulk_min``) go WAL -> L1 directly, in one LMDB commit (``_bulk_write``).
 * **L1 changes** (Janitor flush, ``train``, maintenance) run under the L1 lock, never the write lock,
   and follow DESIGN §7: segment files -> one LMDB transaction (commit point, with ``applied_lsn``) ->
   publish one snapshot (L1 + memtables together, so a vector is never in neither and never twice) ->
   truncate the WAL -> retire files once no reader can see them.
-* **Reads** (``search``, ``search_batch``, ``get``) pin the current snapshot and never wait for writers;
-  L0 and L1 results are merged by distance and the newest version of an id wins.
+* **Reads** (``search``, ``search_batch``, ``get``, ``scan``, ``search_stream``) pin the current snapshot
+  and never wait for writers; L0 and L1 results are merged by distance and the newest version of an id
+  wins. ``get`` and ``scan`` answer entirely from their pinned snapshot (``engine.reads``): a concurrent
+  flush, train or maintenance move never makes them fail, retry or return a stale or torn row.
+  ``scan`` holds its pin until the generator is exhausted or closed. ``search_stream`` is the engine's
+  streaming search (``engine.stream``).
 * Before the first ``train`` L1 is flat (one bucket, searched exactly); ``auto_train_threshold`` trains
   it in the background once the collection is large enough.
 * Sync methods have ``*_async`` twins that run them on the engine's thread pool (kernels release the GIL).
@@ -18,15 +25,13 @@ Contract:
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import functools
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -35,22 +40,26 @@ import numpy as np
 from drift_engine import crashpoints
 from drift_engine.config import CollectionConfig, EngineSettings
 from drift_engine.engine import layout as L
+from drift_engine.engine.async_api import AsyncTwins
 from drift_engine.engine.hydrate import load_snapshot, next_counter, remove_unreferenced_segments
 from drift_engine.engine.l1_apply import L1Applier, build_routing
 from drift_engine.engine.l1_writer import remove_files
 from drift_engine.engine.payload_index import PayloadIndex
+from drift_engine.engine.reads import PointReads
 from drift_engine.engine.results import GetResult, SearchResult
 from drift_engine.engine.search import search_hybrid
 from drift_engine.engine.snapshot import OpenSegment, Snapshot, SnapshotManager
+from drift_engine.engine.stats import collection_stats
+from drift_engine.engine.stream import StreamHit, search_stream
 from drift_engine.engine.trainer import train_layout
 from drift_engine.engine.validate import as_filter, as_ids, as_k, as_payloads, as_positive_int, as_query, as_vectors
 from drift_engine.engine.writes import WritePath
 from drift_engine.errors import CorruptionError, EngineClosedError, InvalidArgumentError, InvalidParameterError
 from drift_engine.maintenance.janitor import Janitor
 from drift_engine.maintenance.runner import MaintenanceRunner
-from drift_engine.maintenance.scheduler import Maintainer, bucket_stats, maintenance_stats
+from drift_engine.maintenance.scheduler import Maintainer, bucket_stats
 from drift_engine.storage.cache import S3FIFOCache
-from drift_engine.storage.kv import KV, decode_i64, encode_i64
+from drift_engine.storage.kv import KV, decode_i64
 from drift_engine.storage.pages import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -58,7 +67,7 @@ DURABILITY_MODES = ("sync", "batch", "off")
 AUTO_TRAIN_IDLE = 1.0  # seconds without writes before an automatic train
 
 
-class Collection:
+class Collection(AsyncTwins):
     """One collection of vectors, opened in-process. Use ``Engine`` to create or open it."""
 
     def __init__(
@@ -84,15 +93,21 @@ class Collection:
         self._snapshots = SnapshotManager(load_snapshot(kv, self._seg_dir, cache, collection_key=path, config=config))
         for key, value in kv.iterate(L.DB_PAYLOAD):
             self._payloads.add(decode_i64(key), value)
-        self._l1 = L1Applier(kv, self._seg_dir, cache, self._next_segment, path)
+        self._l1 = L1Applier(kv, self._seg_dir, cache, self._next_segment, path, snapshots=self._snapshots)
         self._writes = WritePath(
             path, lambda: self._config, settings, kv, self._snapshots, self._payloads, on_frozen=self._wake_janitor
         )
+        self._reads = PointReads(kv, self._snapshots, config.dim, self._writes.lock)
         self._janitor: Janitor | None = None
         self._maintainer: Maintainer | None = None
-        self._writes.install_first_memtable()
-        raw_lsn = kv.get(L.DB_META, L.KEY_APPLIED_LSN)
-        self._writes.replay(int(raw_lsn) if raw_lsn else 0)
+        try:
+            self._writes.install_first_memtable()
+            self._writes.replay(self._snapshots.current.l1_lsn)
+        except BaseException:
+            self._writes.close()
+            for seg in self._snapshots.current.segments.values():
+                seg.close()
+            raise
         self._maintenance = MaintenanceRunner(
             self._l1, self._snapshots, lambda: self._config, self._l1_lock, lambda: self._closed
         )
@@ -210,7 +225,8 @@ class Collection:
         """A large batch skips the memtable graph: WAL (fsynced), then straight into L1 in one commit.
 
         Memtables are flushed first (under both locks) so no older version of an id can shadow the new
-        L1 rows; the write is searchable when this returns, like any other.
+        L1 rows; the write is searchable when this returns, like any other. If the L1 apply fails, the
+        logged record is aborted (``WritePath.bulk_locked``) and the error raised: nothing changed.
         """
         with self._writes.lock:
             self._check_open()
@@ -218,25 +234,38 @@ class Collection:
             with self._l1_lock:
                 for mt in self._writes.frozen():
                     self._flush_one(mt)
-                lsn = self._writes.bulk_log_locked(ids, vec, pay, replace=replace)
-                params = self._config.params
-                fields = self._l1.apply_batch(
-                    self._snapshots.current,
-                    ids,
-                    vec,
-                    pay,
-                    np.empty(0, dtype=np.int64),
-                    lsn,
-                    metric=self.metric,
-                    lam=params.lam,
-                    tau=params.tau,
-                    rows_per_segment=params.rows_per_segment,
-                )
-                changes = fields.as_changes()
-                self._snapshots.update(lambda cur: dataclasses.replace(cur, version=cur.version + 1, **changes))
-                self._writes.wal.truncate_upto(self._truncatable_lsn(lsn))
-                self._maintenance.split_oversized()
+
+                def apply(lsn: int) -> Callable[[], None]:
+                    params = self._config.params
+                    fields = self._l1.apply_batch(
+                        self._snapshots.current,
+                        ids,
+                        vec,
+                        pay,
+                        np.empty(0, dtype=np.int64),
+                        lsn,
+                        metric=self.metric,
+                        lam=params.lam,
+                        tau=params.tau,
+                        rows_per_segment=params.rows_per_segment,
+                    )
+                    changes = fields.as_changes()
+                    return lambda: self._snapshots.update(
+                        lambda cur: dataclasses.replace(cur, version=cur.version + 1, **changes)
+                    )
+
+                lsn = self._writes.bulk_locked(ids, vec, pay, replace=replace, apply=apply)
+                self._after_commit(lsn)
         return int(ids.size)
+
+    def _after_commit(self, lsn: int) -> None:
+        """Housekeeping after an acknowledged L1 commit: a failure here is logged, never raised (the write
+        happened); the Janitor and the Maintainer retry it later."""
+        try:
+            self._writes.wal.truncate_upto(self._truncatable_lsn(lsn))
+            self._maintenance.split_oversized()
+        except Exception:
+            log.exception("%s: housekeeping after the bulk write at lsn %d failed", self.name, lsn)
 
     def delete(self, ids: Any, *, durability: str | None = None) -> int:
         """Delete ids; ids that do not exist are ignored. Returns how many were deleted, once durable."""
@@ -380,9 +409,6 @@ class Collection:
             max_jobs = as_positive_int("max_jobs", max_jobs, 10_000_000)
         return self._maintenance.run(max_jobs)
 
-    async def maintain_async(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return await self._run(self.maintain, *args, **kwargs)
-
     def bucket_stats(self) -> list[dict[str, Any]]:
         """Per-bucket drift statistics of the current snapshot (``scheduler.bucket_stats``)."""
         return bucket_stats(self._snapshots.current, self._config.params)
@@ -469,80 +495,32 @@ class Collection:
         return [by_id.get(i) for i in ids.tolist()]
 
     def get(self, ids: Any) -> GetResult:
-        """Vectors and payloads of the ids that exist, in request order (absent ids are left out)."""
+        """Vectors and payloads of the ids that exist, in request order (absent ids are left out); read
+        from one pinned snapshot (``engine.reads``)."""
         self._check_open()
         id_arr = as_ids(ids, allow_duplicates=True)
-        id_list = id_arr.tolist()
-        for _attempt in range(50):
-            with self._snapshots.pin() as snap:
-                found = self._get_from(snap, id_list)
-            if found is not None:
-                rows = [j for j, item in enumerate(found) if item is not None]
-                vectors = np.empty((len(rows), self.dim), dtype=np.float32)
-                payloads = []
-                for out_row, j in enumerate(rows):
-                    vectors[out_row] = found[j][0]
-                    payloads.append(None if found[j][1] is None else json.loads(found[j][1]))
-                return GetResult(id_arr[rows], vectors, payloads)
-            time.sleep(0.001)  # an L1 commit is between LMDB and publish: retry on the next snapshot
-        with self._l1_lock:
-            return self.get(ids)
+        with self._snapshots.pin() as snap:
+            return self._reads.get(snap, id_arr)
 
-    def _get_from(self, snap: Snapshot, id_list: list[int]) -> list | None:
-        out: list = [None] * len(id_list)
-        pending: list[int] = []
-        for j, ident in enumerate(id_list):
-            for mt in snap.memtables:
-                state = mt.lookup(ident)
-                if state == "live":
-                    _, vec, pay = mt.get([ident])
-                    if vec.shape[0]:
-                        out[j] = (vec[0], pay[0])
-                    break
-                if state == "deleted":
-                    break
-            else:
-                pending.append(j)
-        if not pending:
-            return out
-        keys = [encode_i64(id_list[j]) for j in pending]
-        locs = self._kv.get_many(L.DB_LOC, keys)
-        hits = [(j, key, L.Location.unpack(raw)) for j, key, raw in zip(pending, keys, locs, strict=True) if raw]
-        for _, _, loc in hits:
-            if loc.segment not in snap.segments or snap.dead[loc.segment][loc.row]:
-                return None
-        payloads = self._kv.get_many(L.DB_PAYLOAD, [key for _, key, _ in hits])
-        for (j, _, loc), pay in zip(hits, payloads, strict=True):
-            out[j] = (snap.segments[loc.segment].vectors()[loc.row], pay)
-        return out
+    def scan(self, batch: int = 1000, *, vectors: bool = True, payloads: bool = True) -> Iterator[GetResult]:
+        """Every live vector, in id order, in ``GetResult`` batches of at most ``batch`` rows, all from one
+        pinned snapshot (held until the generator is exhausted or closed; consume it promptly).
 
-    # ------------------------------------------------------------------ async twins
-    async def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        ``vectors=False`` / ``payloads=False`` skip reading them (zero vectors / ``None`` payloads)."""
+        self._check_open()
+        batch = as_positive_int("batch", batch, 1_000_000)
+        return self._scan(batch, vectors=vectors, payloads=payloads)
 
-    async def upsert_async(self, *args: Any, **kwargs: Any) -> int:
-        return await self._run(self.upsert, *args, **kwargs)
+    def _scan(self, batch: int, *, vectors: bool, payloads: bool) -> Iterator[GetResult]:
+        with self._snapshots.pin() as snap:
+            yield from self._reads.scan(snap, batch, vectors=vectors, payloads=payloads)
 
-    async def insert_async(self, *args: Any, **kwargs: Any) -> int:
-        return await self._run(self.insert, *args, **kwargs)
-
-    async def delete_async(self, *args: Any, **kwargs: Any) -> int:
-        return await self._run(self.delete, *args, **kwargs)
-
-    async def search_async(self, *args: Any, **kwargs: Any) -> SearchResult:
-        return await self._run(self.search, *args, **kwargs)
-
-    async def search_batch_async(self, *args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
-        return await self._run(self.search_batch, *args, **kwargs)
-
-    async def get_async(self, *args: Any, **kwargs: Any) -> GetResult:
-        return await self._run(self.get, *args, **kwargs)
-
-    async def train_async(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return await self._run(self.train, *args, **kwargs)
-
-    async def flush_async(self) -> int:
-        return await self._run(self.flush)
+    def search_stream(self, query: Any, k: int | None = None, **options: Any) -> Iterator[StreamHit]:
+        """Rows (``StreamHit``) in non-decreasing distance, lazily, never an id twice (``engine.stream``):
+        options ``nprobe``, ``rerank``, ``ef``, ``filter``, ``max_distance``, ``batch_size``, ``limit``,
+        ``with_payloads``, ``max_k``."""
+        self._check_open()
+        return search_stream(self, query, k, **options)
 
     # ------------------------------------------------------------------ params & stats
     def set_params(self, **params: Any) -> dict[str, Any]:
@@ -569,49 +547,9 @@ class Collection:
         return {"dim": self.dim, "metric": self.metric, **self._config.params.to_dict()}
 
     def stats(self, buckets: bool = False) -> dict[str, Any]:
-        """Collection statistics; ``buckets=True`` adds ``bucket_stats``: one dict per bucket with count,
-        drift, spread, inserts_since_centroid, extents, dead_rows and the pending maintenance job."""
-        snap = self._snapshots.current
-        sizes = np.array([h.count for h in snap.buckets.values()], dtype=np.int64)
-        seg_bytes = sum(seg.file_size for seg in snap.segments.values())
-        kv_dir = L.kv_dir(self.path)
-        kv_bytes = sum(os.path.getsize(os.path.join(kv_dir, f)) for f in os.listdir(kv_dir))
-        wal = self._writes.wal.stats()
-        cache = self._cache.stats()
-        return {
-            "name": self.name,
-            "dim": self.dim,
-            "metric": self.metric,
-            "count": len(self),
-            "l1_count": snap.live_count,
-            "memtable_count": sum(len(m) for m in snap.memtables),
-            "frozen_memtables": len(snap.memtables) - 1,
-            "trained": snap.trained,
-            "buckets": len(snap.buckets),
-            "bucket_size_min": int(sizes.min()) if sizes.size else 0,
-            "bucket_size_median": float(np.median(sizes)) if sizes.size else 0.0,
-            "bucket_size_max": int(sizes.max()) if sizes.size else 0,
-            "segments": len(snap.segments),
-            "dead_rows": int(sum(int(m.sum()) for m in snap.dead.values())),
-            "cache_hits": cache["hits"],
-            "cache_misses": cache["misses"],
-            "cache_bytes": cache["size_bytes"],
-            "disk_bytes": int(seg_bytes + kv_bytes + wal.get("bytes", 0)),
-            "segment_bytes": int(seg_bytes),
-            "wal_bytes": int(wal.get("bytes", 0)),
-            "wal_last_lsn": int(wal.get("last_lsn", 0)),
-            "janitor_flushes": self._janitor.flushes if self._janitor else 0,
-            "janitor_error": self._janitor.last_error if self._janitor else None,
-            "version": snap.version,
-            **maintenance_stats(
-                snap,
-                self._config.params,
-                self._maintenance.totals,
-                self._maintainer.last_error if self._maintainer else None,
-                pending=len(self._maintenance.pending()),
-                with_buckets=buckets,
-            ),
-        }
+        """Collection statistics (``engine.stats``); ``buckets=True`` adds ``bucket_stats``: one dict per
+        bucket with count, drift, spread, inserts_since_centroid, extents, dead_rows and the pending job."""
+        return collection_stats(self, buckets)
 
     # ------------------------------------------------------------------ lifecycle
     def close(self, *, flush: bool = True) -> None:

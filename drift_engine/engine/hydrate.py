@@ -112,4 +112,5 @@ def load_snapshot(
     live = kv.count(L.DB_LOC)
     params = config.params
     routing = routing_table(buckets.values(), lam=params.lam, tau=params.tau) if trained else None
-    return Snapshot(0, trained, sq8, buckets, routing, segments, dead, live)
+    raw_lsn = kv.get(L.DB_META, L.KEY_APPLIED_LSN)
+    return Snapshot(0, trained, sq8, buckets, routing, segments, dead, live, l1_lsn=int(raw_lsn) if raw_lsn else 0)

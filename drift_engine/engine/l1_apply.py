@@ -9,8 +9,14 @@ maintenance). It
    dead-row masks of superseded or deleted rows, the new segments, and ``applied_lsn`` — crash point
    ``flush.after_commit``;
 
-and returns the new L1 fields for the caller to publish (step 3). If anything fails before the LMDB
-commit, the new files are removed and nothing changed.
+and returns the new L1 fields for the caller to publish (step 3). If it raises, the LMDB transaction
+did not commit: the new files are removed and nothing changed. Everything that can fail (writing and
+opening the new segments, routing) happens before the commit; after it only in-memory assembly remains,
+so a caller may treat "returned" as "committed" and "raised" as "not committed".
+
+Before committing, it records the prior L1 state of every id it adds, replaces or deletes in the
+snapshot manager's payload history (``snapshot`` module docstring), so readers of older snapshots keep
+reading their own payloads; the entry is dropped again if the commit fails.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from drift_engine import crashpoints
 from drift_engine.engine import layout as L
 from drift_engine.engine.hydrate import Counter
 from drift_engine.engine.l1_writer import remove_files, write_bucketed_segments
-from drift_engine.engine.snapshot import OpenSegment, Snapshot
+from drift_engine.engine.snapshot import NOT_IN_L1, OpenSegment, Snapshot, SnapshotManager
 from drift_engine.index.buckets import BucketHeader, routing_table
 from drift_engine.index.routing import route_batch
 from drift_engine.storage import sq8 as sq8_codec
@@ -45,6 +51,7 @@ class L1Fields:
     segments: dict[int, OpenSegment]
     dead: dict[int, np.ndarray]
     live_count: int
+    l1_lsn: int
 
     def as_changes(self) -> dict[str, Any]:
         for mask in self.dead.values():
@@ -57,6 +64,7 @@ class L1Fields:
             "segments": self.segments,
             "dead": self.dead,
             "live_count": self.live_count,
+            "l1_lsn": self.l1_lsn,
         }
 
 
@@ -65,12 +73,21 @@ def build_routing(trained: bool, buckets: dict[int, BucketHeader], lam: float, t
 
 
 class L1Applier:
-    def __init__(self, kv: KV, seg_dir: str, cache: S3FIFOCache, next_segment: Counter, cache_key: str) -> None:
+    def __init__(
+        self,
+        kv: KV,
+        seg_dir: str,
+        cache: S3FIFOCache,
+        next_segment: Counter,
+        cache_key: str,
+        snapshots: SnapshotManager | None = None,
+    ) -> None:
         self.kv = kv
         self.seg_dir = seg_dir
         self.cache = cache
         self.next_segment = next_segment
         self.cache_key = cache_key
+        self.snapshots = snapshots
 
     def _old_vectors(self, snap: Snapshot, locs: list[L.Location], dim: int) -> np.ndarray:
         out = np.empty((len(locs), dim), dtype=np.float32)
@@ -97,6 +114,11 @@ class L1Applier:
         del_keys = [encode_i64(i) for i in delete_ids.tolist()]
         raw = self.kv.get_many(L.DB_LOC, up_keys + del_keys)
         old_locs = [(j, L.Location.unpack(b)) for j, b in enumerate(raw) if b is not None]
+        priors: list = [NOT_IN_L1] * len(raw)
+        if self.snapshots is not None and old_locs:
+            old_pay = self.kv.get_many(L.DB_PAYLOAD, [(up_keys + del_keys)[j] for j, _ in old_locs])
+            for (j, _), pay in zip(old_locs, old_pay, strict=True):
+                priors[j] = pay
         buckets = dict(snap.buckets)
         dead = dict(snap.dead)
         touched_dead: set[int] = set()
@@ -134,6 +156,8 @@ class L1Applier:
             written, seg_of, row_of = write_bucketed_segments(
                 self.seg_dir, self.next_segment.take, sq8, ids, vectors, labels, rows_per_segment=rows_per_segment
             )
+        new_segments: dict[int, OpenSegment] = {}
+        history = None
         try:
             crashpoints.hit("flush.after_segments")
             if ids.size:
@@ -149,6 +173,13 @@ class L1Applier:
                     for b, ext in w.extents.items():
                         buckets[b].extents.append(ext)
                     dead[w.segment_id] = np.zeros(w.n_rows, dtype=np.uint8)
+            for w in written:
+                new_segments[w.segment_id] = OpenSegment(w.path, self.cache, collection_key=self.cache_key)
+            routing = build_routing(snap.trained, buckets, lam, tau)
+            if self.snapshots is not None:
+                history = self.snapshots.record_priors(
+                    applied_lsn, np.concatenate([ids, delete_ids]).astype(np.int64), priors
+                )
             with self.kv.write() as batch:
                 for j, key in enumerate(up_keys):
                     loc = L.Location(int(labels[j]), int(seg_of[j]), int(row_of[j]), applied_lsn)
@@ -172,14 +203,15 @@ class L1Applier:
                 if snap.sq8 is None and sq8 is not None:
                     batch.put(L.DB_META, L.KEY_SQ8, sq8.to_bytes())
         except BaseException:
+            if history is not None and self.snapshots is not None:
+                self.snapshots.forget_priors(history)
+            for seg in new_segments.values():
+                seg.close()
             remove_files([w.path for w in written])
             raise
         crashpoints.hit("flush.after_commit")
         segments = dict(snap.segments)
-        for w in written:
-            segments[w.segment_id] = OpenSegment(w.path, self.cache, collection_key=self.cache_key)
+        segments.update(new_segments)
         superseded = sum(1 for j, _ in old_locs if j < len(up_keys))
         live = snap.live_count + int(ids.size) - superseded - (len(old_locs) - superseded)
-        return L1Fields(
-            snap.trained, sq8, buckets, build_routing(snap.trained, buckets, lam, tau), segments, dead, live
-        )
+        return L1Fields(snap.trained, sq8, buckets, routing, segments, dead, live, int(applied_lsn))

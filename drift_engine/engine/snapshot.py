@@ -8,6 +8,17 @@ Contract:
   V) is closed and deleted only when no reader is pinned on a version older than V, so no reader ever
   sees a deleted file.
 * ``OpenSegment`` blocks are read through the shared byte-bounded cache; a block is loaded on first use.
+  ``rows_of`` finds ids in a segment (an id occurs at most once per segment) via a sorted index that is
+  built on first use and cached like a block.
+* ``Snapshot.l1_lsn`` is the ``applied_lsn`` of the L1 state the snapshot holds: every L1 version in it
+  was written at an lsn <= ``l1_lsn`` and every L1 commit after it (flush, bulk write) uses a larger one.
+* **Payload history** (MVCC for L1 payloads, which live in LMDB only): before an L1 commit that adds,
+  replaces or deletes ids (flush, bulk write), the committer records, under the commit's ``applied_lsn``,
+  each id's state just before the commit: its payload, or ``NOT_IN_L1``. A reader on snapshot S that
+  reads LMDB and *then* ``history_after(S.l1_lsn)`` learns, for every id a later commit touched, its
+  state as of S from the oldest such entry (an entry of a commit that then failed records the same,
+  still-current state, so it is harmless). Entries are dropped once the current snapshot and every
+  pinned one have an ``l1_lsn`` at or past them.
 """
 
 from __future__ import annotations
@@ -62,6 +73,23 @@ class OpenSegment:
 
         return self.cache.get_or_load((self._key, self.segment_id, kind), load)
 
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each of ``ids`` in this segment, -1 where it is not here (dead rows included)."""
+        index = self._index[BLOCK_IDS]
+
+        def load() -> tuple[tuple[np.ndarray, np.ndarray], int]:
+            block = self.reader.read_block(index)
+            order = np.argsort(block, kind="stable")
+            sorted_ids = block[order]
+            return (sorted_ids, order), int(sorted_ids.nbytes + order.nbytes)
+
+        sorted_ids, order = self.cache.get_or_load((self._key, self.segment_id, "id_order"), load)
+        ids = np.asarray(ids, dtype=np.int64)
+        if sorted_ids.size == 0 or ids.size == 0:
+            return np.full(ids.size, -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), sorted_ids.size - 1)
+        return np.where(sorted_ids[pos] == ids, order[pos], -1).astype(np.int64)
+
     def codes(self) -> np.ndarray:
         return self.block(BLOCK_CODES)
 
@@ -72,7 +100,7 @@ class OpenSegment:
         return self.block(BLOCK_VECTORS)
 
     def close(self) -> None:
-        for kind in self._index:
+        for kind in (*self._index, "id_order"):
             self.cache.invalidate((self._key, self.segment_id, kind))
         self.reader.close()
 
@@ -90,11 +118,31 @@ class Snapshot:
     dead: Mapping[int, np.ndarray]  # segment id -> uint8[n_rows], 1 = row no longer live
     live_count: int  # live rows in L1 (memtables not included)
     memtables: tuple = ()  # MemTable objects, newest (the active one) first; frozen ones follow
+    l1_lsn: int = 0  # applied_lsn of this L1 state (see the module docstring)
     # per-version memo of filter masks; init=False so dataclasses.replace gives each version a fresh dict
     filter_masks: dict = field(default_factory=dict, compare=False, init=False)  # per-snapshot memo, filter -> masks
 
     def skip_mask(self, segment_id: int) -> np.ndarray:
         return self.dead[segment_id]
+
+
+NOT_IN_L1 = object()  # payload history: the id had no L1 version before that commit
+
+
+@dataclass(frozen=True)
+class PriorState:
+    """Payload history entry: the state of ``ids`` (sorted) just before the L1 commit at ``l1_lsn``."""
+
+    l1_lsn: int
+    ids: np.ndarray
+    priors: list  # per id: payload bytes, None (no payload) or NOT_IN_L1
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(bool per id: recorded here, index into ``priors``)."""
+        if self.ids.size == 0 or ids.size == 0:
+            return np.zeros(ids.size, dtype=bool), np.zeros(ids.size, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.ids, ids), self.ids.size - 1)
+        return self.ids[pos] == ids, pos
 
 
 class SnapshotManager:
@@ -104,7 +152,9 @@ class SnapshotManager:
         self._lock = threading.Lock()
         self._current = first
         self._pins: dict[int, int] = {}
+        self._pin_l1: dict[int, int] = {}  # pinned version -> its l1_lsn
         self._retired: list[tuple[int, OpenSegment]] = []  # (version that stopped using it, segment)
+        self._history: list[PriorState] = []  # commit order
 
     @property
     def current(self) -> Snapshot:
@@ -115,6 +165,7 @@ class SnapshotManager:
         with self._lock:
             snap = self._current
             self._pins[snap.version] = self._pins.get(snap.version, 0) + 1
+            self._pin_l1[snap.version] = snap.l1_lsn
         try:
             yield snap
         finally:
@@ -124,6 +175,8 @@ class SnapshotManager:
                     self._pins[snap.version] = left
                 else:
                     del self._pins[snap.version]
+                    del self._pin_l1[snap.version]
+                    self._trim_history_locked()
                 doomed = self._collect_locked()
             self._delete(doomed)
 
@@ -137,9 +190,37 @@ class SnapshotManager:
             self._current = snap
             for seg in retired or ():
                 self._retired.append((snap.version, seg))
+            self._trim_history_locked()
             doomed = self._collect_locked()
         self._delete(doomed)
         return snap
+
+    # ------------------------------------------------------------------ payload history
+    def record_priors(self, l1_lsn: int, ids: np.ndarray, priors: list) -> PriorState:
+        """Before an L1 commit at ``l1_lsn``: the state of ``ids`` just before it (module docstring)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        order = np.argsort(ids, kind="stable")
+        entry = PriorState(int(l1_lsn), ids[order], [priors[j] for j in order.tolist()])
+        with self._lock:
+            self._history.append(entry)
+        return entry
+
+    def forget_priors(self, entry: PriorState) -> None:
+        """Drop an entry whose commit failed."""
+        with self._lock:
+            self._history = [e for e in self._history if e is not entry]
+
+    def history_after(self, l1_lsn: int) -> list[PriorState]:
+        """Entries of commits after ``l1_lsn``, oldest first. Read it after reading LMDB."""
+        with self._lock:
+            return [e for e in self._history if e.l1_lsn > l1_lsn]
+
+    def _trim_history_locked(self) -> None:
+        if not self._history:
+            return
+        floor = min([self._current.l1_lsn, *self._pin_l1.values()])
+        if self._history[0].l1_lsn <= floor:
+            self._history = [e for e in self._history if e.l1_lsn > floor]
 
     def _collect_locked(self) -> list[OpenSegment]:
         if not self._retired:

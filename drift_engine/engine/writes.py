@@ -9,6 +9,20 @@ Contract:
 * A write is acknowledged (the call returns) only after its record is durable per the durability mode
   (``sync``: fdatasync'ed). Readers may see a write slightly before it is acknowledged; an fsync
   failure stops all later writes (``WritesStoppedError``) and never acknowledges.
+* **A write that raises changed nothing.** Its in-memory effects (memtable, live count, payload index)
+  happen only once its apply succeeded. When the apply fails after the record was logged, an ``ABORT``
+  record naming its lsn is appended and fdatasynced *before* the error reaches the caller, so replay
+  skips the logged record: the write is gone now and after any later crash or reopen. The one case
+  that cannot be decided in-process is a WAL failure itself (the record or its ``ABORT`` cannot be made
+  durable): that raises ``WritesStoppedError``, writes stop, and the write's outcome is whatever the next
+  open replays. A crash while a write is in flight (no answer reached the caller) may keep or lose it.
+* **Bulk writes** (``bulk_locked``) go WAL (fdatasynced) -> L1 directly (segment files, one LMDB
+  commit, via the caller's ``apply``) -> live count and payload index -> publish. Failing anywhere
+  before the LMDB commit aborts the record as above; the commit is the point of no return.
+* **Replay** at open re-applies records after ``applied_lsn`` in two passes: the first collects the
+  lsns named by ``ABORT`` records, the second applies every other ``UPSERT`` / ``DELETE``. A record of
+  any other type, a body that does not decode, or an ``ABORT`` naming a later lsn is corruption:
+  ``CorruptionError`` naming the WAL file and offset, and the collection does not open.
 * The newest version of an id wins: the active memtable over frozen ones (newest first), memtables
   over L1. A memtable tombstone hides every older copy.
 * When the active memtable holds ``memtable_max_vectors`` operations it is frozen (still searchable)
@@ -19,10 +33,12 @@ Contract:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -31,13 +47,17 @@ from drift_engine.config import CollectionConfig, EngineSettings
 from drift_engine.engine import layout as L
 from drift_engine.engine.payload_index import PayloadIndex
 from drift_engine.engine.snapshot import SnapshotManager
-from drift_engine.errors import DuplicateIdError
+from drift_engine.errors import CorruptionError, DuplicateIdError, WritesStoppedError
 from drift_engine.memtable.hnsw import MemTable
 from drift_engine.storage.kv import KV, encode_i64
 from drift_engine.wal import records
+from drift_engine.wal.frame import WalRecord
 from drift_engine.wal.log import WriteAheadLog
 
+log = logging.getLogger(__name__)
+
 MAX_FROZEN = 4
+REPLAYED_TYPES = frozenset({records.UPSERT, records.DELETE, records.ABORT})
 
 
 def refuse_existing(ids: np.ndarray, exists: np.ndarray) -> None:
@@ -156,22 +176,57 @@ class WritePath:
         if not replace:
             refuse_existing(ids, exists)
         lsn = self.wal.append(records.UPSERT, records.encode_upsert(ids, vectors, payloads, replace))
-        self._apply_upsert(ids, vectors, payloads, lsn, exists, old_payloads)
+        try:
+            self._apply_upsert(ids, vectors, payloads, lsn, exists, old_payloads)
+        except BaseException as exc:
+            self._abort_locked(lsn, exc)
+            raise
+        self._maybe_rotate_locked()
         return lsn
 
-    def bulk_log_locked(
-        self, ids: np.ndarray, vectors: np.ndarray, payloads: list[bytes | None], *, replace: bool
+    def bulk_locked(
+        self,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        payloads: list[bytes | None],
+        *,
+        replace: bool,
+        apply: Callable[[int], Callable[[], None]],
     ) -> int:
-        """WAL-log (fsynced) a batch the caller applies to L1 directly; memtables must be empty of it."""
+        """Log a batch (fdatasynced), then ``apply(lsn)`` it to L1 directly; returns its lsn.
+
+        ``apply`` writes segments and commits LMDB and returns the function that publishes the new
+        snapshot; it must raise only if it did not commit. Memtables must hold no version of these ids.
+        """
         exists, old_payloads = self.existing(ids)
         if not replace:
             refuse_existing(ids, exists)
         lsn = self.wal.append(records.UPSERT, records.encode_upsert(ids, vectors, payloads, replace))
-        self.wal.sync(lsn, "sync")
+        try:
+            self.wal.sync(lsn, "sync")
+            publish = apply(lsn)
+        except BaseException as exc:
+            self._abort_locked(lsn, exc)
+            raise
+        # committed: from here on the write is acknowledged state
         self.last_write = time.monotonic()
         self.count += int(ids.size - np.count_nonzero(exists))
         self._update_payload_index(ids, payloads, old_payloads)
+        publish()
         return lsn
+
+    def _abort_locked(self, lsn: int, exc: BaseException) -> None:
+        """Make "record ``lsn`` never happened" durable before its write's error reaches the caller."""
+        try:
+            self.wal.sync(self.wal.append(records.ABORT, records.encode_abort(lsn)), "sync")
+        except BaseException as abort_exc:
+            raise WritesStoppedError(
+                f"a write failed ({exc!r}) after it was logged at lsn {lsn}, and its ABORT record could not "
+                f"be made durable ({abort_exc}); writes stopped: whether that write survives is decided by "
+                "the next open's replay",
+                hint="reopen the engine",
+            ) from exc
+        log.warning("write at lsn %d failed after it was logged (%r); aborted it in the WAL", lsn, exc)
 
     def _update_payload_index(
         self, ids: np.ndarray, payloads: list[bytes | None], old_payloads: list[bytes | None] | None
@@ -195,11 +250,10 @@ class WritePath:
         exists: np.ndarray,
         old_payloads: list[bytes | None] | None,
     ) -> None:
+        self._snapshots.current.memtables[0].add(ids, vectors, payloads, lsn)  # all or nothing
         self.last_write = time.monotonic()
-        self._snapshots.current.memtables[0].add(ids, vectors, payloads, lsn)
         self.count += int(ids.size - np.count_nonzero(exists))
         self._update_payload_index(ids, payloads, old_payloads)
-        self._maybe_rotate_locked()
 
     def delete_locked(self, ids: np.ndarray) -> tuple[int, int]:
         """(lsn or 0 when nothing existed, number deleted)."""
@@ -208,9 +262,16 @@ class WritePath:
         if present.size == 0:
             return 0, 0
         lsn = self.wal.append(records.DELETE, records.encode_delete(present))
-        self._apply_delete(
-            present, lsn, None if old_payloads is None else [p for p, e in zip(old_payloads, exists, strict=True) if e]
-        )
+        try:
+            self._apply_delete(
+                present,
+                lsn,
+                None if old_payloads is None else [p for p, e in zip(old_payloads, exists, strict=True) if e],
+            )
+        except BaseException as exc:
+            self._abort_locked(lsn, exc)
+            raise
+        self._maybe_rotate_locked()
         return lsn, int(present.size)
 
     def _apply_delete(self, present: np.ndarray, lsn: int, old_payloads: list[bytes | None] | None) -> None:
@@ -220,31 +281,60 @@ class WritePath:
             for ident, old in zip(present.tolist(), old_payloads, strict=True):
                 if old is not None:
                     self._payloads.remove(ident, old)
-        self._maybe_rotate_locked()
 
     def _maybe_rotate_locked(self) -> None:
+        """Rotate a full memtable. Housekeeping after an applied write: a failure is logged, never raised
+        (the write it follows happened); the next write tries again."""
         if self._snapshots.current.memtables[0].n_ops >= self._get_config().params.memtable_max_vectors:
-            self.rotate_locked()
+            try:
+                self.rotate_locked()
+            except Exception:
+                log.exception("rotating the full memtable failed; the next write retries")
 
     # ------------------------------------------------------------------ recovery
     def replay(self, applied_lsn: int) -> int:
-        """Re-apply WAL records after ``applied_lsn`` (what L1 already holds) into memtables."""
+        """Re-apply WAL records after ``applied_lsn`` (what L1 already holds) into memtables; returns how
+        many writes were re-applied (see the module docstring for aborts and refused records)."""
+        aborted: set[int] = set()
+        for rec in self.wal.records(applied_lsn):
+            if rec.type not in REPLAYED_TYPES:
+                name = records.RECORD_TYPES.get(rec.type, "unknown")
+                raise _corrupt(rec, f"record type {rec.type} ({name}) does not belong in a collection's WAL")
+            if rec.type == records.ABORT:
+                target = _decode(rec, records.decode_abort)
+                if target >= rec.lsn:
+                    raise _corrupt(rec, f"ABORT of lsn {target}, which is not an earlier record")
+                aborted.add(target)
         replayed = 0
         with self.lock:
-            for lsn, rtype, body in self.wal.replay(applied_lsn):
-                if rtype == records.UPSERT:
-                    ids, vectors, payloads, _replace = records.decode_upsert(body)
+            for rec in self.wal.records(applied_lsn):
+                if rec.type == records.ABORT or rec.lsn in aborted:
+                    continue
+                if rec.type == records.UPSERT:
+                    ids, vectors, payloads, _replace = _decode(rec, records.decode_upsert)
                     exists, old = self.existing(ids)
-                    self._apply_upsert(ids, vectors, payloads, lsn, exists, old)
-                elif rtype == records.DELETE:
-                    ids = records.decode_delete(body)
+                    self._apply_upsert(ids, vectors, payloads, rec.lsn, exists, old)
+                else:
+                    ids = _decode(rec, records.decode_delete)
                     exists, old = self.existing(ids)
                     present = ids[exists]
                     if present.size:
                         kept = None if old is None else [p for p, e in zip(old, exists, strict=True) if e]
-                        self._apply_delete(present, lsn, kept)
+                        self._apply_delete(present, rec.lsn, kept)
+                self._maybe_rotate_locked()
                 replayed += 1
         return replayed
 
     def close(self) -> None:
         self.wal.close()
+
+
+def _corrupt(rec: WalRecord, reason: str) -> CorruptionError:
+    return CorruptionError(f"{rec.path}: WAL record at offset {rec.offset} (lsn {rec.lsn}): {reason}; refusing to open")
+
+
+def _decode(rec: WalRecord, decode: Callable[[bytes], object]) -> Any:
+    try:
+        return decode(rec.body)
+    except CorruptionError as exc:
+        raise _corrupt(rec, str(exc)) from exc

@@ -3,7 +3,10 @@
 Contract:
 
 * Record type constants (the ``type`` byte of a WAL frame): ``UPSERT = 1``, ``DELETE = 2``,
-  ``CREATE = 3``, ``DROP = 4``, ``PARAMS = 5``.  CREATE / DROP / PARAMS carry a JSON object.
+  ``CREATE = 3``, ``DROP = 4``, ``PARAMS = 5``, ``ABORT = 6``.  CREATE / DROP / PARAMS carry a JSON
+  object.  ``ABORT`` names the lsn of an earlier record of the same log whose write failed after it was
+  logged (the caller got an error): replay must skip that record.  A log's reader decides which types
+  it expects; any other type is corruption.
 * Every body starts with a format version byte (``BODY_VERSION`` = 1), so a later format can be
   added without ambiguity.  All integers and floats are little-endian.
 * Encoders validate their input and raise ``InvalidArgumentError`` (nothing has been written yet).
@@ -19,6 +22,7 @@ Layouts (version 1)::
             [ids i64 * n][vectors f32 * n*d, row-major][payload lengths u32 * n; 0xFFFFFFFF = None]
             [payload bytes, concatenated]
     DELETE  [ver u8][n u32][ids i64 * n]
+    ABORT   [ver u8][aborted lsn u64]
     JSON    [ver u8][UTF-8 JSON object, compact]
 """
 
@@ -37,6 +41,7 @@ DELETE = 2
 CREATE = 3
 DROP = 4
 PARAMS = 5
+ABORT = 6
 
 RECORD_TYPES: dict[int, str] = {
     UPSERT: "UPSERT",
@@ -44,6 +49,7 @@ RECORD_TYPES: dict[int, str] = {
     CREATE: "CREATE",
     DROP: "DROP",
     PARAMS: "PARAMS",
+    ABORT: "ABORT",
 }
 
 BODY_VERSION = 1
@@ -52,6 +58,7 @@ _FLAG_REPLACE = 0x01
 _NONE_LEN = 0xFFFFFFFF
 _UPSERT_HEAD = struct.Struct("<BBII")  # version, flags, n, d
 _DELETE_HEAD = struct.Struct("<BI")  # version, n
+_ABORT = struct.Struct("<BQ")  # version, aborted lsn
 _I64 = np.dtype("<i8")
 _F32 = np.dtype("<f4")
 _U32 = np.dtype("<u4")
@@ -158,6 +165,27 @@ def decode_delete(body: bytes) -> np.ndarray:
     if len(view) != _DELETE_HEAD.size + 8 * n:
         raise CorruptionError(f"DELETE body: n={n} needs {_DELETE_HEAD.size + 8 * n} bytes, has {len(view)}")
     return np.frombuffer(view, dtype=_I64, count=n, offset=_DELETE_HEAD.size).astype(np.int64)
+
+
+# --- abort ------------------------------------------------------------------------------------
+def encode_abort(lsn: int) -> bytes:
+    """Encode an ABORT of the record at ``lsn`` (a positive lsn)."""
+    if isinstance(lsn, bool) or not isinstance(lsn, int) or not 0 < lsn < 1 << 64:
+        raise InvalidArgumentError(f"encode_abort: lsn must be a positive int, got {lsn!r}")
+    return _ABORT.pack(BODY_VERSION, lsn)
+
+
+def decode_abort(body: bytes) -> int:
+    """Inverse of ``encode_abort``: the aborted lsn."""
+    view = memoryview(body).cast("B")
+    if len(view) != _ABORT.size:
+        raise CorruptionError(f"ABORT body: {len(view)} bytes, expected {_ABORT.size}")
+    version, lsn = _ABORT.unpack_from(view, 0)
+    if version != BODY_VERSION:
+        raise CorruptionError(f"ABORT body: unknown format version {version}")
+    if lsn == 0:
+        raise CorruptionError("ABORT body: lsn 0")
+    return int(lsn)
 
 
 # --- CREATE / DROP / PARAMS -------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pytest import MonkeyPatch
 
 from drift_engine.errors import EngineClosedError, InvalidArgumentError, WritesStoppedError
 from drift_engine.wal.log import HEADER_SIZE, WriteAheadLog, file_name
+from tests.unit.threadcheck import ThreadGroup
 
 REAL_FDATASYNC = os.fdatasync
 
@@ -184,11 +185,10 @@ def test_group_commit_shares_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                 errors.append(f"lsn {lsn} returned before durable (synced {w.synced_lsn})")
             got.append(lsn)
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(n_threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    group = ThreadGroup()
+    for k in range(n_threads):
+        group.start(worker, k)
+    group.join()  # all ran to the end, none raised
     assert errors == []
     total = n_threads * per_thread
     assert sorted(got) == list(range(1, total + 1))
@@ -262,18 +262,16 @@ def test_fsync_failure_fails_every_waiter(tmp_path: Path, monkeypatch: pytest.Mo
         except WritesStoppedError:
             results.append("stopped")
 
-    leader = threading.Thread(target=writer, args=(b"leader",))
-    leader.start()
+    group = ThreadGroup()
+    group.start(writer, b"leader")
     assert in_fsync.wait(5)
-    followers = [threading.Thread(target=writer, args=(b"f%d" % i,)) for i in range(4)]
-    for t in followers:
-        t.start()
+    for i in range(4):
+        group.start(writer, b"f%d" % i)
     deadline = time.monotonic() + 5
     while w.last_lsn < 5 and time.monotonic() < deadline:
         time.sleep(0.005)
     release.set()
-    for t in [leader, *followers]:
-        t.join(5)
+    group.join()
     assert results == ["stopped"] * 5
     w.close()
 

@@ -10,6 +10,7 @@ import pytest
 
 from drift_engine import Engine
 from drift_engine.errors import DuplicateIdError, InvalidParameterError
+from tests.unit.threadcheck import ThreadGroup
 
 
 @pytest.fixture
@@ -153,30 +154,32 @@ def test_readers_see_each_live_vector_exactly_once_during_flushes(tmp_path, rng)
         col = eng.create_collection("c", 8, memtable_max_vectors=40, auto_train_threshold=0)
         col.upsert(np.arange(n), rng.standard_normal((n, 8)))
         stop = threading.Event()
-        errors: list[str] = []
+        searches = [0]
 
         def reader() -> None:
             q = np.zeros(8, dtype=np.float32)
             while not stop.is_set():
                 res = col.search(q, k=n + 50)
                 ids = res.ids.tolist()
-                if len(ids) != len(set(ids)):
-                    errors.append(f"duplicate ids: {len(ids) - len(set(ids))}")
-                if len(ids) != n:
-                    errors.append(f"saw {len(ids)} of {n} live vectors")
+                assert len(ids) == len(set(ids)), f"duplicate ids: {len(ids) - len(set(ids))}"
+                assert len(ids) == n, f"saw {len(ids)} of {n} live vectors"
+                searches[0] += 1
 
-        threads = [threading.Thread(target=reader) for _ in range(2)]
-        for t in threads:
-            t.start()
+        group = ThreadGroup()
+        for _ in range(2):
+            group.start(reader)
         writer_rng = np.random.default_rng(9)
-        for _ in range(30):
-            ids = writer_rng.choice(n, 20, replace=False)
-            col.upsert(ids, writer_rng.standard_normal((20, 8)))  # replace: the count never changes
-        col.flush()
-        stop.set()
-        for t in threads:
-            t.join()
-        assert not errors, errors[:5]
+        try:
+            for _ in range(30):
+                ids = writer_rng.choice(n, 20, replace=False)
+                col.upsert(ids, writer_rng.standard_normal((20, 8)))  # replace: the count never changes
+            col.flush()
+            while searches[0] < 2:  # the readers really ran against the writes (not only after them)
+                col.upsert(ids, writer_rng.standard_normal((20, 8)))
+        finally:
+            stop.set()
+            group.join()
+        assert searches[0] >= 2
 
 
 def test_no_reader_sees_a_deleted_file_during_train(tmp_path, rng):
@@ -185,26 +188,22 @@ def test_no_reader_sees_a_deleted_file_during_train(tmp_path, rng):
         base = rng.standard_normal((3000, 8)).astype(np.float32)
         col.upsert(np.arange(3000), base)
         stop = threading.Event()
-        errors: list[BaseException] = []
         counts: list[int] = []
 
         def reader() -> None:
-            try:
-                while not stop.is_set():
-                    counts.append(len(col.search(base[0], k=5, nprobe=64)))
-                    col.get([1, 2, 3])
-            except BaseException as exc:
-                errors.append(exc)
+            while not stop.is_set():
+                counts.append(len(col.search(base[0], k=5, nprobe=64)))
+                assert col.get([1, 2, 3]).ids.tolist() == [1, 2, 3]
 
-        threads = [threading.Thread(target=reader) for _ in range(2)]
-        for t in threads:
-            t.start()
-        for k in (4, 8, 16, 4):
-            col.train(n_buckets=k)
-        stop.set()
-        for t in threads:
-            t.join()
-        assert not errors, errors[:3]
+        group = ThreadGroup()
+        for _ in range(2):
+            group.start(reader)
+        try:
+            for k in (4, 8, 16, 4):
+                col.train(n_buckets=k)
+        finally:
+            stop.set()
+            group.join()
         assert counts and all(c == 5 for c in counts)
         seg_dir = tmp_path / "d" / "collections" / "c" / "segments"
         assert len(list(seg_dir.iterdir())) == 1

@@ -26,7 +26,7 @@ class ThreadGroup:
         def run() -> None:
             try:
                 fn(*args)
-            except BaseException as exc:  # noqa: BLE001 - reported by join()
+            except BaseException as exc:  # reported by join()
                 with self._lock:
                     self.errors.append((name, exc))
             else:
