@@ -5,7 +5,7 @@ startup error, with a one-line ``error: ...`` on stderr):
 
 * ``serve --data DIR [--listen unix:PATH | HOST:PORT] [--token-file F] [--tls-cert C --tls-key K] ...``
   (a TCP listen needs ``--token-file``, or ``--insecure-no-token`` on loopback):
-  run the gRPC server (and the ZeroMQ fast path beside a Unix socket) until SIGTERM / SIGINT; logs are
+  run the gRPC server (and the fast path for searches beside it) until SIGTERM / SIGINT; logs are
   JSON lines on stderr (``--log-format text`` for people).
 * ``status [--address A | --data DIR] [--token-file F]``: the server's Health as JSON.
 * ``stats [--address A | --data DIR] [--token-file F] [COLLECTION ...]``: per-collection stats as JSON.
@@ -79,7 +79,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             tls_key=_read_secret(args.tls_key, "TLS key"),
             limits=limits,
             threads=args.threads,
-            fast_path=not args.no_fast_path,
+            fast_path="off" if args.no_fast_path else args.fast_path,
+            fast_port=args.fast_port,
             fast_workers=args.fast_workers,
             cursor_idle_s=args.cursor_idle,
             max_cursors=args.max_cursors,
@@ -164,8 +165,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-k", type=int, default=MAX_K, help="cap on k (default %(default)s)")
     s.add_argument("--max-dim", type=int, default=MAX_DIM, help="cap on a collection's dimension (default %(default)s)")
     s.add_argument("--threads", type=int, default=max(16, 4 * (os.cpu_count() or 1)), help="engine worker threads")
-    s.add_argument("--no-fast-path", action="store_true", help="do not open the ZeroMQ ipc fast path")
-    s.add_argument("--fast-workers", type=int, default=4, help="fast-path worker threads (default %(default)s)")
+    s.add_argument(
+        "--fast-path",
+        choices=("direct", "zmq", "off"),
+        default="direct",
+        help="the query path beside gRPC: direct sockets (default; beside a Unix socket or a loopback TCP "
+        "listener), ZeroMQ ipc (Unix sockets only), or none",
+    )
+    s.add_argument("--no-fast-path", action="store_true", help="same as --fast-path off")
+    s.add_argument(
+        "--fast-port", type=int, default=0, help="TCP port of the direct fast path beside a TCP listener (0: any free)"
+    )
+    s.add_argument("--fast-workers", type=int, default=4, help="ZeroMQ fast-path worker threads (default %(default)s)")
     s.add_argument(
         "--cursor-idle", type=float, default=60.0, help="seconds an unread fast-path stream cursor is kept (default 60)"
     )

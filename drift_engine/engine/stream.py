@@ -25,43 +25,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from drift_engine.config import MAX_K
 from drift_engine.errors import InvalidArgumentError, InvalidParameterError
+from drift_engine.results import StreamBatch, StreamHit
 
 DEFAULT_BATCH = 10
 MAX_BATCH_ROWS = 10_000
 _MAX_NPROBE = 1_000_000
 _MAX_EF = 100_000
-
-
-class StreamHit(NamedTuple):
-    """One row of a streaming search."""
-
-    id: int
-    distance: float
-    payload: dict | None = None
-
-
-@dataclass
-class StreamBatch:
-    ids: np.ndarray
-    distances: np.ndarray
-    payloads: list[dict | None] | None
-    round: int
-    skipped: int
-    done: bool
-    end_reason: str = ""
-
-    def hits(self) -> list[StreamHit]:
-        payloads = self.payloads if self.payloads is not None else [None] * len(self.ids)
-        return [
-            StreamHit(i, d, p) for i, d, p in zip(self.ids.tolist(), self.distances.tolist(), payloads, strict=True)
-        ]
 
 
 def finite_or_none(value: float | None, what: str) -> float | None:

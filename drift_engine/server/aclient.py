@@ -23,12 +23,11 @@ from typing import Any
 import grpc
 import numpy as np
 
-from drift_engine.engine.results import GetResult, SearchResult
+from drift_engine.results import GetResult, SearchResult, StreamBatch, StreamHit
 from drift_engine.server import convert as cv
 from drift_engine.server import drift_pb2 as pb
 from drift_engine.server import wire
 from drift_engine.server.drift_pb2_grpc import DriftServiceStub
-from drift_engine.server.stream import StreamBatch, StreamHit
 
 _DEFAULT: Any = object()
 

@@ -21,10 +21,11 @@ Contract:
   child opens its own. Calls have a deadline: ``timeout`` seconds (default 30) for data calls,
   ``admin_timeout`` (default none) for train / flush / maintain / create / drop, ``stream_timeout``
   (default none) for a whole stream.
-* When the server advertises a ZeroMQ fast path (a Unix-socket server on this host) and ``fast_path`` is
-  true, ``search``, ``get`` and ``search_stream`` use it (same messages, same errors); everything else is
-  gRPC. ``cancel_check`` (called every 50 ms while waiting on the fast path or a unary gRPC call) may
-  raise to abandon a call (e.g. PostgreSQL's query cancel).
+* When the server advertises a fast path reachable from here (``fast+unix:`` on this host and ours to open,
+  ``fast+tcp:``, or ZeroMQ's ``ipc://``) and ``fast_path`` is true, ``search``, ``get`` and
+  ``search_stream`` use it (same messages, same errors, the same token); everything else is gRPC.
+  ``cancel_check`` (called every 50 ms while waiting on the fast path or a unary gRPC call) may raise to
+  abandon a call (e.g. PostgreSQL's query cancel).
 * ``search_stream`` is lazy: nothing is asked of the server before the first row is wanted; over the fast
   path each further batch is fetched only when the previous one is used up. ``close()`` (or leaving a
   ``with`` block) cancels the server's work.
@@ -43,14 +44,14 @@ from typing import Any
 import grpc
 import numpy as np
 
-from drift_engine.engine.results import GetResult, SearchResult
 from drift_engine.errors import DriftError
+from drift_engine.results import GetResult, SearchResult, StreamBatch, StreamHit
 from drift_engine.server import convert as cv
 from drift_engine.server import drift_pb2 as pb
 from drift_engine.server import wire
+from drift_engine.server.directclient import DirectClient
 from drift_engine.server.drift_pb2_grpc import DriftServiceStub
 from drift_engine.server.fastclient import SLICE_S, FastPathClient
-from drift_engine.server.stream import StreamBatch, StreamHit
 
 _DEFAULT: Any = object()
 
@@ -136,18 +137,23 @@ class Client:
     def stream(self, method: str, request: Any) -> Any:
         return getattr(self.stub, method)(request, timeout=self.stream_timeout, metadata=self._metadata)
 
-    def fast(self) -> FastPathClient | None:
+    def fast(self) -> FastPathClient | DirectClient | None:
         """The fast-path client when the server offers one reachable from here, else None (asked once)."""
         if self._fast is None:
             health = self.health()
             address = health["fast_path"]
-            path = address[len("ipc://") :] if address.startswith("ipc://") else ""
-            if path and os.access(path, os.R_OK | os.W_OK):  # on this host, and ours to connect to
+            limit = health["max_message_bytes"]
+            self._fast = False
+            if address.startswith(("fast+unix:", "ipc://")):
+                path = address.split(":", 1)[1].removeprefix("//")
+                if not os.access(path, os.R_OK | os.W_OK):  # not on this host, or not ours to connect to
+                    return None
+            if address.startswith("ipc://"):
                 self._fast = FastPathClient(
-                    address, self._token, max_message_bytes=health["max_message_bytes"], cancel_check=self.cancel_check
+                    address, self._token, max_message_bytes=limit, cancel_check=self.cancel_check
                 )
-            else:
-                self._fast = False
+            elif address.startswith(("fast+unix:", "fast+tcp:")):
+                self._fast = DirectClient(address, self._token, max_message_bytes=limit, cancel_check=self.cancel_check)
         return self._fast or None
 
     # ------------------------------------------------------------------ Engine's methods

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from drift_engine.engine.results import GetResult, SearchResult
 from drift_engine.errors import (
     DriftError,
     InvalidFilterError,
@@ -30,6 +29,7 @@ from drift_engine.errors import (
     InvalidVectorError,
     error_class,
 )
+from drift_engine.results import GetResult, SearchResult
 from drift_engine.server import drift_pb2 as pb
 
 F32 = np.dtype("<f4")

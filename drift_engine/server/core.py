@@ -10,7 +10,7 @@ Contract:
 * ``health`` reports the fast path's state (``fast_state``, from ``FastPathServer.state``): while it is
   ``"down"`` the status is ``DEGRADED`` and the fast path is not advertised, so clients use gRPC.
 * The server talks to the engine only through ``Engine`` / ``Collection``'s public methods, plus
-  ``scan.live_ids`` for ``Scan`` (see there).
+  ``scan.scan_batches`` for ``Scan`` (one pinned snapshot, see there).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from drift_engine.config import MAX_BATCH, MAX_DIM, MAX_K
 from drift_engine.errors import InvalidArgumentError, InvalidParameterError, InvalidPayloadError, RequestTooLargeError
 from drift_engine.server import convert as cv
 from drift_engine.server import drift_pb2 as pb
-from drift_engine.server.scan import live_ids
+from drift_engine.server.scan import scan_batches
 from drift_engine.server.stream import DEFAULT_BATCH, MAX_BATCH_ROWS, SearchStreamer
 
 DEFAULT_SCAN_BATCH = 1000
@@ -243,11 +243,7 @@ class ServiceCore:
 
     @staticmethod
     def _scan_batches(col: Any, size: int, skip_vectors: bool, skip_payloads: bool) -> Iterator[pb.GetResponse]:
-        ids = live_ids(col)
-        for start in range(0, ids.size, size):
-            got = col.get(ids[start : start + size])
-            if len(got):
-                yield cv.get_response(got, skip_vectors=skip_vectors, skip_payloads=skip_payloads)
+        return scan_batches(col, size, skip_vectors, skip_payloads)  # one pinned snapshot end to end
 
     # ------------------------------------------------------------------ index, params, stats
     def train(self, req: pb.TrainRequest) -> pb.JsonResponse:

@@ -15,8 +15,9 @@ Contract:
 * The token, when the server has one, is checked on every request in constant time. A TCP listener needs
   a token unless ``allow_no_token`` (then it must be loopback) — the runner enforces the same rules as for
   gRPC.
-* Stream cursors belong to the connection that opened them: at most ``max_cursors`` per connection (opening
-  one more drops that connection's least recently used one), all dropped when it closes. A plain search
+* Stream cursors live in a ``CursorTable`` (``server/stream.py``; the runner shares one between fast paths)
+  with the connection as the client: its per-client and server-wide caps evict least recently used idle
+  cursors instead of refusing, and a connection's cursors are all dropped when it closes. A plain search
   never takes a cursor, so one client with many streams cannot starve anyone else.
 * Draining (``core.draining``): requests are answered ``UNAVAILABLE``. ``stop(grace)`` waits up to ``grace``
   seconds for requests being served, then closes the listener and every connection and removes the socket
@@ -33,7 +34,6 @@ import socket
 import struct
 import threading
 import time
-from collections import OrderedDict
 from typing import Any
 
 from drift_engine.errors import (
@@ -46,6 +46,7 @@ from drift_engine.server import convert as cv
 from drift_engine.server import drift_pb2 as pb
 from drift_engine.server.core import ServiceCore
 from drift_engine.server.service import check_token, parse_request
+from drift_engine.server.stream import CursorTable
 
 log = logging.getLogger("drift_engine.server.direct")
 HEADER = struct.Struct("<I")
@@ -92,12 +93,12 @@ def send_frame(sock: socket.socket, body: bytes) -> None:
 
 
 class _Connection:
-    """One client connection: its socket and its own stream cursors (least recently used first)."""
+    """One client connection: its socket and its key in the cursor table."""
 
     def __init__(self, sock: socket.socket, peer: str) -> None:
         self.sock = sock
         self.peer = peer
-        self.cursors: OrderedDict[int, Any] = OrderedDict()
+        self.key = secrets.token_bytes(12)
 
 
 class DirectServer:
@@ -109,7 +110,7 @@ class DirectServer:
         token: bytes | None,
         allow_no_token: bool = False,
         max_connections: int = 256,
-        max_cursors: int = 64,
+        cursors: CursorTable | None = None,
         idle_s: float = 600.0,
     ) -> None:
         self.family, self.bind_to = parse_address(address)
@@ -122,7 +123,9 @@ class DirectServer:
         self.address = address
         self._token = token
         self._max_connections = max_connections
-        self._max_cursors = max(1, max_cursors)
+        if cursors is None:  # (an empty table is falsy: it has a length)
+            cursors = CursorTable(on_count=lambda d: core.counters.add("active_streams", d))
+        self.cursors = cursors
         self._idle = idle_s
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
@@ -242,10 +245,7 @@ class DirectServer:
         finally:
             with self._lock:
                 self._connections.discard(conn)
-                dropped = len(conn.cursors)
-                conn.cursors.clear()
-            if dropped:
-                self.core.counters.add("active_streams", -dropped)
+            self.cursors.drop_client(conn.key)
             with contextlib.suppress(OSError):
                 sock.close()
 
@@ -274,9 +274,9 @@ class DirectServer:
             if call == "stream_open":
                 return pb.FastReply(batch=self._open(conn, req.stream_open)), False
             if call == "stream_next":
-                return pb.FastReply(batch=self._next(conn, req.stream_next.cursor)), False
+                return pb.FastReply(batch=self._next(req.stream_next.cursor)), False
             if call == "stream_close":
-                self._drop(conn, req.stream_close.cursor)
+                self.cursors.drop(req.stream_close.cursor)
                 return pb.FastReply(closed=pb.StreamCursor(cursor=req.stream_close.cursor)), False
             raise InvalidArgumentError("fast path request names no call")
         except DriftError as err:
@@ -295,46 +295,25 @@ class DirectServer:
                 self._busy -= 1
             counters.add("inflight", -1)
 
-    def _drop(self, conn: _Connection, cursor_id: int) -> None:
-        with self._lock:
-            gone = conn.cursors.pop(cursor_id, None) is not None
-        if gone:
-            self.core.counters.add("active_streams", -1)
+    def state(self) -> str:
+        """``"ok"`` while accepting connections, else ``"down"``."""
+        return "ok" if self.serving else "down"
 
     def _open(self, conn: _Connection, request: pb.SearchStreamRequest) -> pb.SearchStreamBatch:
         streamer = self.core.open_stream(request)
         batch = self.core.stream_batch(streamer)
-        if batch.done:
-            return batch
-        cursor_id = secrets.randbits(63) or 1
-        with self._lock:
-            evicted = None
-            if len(conn.cursors) >= self._max_cursors:
-                evicted, _ = conn.cursors.popitem(last=False)  # this connection's least recently used
-            conn.cursors[cursor_id] = streamer
-        if evicted is None:
-            self.core.counters.add("active_streams", 1)
-        else:
-            log.info("stream cursor evicted", extra={"cursor": evicted, "peer": conn.peer})
-        batch.cursor = cursor_id
+        if not batch.done:
+            batch.cursor = self.cursors.add(conn.key, streamer)
         return batch
 
-    def _next(self, conn: _Connection, cursor_id: int) -> pb.SearchStreamBatch:
-        with self._lock:
-            streamer = conn.cursors.get(cursor_id)
-            if streamer is not None:
-                conn.cursors.move_to_end(cursor_id)
-        if streamer is None:
-            raise InvalidArgumentError(
-                f"unknown, expired or evicted stream cursor {cursor_id}", hint="open the stream again"
-            )
+    def _next(self, cursor_id: int) -> pb.SearchStreamBatch:
+        streamer = self.cursors.acquire(cursor_id)
+        done = True
         try:
             batch = self.core.stream_batch(streamer)
-        except BaseException:
-            self._drop(conn, cursor_id)
-            raise
-        if batch.done:
-            self._drop(conn, cursor_id)
-        else:
+            done = batch.done
+        finally:
+            self.cursors.release(cursor_id, done=done)
+        if not done:
             batch.cursor = cursor_id
         return batch

@@ -64,9 +64,7 @@ class DirectClient:
                 sock.connect(self.target)
             except OSError as exc:
                 sock.close()
-                raise EngineUnavailableError(
-                    f"cannot connect to the fast path {self.address}: {exc}", hint="is the engine server running?"
-                ) from None
+                raise EngineUnavailableError(f"cannot connect to the fast path {self.address}: {exc}") from None
             if self.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(None)
@@ -102,7 +100,7 @@ class DirectClient:
                 raise ConnectionError("the server closed the connection")
         except OSError as exc:
             self._discard()
-            raise EngineUnavailableError(f"fast path {self.address}: {exc}", hint="retry; is the server up?") from None
+            raise EngineUnavailableError(f"fast path {self.address}: {exc}") from None
         except BaseException:
             self._discard()
             raise

@@ -10,8 +10,12 @@ Contract:
   unless TLS and a token are both configured, whatever that flag says.
   A stale socket file (nobody accepting) is replaced; one a live server
   accepts on is refused. TCP ports are bound without ``SO_REUSEPORT``.
-* With a Unix socket, the ZeroMQ fast path listens on ``ipc://<socket>.fast`` (same permissions) unless
-  disabled; Health advertises it.
+* The fast path for Search / SearchStream batches / Get (``fast_path``): ``"direct"`` (default,
+  ``server/direct.py``: one stream socket per client connection) listens on ``fast+unix:<socket>.fast``
+  beside a Unix socket (same permissions) and on ``fast+tcp:<host>:<fast_port>`` beside a loopback TCP
+  listener (``fast_port`` 0: a free port; the same token rule as gRPC); beyond loopback there is no fast
+  path (it has no TLS), so remote clients use gRPC with TLS. ``"zmq"`` is the ZeroMQ path
+  (``ipc://<socket>.fast``, Unix sockets only); ``"off"`` none. Health advertises the address.
 * Modes: the data directory is private to the server's user. ``serve`` runs under a 0077 umask (restored
   when it returns), so every directory it creates is 0700 and every file 0600 (collections, WAL, segments,
   LMDB, lock), and first tightens what already exists there (``restrict_data_dir``); the sockets are then
@@ -106,7 +110,8 @@ class ServeOptions:
     limits: ServerLimits = field(default_factory=ServerLimits)
     threads: int = 16
     admin_threads: int = 2
-    fast_path: bool = True
+    fast_path: str = "direct"  # "direct" | "zmq" | "off"
+    fast_port: int = 0  # the direct fast path's TCP port beside a loopback TCP listener (0: any free port)
     fast_workers: int = 4
     cursor_idle_s: float = 60.0
     max_cursors: int = 1024
@@ -115,6 +120,25 @@ class ServeOptions:
     grace: float = 10.0
     insecure_no_token: bool = False  # allow TCP without a token (loopback only; the CLI's --insecure-no-token)
     engine_settings: dict[str, Any] = field(default_factory=dict)
+
+
+FAST_PATHS = ("direct", "zmq", "off")
+
+
+def fast_address(listen: Listen, opts: ServeOptions) -> str:
+    """The fast path's address for this listener, or "" when it has none (see the module docstring)."""
+    if opts.fast_path not in FAST_PATHS:
+        raise ServerStartupError(f"fast path {opts.fast_path!r}: use one of {', '.join(FAST_PATHS)}")
+    if listen.kind == "unix":
+        if opts.fast_path == "direct":
+            return f"fast+unix:{listen.path}{FAST_SUFFIX}"
+        return f"ipc://{listen.path}{FAST_SUFFIX}" if opts.fast_path == "zmq" else ""
+    if opts.fast_path == "direct" and listen.loopback:
+        if not 0 <= opts.fast_port < 65536:
+            raise ServerStartupError(f"--fast-port {opts.fast_port}: out of range")
+        host = f"[{listen.host}]" if ":" in listen.host else listen.host
+        return f"fast+tcp:{host}:{opts.fast_port}"
+    return ""
 
 
 def check_security(listen: Listen, opts: ServeOptions) -> None:
@@ -183,6 +207,35 @@ def claim_unix_path(path: str) -> None:
     raise ServerStartupError(f"{path} is in use by another server")
 
 
+def _start_fast_path(core: ServiceCore, address: str, opts: ServeOptions) -> Any:
+    """Start the fast path of ``address`` (direct or ZeroMQ); returns it (``address``, ``state``, ``stop``)."""
+    if address.startswith("ipc://"):
+        from drift_engine.server.fastpath import FastPathServer
+
+        fast: Any = FastPathServer(
+            core,
+            address,
+            token=opts.token,
+            workers=opts.fast_workers,
+            max_cursors=opts.max_cursors,
+            max_cursors_per_client=opts.max_cursors_per_client,
+            cursor_idle_s=opts.cursor_idle_s,
+        )
+    else:
+        from drift_engine.server.direct import DirectServer
+        from drift_engine.server.stream import CursorTable
+
+        cursors = CursorTable(
+            max_total=opts.max_cursors,
+            max_per_client=opts.max_cursors_per_client,
+            idle_s=opts.cursor_idle_s,
+            on_count=lambda delta: core.counters.add("active_streams", delta),
+        )
+        fast = DirectServer(core, address, token=opts.token, allow_no_token=opts.insecure_no_token, cursors=cursors)
+    fast.start()
+    return fast
+
+
 def _grpc_options(limits: ServerLimits) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", limits.max_message_bytes),
@@ -226,11 +279,11 @@ async def _serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-    fast_address = f"ipc://{listen.path}{FAST_SUFFIX}" if opts.fast_path and listen.kind == "unix" else ""
+    fast_addr = fast_address(listen, opts)
     engine = await asyncio.to_thread(engine_cls.open, opts.data, **opts.engine_settings)
     pool = ThreadPoolExecutor(opts.threads, thread_name_prefix="drift-rpc")
     admin_pool = ThreadPoolExecutor(opts.admin_threads, thread_name_prefix="drift-admin")
-    core = ServiceCore(engine, opts.limits, version=version, fast_path=fast_address)
+    core = ServiceCore(engine, opts.limits, version=version, fast_path=fast_addr)
     server = grpc.aio.server(options=_grpc_options(opts.limits))
     fast = None
     bound: list[str] = []
@@ -241,7 +294,7 @@ async def _serve(
         try:
             if listen.kind == "unix":
                 claim_unix_path(listen.path)
-                if fast_address:
+                if fast_addr:
                     claim_unix_path(listen.path + FAST_SUFFIX)
             port = _add_port(server, listen, opts)
             if listen.kind == "unix":
@@ -249,25 +302,15 @@ async def _serve(
             await server.start()
             if listen.kind == "unix":
                 os.chmod(listen.path, 0o660)
-            if fast_address:
-                from drift_engine.server.fastpath import FastPathServer
-
-                fast = FastPathServer(
-                    core,
-                    fast_address,
-                    token=opts.token,
-                    workers=opts.fast_workers,
-                    max_cursors=opts.max_cursors,
-                    max_cursors_per_client=opts.max_cursors_per_client,
-                    cursor_idle_s=opts.cursor_idle_s,
-                )
-                fast.start()
+            if fast_addr:
+                fast = _start_fast_path(core, fast_addr, opts)
+                core.fast_path = fast.address  # a TCP port 0 is now the port it got
                 core.fast_state = fast.state
         finally:
             os.umask(old_umask)
         info = {
             "listen": dataclasses.replace(listen, port=port).grpc_target,
-            "fast_path": fast_address,
+            "fast_path": core.fast_path,
             "data": os.path.abspath(opts.data),
             "pid": os.getpid(),
             "tls": bool(opts.tls_cert),

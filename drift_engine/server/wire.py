@@ -33,9 +33,9 @@ from drift_engine.errors import (
     RequestTooLargeError,
     error_class,
 )
+from drift_engine.results import StreamBatch
 from drift_engine.server import convert as cv
 from drift_engine.server import drift_pb2 as pb
-from drift_engine.server.stream import StreamBatch
 
 ERROR_HINT_BIN_KEY = cv.ERROR_HINT_KEY + "-bin"
 _TRANSPORT_ERRORS: dict[str, type[DriftError]] = {

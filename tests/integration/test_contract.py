@@ -15,7 +15,7 @@ import pytest
 
 from drift_engine import Engine
 from drift_engine import errors as E
-from drift_engine.engine.results import GetResult, SearchResult
+from drift_engine.results import GetResult, SearchResult
 from drift_engine.server.stream import search_stream
 
 _ids = itertools.count()

@@ -13,11 +13,17 @@ import numpy as np
 import pytest
 
 from drift_engine.api import Engine
-from drift_engine.errors import AuthenticationError, EngineUnavailableError, InvalidArgumentError
+from drift_engine.errors import (
+    AuthenticationError,
+    DeadlineExceededError,
+    EngineUnavailableError,
+    InvalidArgumentError,
+)
 from drift_engine.server import drift_pb2 as pb
 from drift_engine.server.core import ServerLimits, ServiceCore
 from drift_engine.server.direct import DirectServer
 from drift_engine.server.directclient import DirectClient
+from drift_engine.server.stream import CursorTable
 
 DIM, N = 8, 500
 TOKEN = "s3cret"
@@ -36,7 +42,8 @@ def core(tmp_path: Path) -> Iterator[ServiceCore]:
 
 @pytest.fixture
 def unix_server(core: ServiceCore, tmp_path: Path) -> Iterator[DirectServer]:
-    srv = DirectServer(core, f"fast+unix:{tmp_path / 'fast.sock'}", token=None, max_cursors=4)
+    cursors = CursorTable(max_total=64, max_per_client=4)
+    srv = DirectServer(core, f"fast+unix:{tmp_path / 'fast.sock'}", token=None, cursors=cursors)
     srv.start()
     try:
         yield srv
@@ -111,7 +118,7 @@ def test_malformed_frames_get_an_error_and_never_stop_the_server(unix_server: Di
 def test_cursors_are_capped_per_connection_and_a_plain_search_never_needs_one(unix_server: DirectServer) -> None:
     client = DirectClient(unix_server.address, None)
     opened = []
-    for i in range(20):  # max_cursors is 4: older ones are evicted, nothing is refused
+    for i in range(20):  # 4 per client: older ones are evicted, nothing is refused
         req = pb.FastRequest(
             stream_open=pb.SearchStreamRequest(
                 collection="c", query=np.full(DIM, i / 20, dtype=np.float32).tobytes(), batch_size=2
@@ -120,7 +127,8 @@ def test_cursors_are_capped_per_connection_and_a_plain_search_never_needs_one(un
         batch = client.call(req, 5).batch
         assert not batch.done and batch.cursor
         opened.append(batch.cursor)
-    with pytest.raises(InvalidArgumentError, match="evicted"):
+    assert unix_server.cursors.count(b"") == 0 and len(unix_server.cursors) == 4
+    with pytest.raises(InvalidArgumentError, match="unknown or expired"):
         client.call(pb.FastRequest(stream_next=pb.StreamCursor(cursor=opened[0])), 5)
     nxt = client.call(pb.FastRequest(stream_next=pb.StreamCursor(cursor=opened[-1])), 5).batch
     assert len(nxt.ids) == 2
@@ -164,3 +172,27 @@ def test_stop_closes_connections_and_removes_the_socket(core: ServiceCore, tmp_p
     assert not path.exists() and not srv.serving
     with pytest.raises(EngineUnavailableError):
         client.call(_search(np.zeros(DIM)), 5)
+
+
+def test_deadline_and_cancel_check_against_a_silent_server(tmp_path: Path) -> None:
+    path = tmp_path / "silent.sock"
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # accepts, reads, never answers
+    silent.bind(str(path))
+    silent.listen(4)
+    try:
+        client = DirectClient(f"fast+unix:{path}", None)
+        request = pb.FastRequest(get=pb.GetRequest(collection="x", ids=[1]))
+        with pytest.raises(DeadlineExceededError, match="no reply"):
+            client.call(request, 0.2)
+
+        class Interrupted(Exception):
+            pass
+
+        def cancel() -> None:
+            raise Interrupted
+
+        client.cancel_check = cancel
+        with pytest.raises(Interrupted):
+            client.call(request, None)
+    finally:
+        silent.close()

@@ -23,7 +23,7 @@ def srv(tmp_path_factory):
     server = start_server(
         tmp_path_factory.mktemp("hostile") / "data",
         "--max-message-bytes", "65536", "--fast-workers", str(WORKERS),
-        "--max-cursors", "64", "--max-cursors-per-client", "8",
+        "--max-cursors", "64", "--max-cursors-per-client", "8", "--fast-path", "zmq",
         token=TOKEN,
     )  # fmt: skip
     try:

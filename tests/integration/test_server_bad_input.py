@@ -24,7 +24,7 @@ CAPS = ("--max-message-bytes", "65536", "--max-batch", "500", "--max-k", "100", 
 
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory):
-    srv = start_server(tmp_path_factory.mktemp("strict") / "data", *CAPS, token=TOKEN)
+    srv = start_server(tmp_path_factory.mktemp("strict") / "data", *CAPS, "--fast-path", "zmq", token=TOKEN)
     with srv.client() as c:
         col = c.create_collection("items", DIM)
         col.upsert(np.arange(50), np.random.default_rng(0).standard_normal((50, DIM)), payloads=[{"a": 1}] * 50)

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from drift_engine import errors as E
+from drift_engine.server import drift_pb2 as pb
 from drift_engine.server.client import Client
+from drift_engine.server.directclient import DirectClient
 from tests.integration.harness import REPO, serve_cmd, start_server
 
 
@@ -143,8 +145,8 @@ def test_tcp_rules(tmp_path):
         address = _wait_serving(srv)
         assert address.startswith("127.0.0.1:")
         with Client(address) as c:
-            assert c.health()["fast_path"] == ""  # no ipc fast path without a Unix socket
-            assert c.fast() is None
+            assert c.health()["fast_path"].startswith("fast+tcp:127.0.0.1:")  # the direct path beside TCP
+            assert c.fast() is not None
     finally:
         assert srv.stop() == 0
     srv = start_server(tmp_path / "t", "--listen", "127.0.0.1:0", token="tcp-tok", wait=False)
@@ -152,8 +154,14 @@ def test_tcp_rules(tmp_path):
         address = _wait_serving(srv)
         with Client(address, token="tcp-tok") as c:
             assert c.health()["status"] == "SERVING"
+            col = c.create_collection("t", 2)
+            col.upsert([1, 2], [[0.0, 0.0], [1.0, 1.0]])
+            assert c.fast() is not None and col.search([0.9, 0.9], k=1).ids.tolist() == [2]  # over fast+tcp
         with Client(address) as c, pytest.raises(E.AuthenticationError):
             c.health()
+        fast = DirectClient(Client(address, token="tcp-tok").health()["fast_path"], None)
+        with pytest.raises(E.AuthenticationError):  # the fast path wants the token too
+            fast.call(pb.FastRequest(get=pb.GetRequest(collection="t", ids=[1])), 10)
     finally:
         assert srv.stop() == 0
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from drift_engine import errors as E
+from drift_engine.results import StreamHit
 from drift_engine.server import drift_pb2 as pb
 from drift_engine.server.aclient import AsyncClient
-from drift_engine.server.stream import StreamHit
 from tests.integration.harness import start_server
 
 DIM = 16
@@ -91,7 +91,7 @@ def test_writes_reads_and_index(loaded):
 def test_health_and_raw_stub(server):
     with server.client(fast_path=False) as c:
         health = c.health()
-        assert health["status"] == "SERVING" and health["fast_path"].startswith("ipc://")
+        assert health["status"] == "SERVING" and health["fast_path"].startswith("fast+unix:")
         assert health["max_k"] == 10_000 and health["pid"] == server.proc.pid
         resp = c.stub.ListCollections(pb.ListCollectionsRequest())
         assert isinstance(resp.names, object)

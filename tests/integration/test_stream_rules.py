@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from drift_engine.engine.results import SearchResult
 from drift_engine.errors import InvalidArgumentError
+from drift_engine.results import SearchResult
 from drift_engine.server.stream import SearchStreamer
 
 

@@ -101,8 +101,9 @@ class EngineServer:
             return
         gid = pwd.getpwnam(PG_OS_USER).pw_gid
         paths = [self.socket]
-        if fast_path.startswith("ipc://"):
-            paths.append(fast_path[len("ipc://") :])
+        for prefix in ("ipc://", "fast+unix:"):
+            if fast_path.startswith(prefix):
+                paths.append(fast_path[len(prefix) :])
         for path in paths:
             os.chown(path, -1, gid)
 
