@@ -176,7 +176,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--fast-port", type=int, default=0, help="TCP port of the direct fast path beside a TCP listener (0: any free)"
     )
-    s.add_argument("--fast-workers", type=int, default=4, help="ZeroMQ fast-path worker threads (default %(default)s)")
+    s.add_argument(
+        "--fast-workers", type=int, default=4, help="fast-path requests served at once (default %(default)s)"
+    )
     s.add_argument(
         "--cursor-idle", type=float, default=60.0, help="seconds an unread fast-path stream cursor is kept (default 60)"
     )

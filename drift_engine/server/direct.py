@@ -5,8 +5,10 @@ Contract:
 * Listens on a Unix socket (``fast+unix:PATH``, mode 0660 like the gRPC socket) or on TCP
   (``fast+tcp:HOST:PORT``). Every accepted connection is served by its own thread, which reads a request,
   calls the shared ``ServiceCore`` and writes the reply on the same thread: no proxy and no thread hop, so
-  a round trip costs about what the socket costs. The schema, limits, validation and error mapping are the
-  gRPC service's (errors travel as ``ErrorStatus``).
+  a round trip costs about what the socket costs. At most ``workers`` requests are served at once (the
+  other connections' threads wait on a semaphore, not on the GIL: many busy clients then do not thrash
+  it). The schema, limits, validation and error mapping are the gRPC service's (errors travel as
+  ``ErrorStatus``).
 * A frame is a little-endian u32 length and then that many bytes. A request longer than the server's
   ``max_message_bytes``, or one that does not parse as a ``FastRequest``, gets an error reply and the
   connection is closed (a stream cannot be resynchronised after a bad length); a worker thread never dies
@@ -112,6 +114,7 @@ class DirectServer:
         max_connections: int = 256,
         cursors: CursorTable | None = None,
         idle_s: float = 600.0,
+        workers: int = 4,
     ) -> None:
         self.family, self.bind_to = parse_address(address)
         if self.family != socket.AF_UNIX and token is None and not allow_no_token:
@@ -127,6 +130,7 @@ class DirectServer:
             cursors = CursorTable(on_count=lambda d: core.counters.add("active_streams", d))
         self.cursors = cursors
         self._idle = idle_s
+        self._workers = threading.BoundedSemaphore(max(1, workers))
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
         self._busy = 0
@@ -236,7 +240,8 @@ class DirectServer:
                     return
                 if body is None:
                     return
-                reply, close = self.dispatch(conn, body)
+                with self._workers:  # at most ``workers`` requests run at once; the others wait here, off the GIL
+                    reply, close = self.dispatch(conn, body)
                 send_frame(sock, reply.SerializeToString())
                 if close:
                     return

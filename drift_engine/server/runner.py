@@ -231,7 +231,14 @@ def _start_fast_path(core: ServiceCore, address: str, opts: ServeOptions) -> Any
             idle_s=opts.cursor_idle_s,
             on_count=lambda delta: core.counters.add("active_streams", delta),
         )
-        fast = DirectServer(core, address, token=opts.token, allow_no_token=opts.insecure_no_token, cursors=cursors)
+        fast = DirectServer(
+            core,
+            address,
+            token=opts.token,
+            allow_no_token=opts.insecure_no_token,
+            cursors=cursors,
+            workers=opts.fast_workers,
+        )
     fast.start()
     return fast
 
