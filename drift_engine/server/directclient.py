@@ -25,6 +25,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from google.protobuf.message import DecodeError
+
 from drift_engine.errors import DeadlineExceededError, EngineUnavailableError, RequestTooLargeError
 from drift_engine.server import convert as cv
 from drift_engine.server import drift_pb2 as pb
@@ -90,7 +92,11 @@ class DirectClient:
             )
         sock = self._socket()
         try:
-            sock.sendall(HEADER.pack(len(body)) + body)
+            try:
+                sock.sendall(HEADER.pack(len(body)) + body)
+            except OSError:
+                self._raise_parting_error(sock)  # a server that refused us may have said why before closing
+                raise
             self._wait(sock, timeout)
             header = recv_exact(sock, HEADER.size)
             if header is None:
@@ -110,6 +116,26 @@ class DirectClient:
             err = reply.error
             raise cv.make_error(err.code, err.error_class, err.message, err.hint)
         return reply
+
+    def _raise_parting_error(self, sock: socket.socket) -> None:
+        """Raise the error reply a closing server left in the socket (e.g. "too many connections"), if any."""
+        try:
+            sock.settimeout(0.5)
+            header = recv_exact(sock, HEADER.size)
+            raw = recv_exact(sock, HEADER.unpack(header)[0]) if header else None
+        except (OSError, ValueError):
+            return
+        if not raw:
+            return
+        reply = pb.FastReply()
+        try:
+            reply.ParseFromString(raw)
+        except (DecodeError, RuntimeError, ValueError):  # not a reply: fall back to the transport error
+            return
+        if reply.WhichOneof("result") == "error":
+            self._discard()
+            err = reply.error
+            raise cv.make_error(err.code, err.error_class, err.message, err.hint)
 
     def _wait(self, sock: socket.socket, timeout: float | None) -> None:
         """Return once the reply's first byte is readable; raise on timeout or when ``cancel_check`` raises."""
