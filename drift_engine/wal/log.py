@@ -109,7 +109,7 @@ class WriteAheadLog:
         self._stop = threading.Event()
         self._batch_thread: threading.Thread | None = None
 
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._files, next_lsn = recover(self._dir, self._max_record)
         cur = self._files[-1]
         self._last_lsn = next_lsn - 1

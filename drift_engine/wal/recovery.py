@@ -52,7 +52,7 @@ def create_file(directory: Path, first_lsn: int, *, replace: bool = False) -> Wa
     path = str(directory / file_name(first_lsn))
     salt = secrets.randbits(32)
     flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if replace else os.O_EXCL)
-    fd = os.open(path, flags, 0o644)
+    fd = os.open(path, flags, 0o600)  # private, whatever the umask (the data directory is 0700)
     try:
         pwrite_all(fd, make_header(salt, first_lsn), 0)
         fdatasync(fd)
