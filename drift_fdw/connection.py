@@ -12,8 +12,9 @@ Contract:
   does that when the error reaches it) and raises ``QueryCancelled``. While a call waits, it also probes the
   server's Unix socket at most once per ``PROBE_EVERY_S`` and gives up early when nobody listens.
 * ``problem(exc, address)`` turns any exception from the engine or from conversion into a
-  ``SqlProblem(message, hint, sqlstate)`` with a useful hint; ``engine_call(address)`` is the context
-  manager that does it (and forgets the client on transport failures).
+  ``SqlProblem(message, hint, sqlstate)`` with a useful hint (an exception that carries PostgreSQL's own
+  SQLSTATE, such as ``plpy.SPIError``, keeps it); ``engine_call(address)`` is the context manager that
+  does it (and forgets the client on transport failures). Only an exception nobody expected is XX000.
 * ``COUNTERS`` counts this backend's engine traffic (kNN queries and the rows they pulled, streams,
   lookups, scans, writes); the SQL function ``drift.backend_stats()`` shows it.
 * Nothing here imports numba, hnswlib or LMDB.
@@ -31,6 +32,7 @@ from typing import Any
 
 from drift_engine import errors as de
 from drift_engine.errors import DriftError
+from drift_fdw import errcodes
 
 PROBE_EVERY_S = 1.0
 COUNTERS: dict[str, int] = {
@@ -210,6 +212,15 @@ def problem(exc: BaseException, address: str = "") -> SqlProblem:
     message = getattr(exc, "message", None)
     if message is not None and hasattr(exc, "hint"):  # ConfigError, ValueProblem
         return SqlProblem(str(message), exc.hint, getattr(exc, "sqlstate", None) or "22023")
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str) and len(sqlstate) == 5:  # plpy.SPIError: a statement PostgreSQL refused
+        text = str(exc)
+        if sqlstate == "XX000":  # the FDW's own error, caught before PostgreSQL reported it (see errcodes)
+            sqlstate = errcodes.claim(text) or "XX000"
+        if sqlstate != "XX000":
+            return SqlProblem(
+                text if text.startswith("drift:") else f"drift: {text}", getattr(exc, "hint", None), sqlstate
+            )
     return SqlProblem(
         f"drift: unexpected {type(exc).__name__}: {exc}",
         "this is a bug in drift_fdw; the server log of PostgreSQL has no more detail",

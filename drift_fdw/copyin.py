@@ -26,6 +26,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from drift_fdw import connection as conn
 from drift_fdw import fdw
 
 _copying: dict[int, Any] = {}  # relid -> DriftFDW instance taking COPY rows
@@ -63,7 +64,7 @@ def trigger(TD: dict[str, Any]) -> str | None:
     except Exception as exc:
         if getattr(exc, "_is_multicorn_exception", False):
             extra = {"hint": exc.hint} if getattr(exc, "hint", None) else {}
-            _plpy().error(exc.message, **extra)
+            _plpy().error(exc.message, sqlstate=getattr(exc, "sqlstate", None) or "XX000", **extra)
         raise
     return "SKIP"
 
@@ -71,7 +72,12 @@ def trigger(TD: dict[str, Any]) -> str | None:
 def _instance(TD: dict[str, Any]) -> Any:
     table = f"{_quote(TD['table_schema'])}.{_quote(TD['table_name'])}"
     fdw.LAST_PLANNED = None
-    _plpy().execute(f"SELECT 1 FROM ONLY {table} LIMIT 0")
+    try:
+        _plpy().execute(f"SELECT 1 FROM ONLY {table} LIMIT 0")
+    except _plpy().SPIError as exc:  # e.g. a bad table definition: the FDW's error, with its SQLSTATE
+        p = conn.problem(exc)
+        extra = {"hint": p.hint} if p.hint else {}
+        _plpy().error(p.message, sqlstate=p.sqlstate, **extra)
     inst = fdw.LAST_PLANNED
     if inst is None:
         _plpy().error(

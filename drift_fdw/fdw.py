@@ -20,8 +20,9 @@ Contract (what PostgreSQL sees):
   inserted earlier in the transaction apply to it.
 * ``explain`` lists what was pushed down and what PostgreSQL filters itself; ``import_schema`` creates a
   foreign table per collection (``connection``-level options ``sample`` and ``vector``).
-* Every failure reaches PostgreSQL as ``log_to_postgres(ERROR)`` with a hint; nothing raised here
-  escapes as a Python traceback, and the backend keeps serving.
+* Every failure reaches PostgreSQL as an ERROR with a hint and the SQLSTATE ``connection.problem`` gives
+  it, the same as the ``drift.*`` functions' (``errcodes``: Multicorn itself reports every error as
+  XX000); nothing raised here escapes as a Python traceback, and the backend keeps serving.
 """
 
 from __future__ import annotations
@@ -29,19 +30,19 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from multicorn import ForeignDataWrapper, SortKey, TableDefinition
-from multicorn.utils import ERROR, log_to_postgres
 
 from drift_engine.errors import CollectionNotFoundError, DriftError
+from drift_fdw import batching, errcodes, explain_guard, overlay
 from drift_fdw import connection as conn
-from drift_fdw import explain_guard, overlay
 from drift_fdw.knn import knn_hits
 from drift_fdw.options import ConfigError, TableSpec
 from drift_fdw.quals import ScanPlan, plan_scan
 from drift_fdw.rows import (
+    NULL_VALUE,
     ValueProblem,
     array_literal,
     parse_int,
@@ -58,10 +59,9 @@ SCAN_BATCH = 1000
 LAST_PLANNED: Any = None  # the instance PostgreSQL planned a scan of most recently (see copyin)
 
 
-def _fail(exc: BaseException, address: str = "") -> None:
-    """Report ``exc`` as an ERROR (raises the exception Multicorn turns into ereport)."""
-    p = conn.problem(exc, address)
-    log_to_postgres(p.message, ERROR, hint=p.hint)
+def _fail(exc: BaseException, address: str = "") -> NoReturn:
+    """Report ``exc`` as an ERROR with its SQLSTATE (raises the exception Multicorn turns into ereport)."""
+    errcodes.fail(conn.problem(exc, address))
 
 
 class DriftFDW(ForeignDataWrapper):
@@ -74,7 +74,6 @@ class DriftFDW(ForeignDataWrapper):
         except ConfigError as exc:
             _fail(exc)
         self._info: tuple[float, int, str] | None = None  # (described at, dim, metric)
-        self._limits: tuple[float, int, int] | None = None  # (asked at, max_batch, max_message_bytes)
         self._writes = WriteBuffer()
         self._streams: set[Any] = set()
         self.inserting = False  # between PostgreSQL's INSERT set-up (modify_batch_size) and end_modify
@@ -212,23 +211,27 @@ class DriftFDW(ForeignDataWrapper):
         limit: int | None = None,
         offset: int | None = None,
     ) -> Iterator[dict[str, Any]]:
+        if limit == 0:  # nothing to read (drift.enable_copy's triggers plan such a scan to find this instance)
+            return iter(())
         address = self.spec.address
         try:
             with conn.engine_call(address):
                 col = self._col_fresh()
-                plan = plan_scan(quals, self.spec, col.dim)
+                plan = plan_scan(quals, self.spec, col.dim, executing=True)
         except conn.SqlProblem as exc:
-            log_to_postgres(exc.message, ERROR, hint=exc.hint)
+            errcodes.fail(exc)
         query_col = self.spec.roles.get("query")
         if plan.query_echo is None and query_col in columns and set(columns) != set(self.spec.columns):
-            log_to_postgres(  # e.g. query IN (a, b) or query = a OR query = b: Multicorn does not pass those on
-                f"drift: {query_col} only works as  {query_col} = <one vector>  (IN lists and OR of vectors are "
-                "not pushed down, and drift cannot answer them)",
-                ERROR,
-                hint="run one kNN per query vector, e.g. SELECT ... FROM unnest(...) q, LATERAL (SELECT ... "
-                "WHERE query = q ORDER BY distance LIMIT n) s",
+            errcodes.fail(  # e.g. query IN (a, b) or query = a OR query = b: Multicorn does not pass those on
+                conn.SqlProblem(
+                    f"drift: {query_col} only works as  {query_col} = <one vector>  (IN lists and OR of vectors "
+                    "are not pushed down, and drift cannot answer them)",
+                    hint="run one kNN per query vector, e.g. SELECT ... FROM unnest(...) q, LATERAL (SELECT ... "
+                    "WHERE query = q ORDER BY distance LIMIT n) s",
+                    sqlstate="0A000",  # feature_not_supported
+                )
             )
-        if plan.mode == "empty" or limit == 0:
+        if plan.mode == "empty":
             return iter(())
         rows = self._rows(col, plan, set(columns), bool(sortkeys))
         if limit is not None or offset is not None:
@@ -289,8 +292,11 @@ class DriftFDW(ForeignDataWrapper):
             yield self._row(columns, hit.id, hit.distance, hit.vector, hit.payload, plan)
 
     def _lookup(self, col: Any, plan: ScanPlan, columns: set[str], sort: bool) -> Iterator[dict[str, Any]]:
-        with conn.engine_call(self.spec.address):
-            got = col.get(plan.ids) if plan.ids else None
+        address = self.spec.address
+        with conn.engine_call(address):
+            got = None
+            if plan.ids:  # any number of ids: split into calls the server takes
+                got = batching.get_many(col, plan.ids, batching.rows_per_call(self._client(), address, col.dim))
         conn.COUNTERS["lookups"] += 1
         rows = overlay.lookup_rows(plan.ids or [], got, self._writes)
         if not rows:
@@ -359,7 +365,9 @@ class DriftFDW(ForeignDataWrapper):
             raise ConfigError("drift: the foreign table has no embedding column", hint="add  embedding real[]")
         raw = values.get(emb.name)
         if raw is None:
-            raise ValueProblem(f"drift: id {ident} has no {emb.name}", hint="every row needs its vector")
+            raise ValueProblem(
+                f"drift: id {ident} has no {emb.name}", hint="every row needs its vector", sqlstate=NULL_VALUE
+            )
         vec = parse_vector(raw, emb, self._dim)
         if self._info is not None and self._info[2] == "cosine" and not np.any(vec):
             raise ValueProblem(f"drift: id {ident} has a zero vector, which has no direction (cosine metric)")
@@ -379,7 +387,7 @@ class DriftFDW(ForeignDataWrapper):
     def _id_of(self, values: dict[str, Any]) -> int:
         name = self.rowid_column
         if values.get(name) is None:
-            raise ValueProblem(f"drift: {name} must not be NULL", hint="every row needs an id")
+            raise ValueProblem(f"drift: {name} must not be NULL", hint="every row needs an id", sqlstate=NULL_VALUE)
         return parse_int(values[name], name)
 
     def _modify(self, fn: Any) -> Any:
@@ -389,7 +397,7 @@ class DriftFDW(ForeignDataWrapper):
                 return fn()
         except conn.SqlProblem as exc:
             self._info = None
-            log_to_postgres(exc.message, ERROR, hint=exc.hint)
+            errcodes.fail(exc)
 
     def _returned(self, values: dict[str, Any], ident: int, vec: np.ndarray) -> dict[str, Any]:
         """The row as written, for RETURNING (values in a form PostgreSQL's input functions take)."""
@@ -456,15 +464,11 @@ class DriftFDW(ForeignDataWrapper):
         except conn.SqlProblem as exc:
             self._writes.clear()
             self._info = None
-            log_to_postgres(exc.message, ERROR, hint=exc.hint)
+            errcodes.fail(exc)
 
     def _apply(self) -> None:
         col = self._col_fresh()
-        if self._limits is None or time.monotonic() - self._limits[0] > INFO_TTL_S:
-            health = self._client().health()
-            self._limits = (time.monotonic(), int(health["max_batch"]), int(health["max_message_bytes"]))
-        per_row = 8 + 4 * col.dim + 256
-        max_rows = max(1, min(self._limits[1], self._limits[2] * 3 // 4 // per_row))
+        max_rows = batching.rows_per_call(self._client(), self.spec.address, col.dim)
         batches = list(self._writes.batches(max_rows))
         durability = self.spec.durability
         for done, batch in enumerate(batches):
@@ -523,7 +527,7 @@ class DriftFDW(ForeignDataWrapper):
             with conn.engine_call(address):
                 return import_tables(srv_options, options, restriction_type, restricts)
         except conn.SqlProblem as exc:
-            log_to_postgres(exc.message, ERROR, hint=exc.hint)
+            errcodes.fail(exc)
         return []
 
 

@@ -13,7 +13,10 @@ Contract of ``plan_scan(quals, spec, dim)``:
   (two different values for one field match nothing). Everything else (other operators, IN lists,
   floats, jsonb, NULL tests) stays with PostgreSQL, which re-checks every qual anyway.
 * Values arrive as text or as Python values (see ``rows``); malformed ones raise ``ValueProblem``.
-  During EXPLAIN, parameters have no value yet (``None``): the plan then only describes itself.
+  During planning and EXPLAIN, parameters have no value yet (``None``): the plan then only describes
+  itself. With ``executing=True`` (the scan itself) a NULL query or knob is an error (22004): ``query IS
+  NULL``, ``query = $1`` or ``k = $1`` with a NULL parameter would otherwise return nothing, or the defaults,
+  without saying why.
 """
 
 from __future__ import annotations
@@ -25,7 +28,15 @@ from typing import Any
 import numpy as np
 
 from drift_fdw.options import KNOB_ROLES, TableSpec
-from drift_fdw.rows import ValueProblem, echo_vector, filter_value, parse_float, parse_int, parse_vector
+from drift_fdw.rows import (
+    NULL_VALUE,
+    ValueProblem,
+    echo_vector,
+    filter_value,
+    parse_float,
+    parse_int,
+    parse_vector,
+)
 
 _LIMITS = {"k": (1, 10_000), "nprobe": (1, 1_000_000), "ef": (1, 100_000), "rerank": (1, 1_000)}
 
@@ -75,8 +86,11 @@ def describe(qual: Any) -> str:
     return f"{qual.field_name} {op} {shown}"
 
 
-def plan_scan(quals: list[Any], spec: TableSpec, dim: int | None, *, vectors: bool = True) -> ScanPlan:
-    """The plan for these quals; ``vectors=False`` (planning, EXPLAIN) skips parsing the query vector."""
+def plan_scan(
+    quals: list[Any], spec: TableSpec, dim: int | None, *, vectors: bool = True, executing: bool = False
+) -> ScanPlan:
+    """The plan for these quals; ``vectors=False`` (planning) skips parsing the query vector; ``executing``
+    refuses NULL query and knob values (see the module docstring)."""
     plan = ScanPlan()
     for qual in quals:
         col = spec.columns.get(qual.field_name)
@@ -88,13 +102,13 @@ def plan_scan(quals: list[Any], spec: TableSpec, dim: int | None, *, vectors: bo
         value = qual.value
         role = col.role
         if role == "query":
-            _query(plan, qual, op, list_op, col, dim, vectors)
+            _query(plan, qual, op, list_op, col, dim, vectors, executing)
         elif role == "distance":
             _distance(plan, qual, op, list_op)
         elif role == "id":
             _ids(plan, qual, op, is_any, list_op)
         elif role in KNOB_ROLES:
-            _knob(plan, qual, op, list_op, role)
+            _knob(plan, qual, op, list_op, role, executing)
         elif role == "field" and op == "=" and not list_op and value is not None:
             ok, fval = filter_value(value, col)
             if not ok:
@@ -114,12 +128,20 @@ def plan_scan(quals: list[Any], spec: TableSpec, dim: int | None, *, vectors: bo
     return plan
 
 
-def _query(plan: ScanPlan, qual: Any, op: str, list_op: bool, col: Any, dim: int | None, parse: bool) -> None:
+def _query(
+    plan: ScanPlan, qual: Any, op: str, list_op: bool, col: Any, dim: int | None, parse: bool, executing: bool
+) -> None:
     if op != "=" or list_op:
         raise ValueProblem(
             f"drift: {qual.field_name} only takes  {qual.field_name} = <vector>", hint="the query column is an input"
         )
-    if qual.value is None:  # a parameter during EXPLAIN, or NULL (matches nothing)
+    if qual.value is None and executing:  # query IS NULL, or a NULL parameter
+        raise ValueProblem(
+            f"drift: {qual.field_name} is NULL; a kNN search needs a query vector",
+            hint=f"write  {qual.field_name} = '{{0.1,0.2,...}}'  with a non-NULL vector",
+            sqlstate=NULL_VALUE,
+        )
+    if qual.value is None:  # a parameter while planning or during EXPLAIN
         plan.query_echo = plan.query_echo or "$param"
         plan.pushed.append("kNN stream: query = <parameter>")
         return
@@ -166,11 +188,18 @@ def _ids(plan: ScanPlan, qual: Any, op: str, is_any: bool, list_op: bool) -> Non
     plan.pushed.append(f"point lookup: {len(plan.ids)} id(s)")
 
 
-def _knob(plan: ScanPlan, qual: Any, op: str, list_op: bool, role: str) -> None:
+def _knob(plan: ScanPlan, qual: Any, op: str, list_op: bool, role: str, executing: bool) -> None:
     if op != "=" or list_op:
         raise ValueProblem(
             f"drift: {qual.field_name} is a per-query setting and only takes  {qual.field_name} = <integer>",
             hint=f"e.g.  AND {qual.field_name} = 10",
+        )
+    if qual.value is None and executing:  # k IS NULL, or a NULL parameter
+        low, high = _LIMITS[role]
+        raise ValueProblem(
+            f"drift: {qual.field_name} must not be NULL",
+            hint=f"give an integer from {low} to {high}, or leave the condition out for the default",
+            sqlstate=NULL_VALUE,
         )
     if qual.value is None:
         plan.pushed.append(f"{role} = <parameter>")

@@ -6,7 +6,9 @@ Contract:
   (``bigint`` -> ``'42'``, ``boolean`` -> ``'t'``, ``jsonb`` -> ``'{"a": 1}'``, ``real[]`` ->
   ``['0.5', '0.25']``, ``vector`` -> ``'[0.5,0.25]'``), some natively (``integer`` -> int, ``numeric``
   -> float, ``text`` -> str, ``date``/``timestamp`` -> datetime). Every function here accepts both forms
-  and raises ``ValueProblem`` (message + hint) for anything malformed: never a bare ``ValueError``.
+  and raises ``ValueProblem`` (message + hint + SQLSTATE) for anything malformed: never a bare
+  ``ValueError``. SQLSTATEs: ``22P02`` for text that does not parse, ``22004`` for a NULL where a value is
+  needed, ``22023`` for a value out of range (wrong dimension, NaN / Infinity, ...).
 * Vectors come out as C-contiguous float32 1-d arrays, finite, of the expected dimension.
 * Output: every value is returned in a form PostgreSQL's input function for the column accepts: ints,
   floats (``repr``: round-trips exactly), ``'t'``/``'f'``, JSON text, and array literals (``'{1,2}'``;
@@ -27,18 +29,23 @@ from drift_fdw.options import ColumnSpec
 
 
 class ValueProblem(Exception):
-    """A value drift cannot convert (message + hint)."""
+    """A value drift cannot convert (message + hint + SQLSTATE)."""
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, sqlstate: str = "22023") -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.sqlstate = sqlstate
+
+
+BAD_TEXT = "22P02"  # invalid_text_representation
+NULL_VALUE = "22004"  # null_value_not_allowed
 
 
 # ------------------------------------------------------------------------------------------ input
 def parse_int(value: Any, what: str) -> int:
     if isinstance(value, bool):
-        raise ValueProblem(f"drift: {what} must be an integer, got {value!r}")
+        raise ValueProblem(f"drift: {what} must be an integer, got {value!r}", sqlstate=BAD_TEXT)
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
@@ -46,14 +53,14 @@ def parse_int(value: Any, what: str) -> int:
     try:
         return int(str(value).strip())
     except ValueError:
-        raise ValueProblem(f"drift: {what} must be an integer, got {value!r}") from None
+        raise ValueProblem(f"drift: {what} must be an integer, got {value!r}", sqlstate=BAD_TEXT) from None
 
 
 def parse_float(value: Any, what: str) -> float:
     try:
         out = float(value)
     except (TypeError, ValueError):
-        raise ValueProblem(f"drift: {what} must be a number, got {value!r}") from None
+        raise ValueProblem(f"drift: {what} must be a number, got {value!r}", sqlstate=BAD_TEXT) from None
     if math.isnan(out):
         raise ValueProblem(f"drift: {what} must not be NaN")
     return out
@@ -67,7 +74,7 @@ def parse_bool(value: Any, what: str) -> bool:
         return True
     if v in ("f", "false", "off", "no", "0", "n"):
         return False
-    raise ValueProblem(f"drift: {what} must be a boolean, got {value!r}")
+    raise ValueProblem(f"drift: {what} must be a boolean, got {value!r}", sqlstate=BAD_TEXT)
 
 
 def vector_items(value: Any, col: ColumnSpec) -> list[Any]:
@@ -82,6 +89,7 @@ def vector_items(value: Any, col: ColumnSpec) -> list[Any]:
     raise ValueProblem(
         f"drift: column {col.name!r} got a malformed vector {str(value)[:60]!r}",
         hint="write vectors as '{0.1,0.2,...}' (real[]) or '[0.1,0.2,...]' (vector)",
+        sqlstate=BAD_TEXT,
     )
 
 
@@ -89,13 +97,14 @@ def parse_vector(value: Any, col: ColumnSpec, dim: int | None) -> np.ndarray:
     """float32[dim] from a vector value; refuses NULL elements, NaN/Inf, nesting and a wrong length."""
     items = vector_items(value, col)
     if any(v is None for v in items):
-        raise ValueProblem(f"drift: the vector in column {col.name!r} has a NULL element")
+        raise ValueProblem(f"drift: the vector in column {col.name!r} has a NULL element", sqlstate=NULL_VALUE)
     try:
         arr = np.array([float(v) for v in items], dtype=np.float32)
     except (TypeError, ValueError):
         raise ValueProblem(
             f"drift: the vector in column {col.name!r} has an element that is not a number",
             hint="a vector is a flat list of numbers, e.g. '{0.1,0.2}'",
+            sqlstate=BAD_TEXT,
         ) from None
     if arr.size == 0:
         raise ValueProblem(f"drift: the vector in column {col.name!r} is empty")
@@ -139,7 +148,7 @@ def payload_value(value: Any, col: ColumnSpec) -> Any:
             try:
                 return json.loads(value)
             except ValueError:
-                raise ValueProblem(f"drift: {what} is not valid JSON: {value[:60]!r}") from None
+                raise ValueProblem(f"drift: {what} is not valid JSON: {value[:60]!r}", sqlstate=BAD_TEXT) from None
         return value
     if kind == "array":
         items = value if isinstance(value, list | tuple) else _array_items(value, what)
@@ -157,7 +166,7 @@ def _array_items(value: Any, what: str) -> list[Any]:
     if s.startswith("{") and s.endswith("}") and '"' not in s:
         body = s[1:-1]
         return [None if v.strip() == "NULL" else v.strip() for v in body.split(",")] if body else []
-    raise ValueProblem(f"drift: {what} has an array value drift cannot read: {s[:60]!r}")
+    raise ValueProblem(f"drift: {what} has an array value drift cannot read: {s[:60]!r}", sqlstate=BAD_TEXT)
 
 
 # ------------------------------------------------------------------------------------------ output

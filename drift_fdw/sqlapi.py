@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from drift_engine.errors import CollectionNotFoundError, DimensionMismatchError
+from drift_fdw import batching
 from drift_fdw import connection as conn
 from drift_fdw.options import ColumnSpec
-from drift_fdw.rows import parse_vector
+from drift_fdw.rows import NULL_VALUE, parse_vector
 
 WRAPPER = "drift_fdw.DriftFDW"
 WRAPPERS = (WRAPPER, "drift_fdw.fdw.DriftFDW")
@@ -82,6 +83,11 @@ def _query(sql: str, types: list[str], values: list[Any]) -> list[Any]:
     return list(plpy.execute(plan, values))
 
 
+def _spi_error() -> type[BaseException]:
+    """PL/Python's ``plpy.SPIError`` (a catalog query failed; PL/Python rolled its subtransaction back)."""
+    return getattr(_plpy(), "SPIError", ())  # type: ignore[return-value]
+
+
 def _options(raw: list[str] | None) -> dict[str, str]:
     out = {}
     for item in raw or []:
@@ -116,6 +122,7 @@ def _server_target(collection: str, row: dict[str, Any]) -> Target:
         raise _Fail(
             f"drift: foreign server {row['srvname']!r} is not a drift server",
             hint=f"its wrapper option must be '{WRAPPER}'",
+            sqlstate="42809",  # wrong_object_type
         )
     token_rows = _query(_TOKEN_SQL, ["oid"], [row["srvid"]])
     token = _options(token_rows[0]["umoptions"]).get("token") if token_rows else None
@@ -141,14 +148,29 @@ def _table_target(row: dict[str, Any]) -> Target:
 def resolve(target: str | None = None, server: str | None = None, table: str | None = None) -> Target:
     """The collection and engine a call means (see the module docstring)."""
     if table is not None:
-        rows = _query(_TABLE_SQL, ["text"], [table])
+        try:
+            rows = _query(_TABLE_SQL, ["text"], [table])
+        except _spi_error():  # e.g. the OID of a dropped table: its regclass text is a bare number
+            raise _Fail(
+                f"drift: relation {table} does not exist",
+                hint="pass an existing drift foreign table (it may have been dropped), or a collection name and "
+                "server => '...'",
+                sqlstate="42P01",  # undefined_table
+            ) from None
         if not rows:
-            raise _Fail(f"drift: {table} is not a foreign table", hint="pass a drift foreign table, or a collection")
+            raise _Fail(
+                f"drift: {table} is not a foreign table",
+                hint="pass a drift foreign table, or a collection name and server => '...'",
+                sqlstate="42809",  # wrong_object_type
+            )
         return _table_target(rows[0])
     if not target:
         raise _Fail("drift: no collection named", hint="pass a collection name or a foreign table")
     if server is None:
-        rows = _query(_TABLE_BY_NAME_SQL, ["text"], [target])
+        try:
+            rows = _query(_TABLE_BY_NAME_SQL, ["text"], [target])
+        except _spi_error():  # not a relation name at all (a.b.c.d, an unterminated quote): a collection name
+            rows = []
         if rows and _is_drift(rows[0]["srvoptions"]):
             return _table_target(rows[0])
     return resolve_server(server, target)
@@ -248,9 +270,13 @@ def search(
         t = resolve(target, server, table)
     with _errors(t.address):
         if query is None:
-            raise _Fail("drift: the query vector is NULL", hint="pass a real[] such as '{0.1,0.2}'")
+            raise _Fail(
+                "drift: the query vector is NULL", hint="pass a real[] such as '{0.1,0.2}'", sqlstate=NULL_VALUE
+            )
         if k is None:
-            raise _Fail("drift: k must not be NULL", hint="k is the number of rows wanted, 1 to 10000")
+            raise _Fail(
+                "drift: k must not be NULL", hint="k is the number of rows wanted, 1 to 10000", sqlstate=NULL_VALUE
+            )
         if not 1 <= k <= 10_000:
             raise _Fail(f"drift: k = {k} is out of range [1, 10000]")
         flt = _filter(filter)
@@ -281,10 +307,12 @@ def get(
     with _errors():
         t = resolve(target, server, table)
     with _errors(t.address):
-        clean = [int(i) for i in ids or [] if i is not None]
+        clean = batching.unique(ids or [])
         if not clean:
             return []
-        got = _with_collection(t, lambda col: col.get(clean))
+        got = _with_collection(
+            t, lambda col: batching.get_many(col, clean, batching.rows_per_call(_client(t), t.address, col.dim))
+        )
         conn.COUNTERS["lookups"] += 1
         return [
             (i, v.tolist(), None if p is None else json.dumps(p))

@@ -188,7 +188,7 @@ from drift_fdw import sqlapi
 return sqlapi.get(collection, ids, server)
 $$;
 COMMENT ON FUNCTION drift.get(text, bigint[], text) IS
-'Point lookup: the vectors and payloads of the ids that exist, in the order asked (absent ids are left out).';
+'Point lookup: the vectors and payloads of the ids that exist, each once, in the order first asked (absent ids are left out); any number of ids (split into calls the engine takes).';
 
 CREATE FUNCTION drift.get(tbl regclass, ids bigint[])
 RETURNS TABLE(id bigint, embedding real[], payload jsonb) LANGUAGE plpython3u AS $$

@@ -34,13 +34,17 @@ def errtable(drift_sql, fdw_server, engine_server):
         client.drop_collection(name)
 
 
-def _fails(conn, statement: str, message: str, hint: str | None = None, params: tuple = ()) -> None:
+def _fails(
+    conn, statement: str, message: str, hint: str | None = None, params: tuple = (), sqlstate: str | None = None
+) -> None:
     with pytest.raises(psycopg.Error) as err:
         conn.execute(statement, params)
     diag = err.value.diag
     assert message in (diag.message_primary or ""), diag.message_primary
     if hint is not None:
         assert hint in (diag.message_hint or ""), diag.message_hint
+    if sqlstate is not None:
+        assert diag.sqlstate == sqlstate, (diag.sqlstate, diag.message_primary)
     assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
@@ -134,8 +138,9 @@ def test_engine_stopped_then_back(sql, doomed) -> None:
     assert sql.execute(KNN).fetchall() == [(1,)]
     doomed.terminate()
     t0 = time.monotonic()
-    _fails(sql, KNN, "drift", "is the drift engine running")
-    _fails(sql, "SELECT drift.params('doomed_t')", "drift", "is the drift engine running")
+    _fails(sql, KNN, "drift", "is the drift engine running", sqlstate="08006")  # connection_failure
+    _fails(sql, "SELECT drift.params('doomed_t')", "drift", "is the drift engine running", sqlstate="08006")
+    _fails(sql, "INSERT INTO doomed_t (id, embedding) VALUES (5, '{1,2,3}')", "drift", sqlstate="08006")
     assert time.monotonic() - t0 < 10
     doomed.restart()
     assert sql.execute(KNN).fetchall() == [(1,)]
@@ -146,7 +151,7 @@ def test_engine_killed(sql, doomed) -> None:
     doomed.proc.kill()
     doomed.proc.wait()
     t0 = time.monotonic()
-    _fails(sql, KNN, "drift", "is the drift engine running")
+    _fails(sql, KNN, "drift", "is the drift engine running", sqlstate="08006")
     assert time.monotonic() - t0 < 10
 
 
@@ -156,9 +161,10 @@ def test_query_cancel_while_the_engine_hangs(sql, doomed) -> None:
     try:
         sql.execute("SET statement_timeout = '1s'")
         t0 = time.monotonic()
-        with pytest.raises(psycopg.Error) as err:  # Multicorn reports errors without a SQLSTATE (XX000)
+        with pytest.raises(psycopg.Error) as err:
             sql.execute(KNN)
         assert err.value.diag.message_primary == "canceling statement due to statement timeout"
+        assert err.value.diag.sqlstate == "57014"  # query_canceled, as PostgreSQL's own timeout
         assert time.monotonic() - t0 < 8
         sql.execute("SET statement_timeout = 0")
     finally:

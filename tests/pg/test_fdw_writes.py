@@ -87,7 +87,7 @@ def test_one_transaction_mixing_writes_and_savepoints(sql, table, engine_server)
     with sql.transaction():
         sql.execute(f"DELETE FROM {tbl} WHERE id = 1")
         sql.execute(f"INSERT INTO {tbl} (id, embedding, tag) VALUES (3, '{{3,3,3,3}}', 'new')")
-        with pytest.raises(psycopg.errors.InternalError_), sql.transaction():  # a savepoint, rolled back
+        with pytest.raises(psycopg.errors.InvalidParameterValue), sql.transaction():  # a savepoint, rolled back
             sql.execute(f"INSERT INTO {tbl} (id, embedding) VALUES (4, '{{4,4,4,4}}')")
             sql.execute(f"INSERT INTO {tbl} (id, embedding) VALUES (5, '{{5,5}}')")  # wrong dimension
         sql.execute(f"UPDATE {tbl} SET tag = 'kept' WHERE id = 2")

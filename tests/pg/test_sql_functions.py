@@ -144,6 +144,47 @@ def test_bad_input_is_a_clean_error(sql, drift_sql, loaded, call, message, hint)
     assert sql.execute("SELECT 1").fetchone() == (1,)  # the backend still serves
 
 
+@pytest.mark.parametrize(
+    ("call", "sqlstate", "message", "hint"),
+    [
+        ("drift.params(%(gone)s::regclass)", "42P01", "does not exist", "drift foreign table"),
+        ("drift.params('pg_catalog.pg_class'::regclass)", "42809", "is not a foreign table", "drift foreign table"),
+        ("drift.params('a.b.c.d')", "42704", "collection 'a.b.c.d' does not exist", None),
+        ("drift.params('\"unterminated')", "42704", "does not exist", None),
+        ("drift.search('a.b.c.d', '{1}')", "42704", "does not exist", None),
+        ("drift.params(%(c)s, 'no_such_server')", "42704", "neither a foreign server", "unix:"),
+        ("drift.health('no_such_server')", "42704", "neither a foreign server", "unix:"),
+        ("drift.search(%(c)s, NULL, 5, %(a)s)", "22004", "query vector is NULL", "real[]"),
+        ("drift.search(%(c)s, '{1,2,3,4,5,6,7,8}', NULL, %(a)s)", "22004", "k must not be NULL", "1 to 10000"),
+        ("drift.upsert(%(c)s, 'SELECT no_such_column', %(a)s)", "42703", "no_such_column", None),
+    ],
+)
+def test_bad_names_and_nulls_have_their_sqlstate(sql, drift_sql, loaded, call, sqlstate, message, hint) -> None:
+    name, _ = loaded
+    sql.execute("CREATE TEMP TABLE soon_gone (x int)")
+    gone = sql.execute("SELECT 'soon_gone'::regclass::oid::text").fetchone()[0]
+    sql.execute("DROP TABLE soon_gone")
+    sql.execute("SELECT set_config('drift.server', %s, false)", (drift_sql.address,))  # names resolve with no server
+    with pytest.raises(psycopg.Error) as err:
+        sql.execute("SELECT * FROM " + call, {"c": name, "a": drift_sql.address, "gone": gone})
+    diag = err.value.diag
+    assert message in diag.message_primary
+    assert diag.sqlstate == sqlstate, (diag.sqlstate, diag.message_primary)
+    assert "bug in drift_fdw" not in (diag.message_hint or "")
+    if hint is not None:
+        assert diag.message_hint and hint in diag.message_hint
+    assert sql.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_get_of_more_ids_than_one_call_takes(sql, drift_sql, loaded) -> None:
+    """drift.get splits the ids into server-sized calls: each id once, in the order first asked."""
+    name, vecs = loaded
+    ids = [299, 5, 150_000, 5, 7, *range(1_000, 201_000), 0, 299, 42]  # > the server's max_batch (100,000)
+    rows = sql.execute("SELECT id, embedding FROM drift.get(%s, %s, %s)", (name, ids, drift_sql.address)).fetchall()
+    assert [r[0] for r in rows] == [299, 5, 7, 0, 42]
+    np.testing.assert_allclose(rows[0][1], vecs[299])
+
+
 def test_backend_imports_stay_thin(sql, drift_sql, loaded) -> None:
     name, _ = loaded
     sql.execute("SELECT * FROM drift.search(%s, '{1,2,3,4,5,6,7,8}', 3, %s)", (name, drift_sql.address))
