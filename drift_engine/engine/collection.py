@@ -502,13 +502,14 @@ class Collection(AsyncTwins):
         with self._snapshots.pin() as snap:
             return self._reads.get(snap, id_arr)
 
-    def scan(self, batch: int = 1000, *, vectors: bool = True, payloads: bool = True) -> Iterator[GetResult]:
-        """Every live vector, in id order, in ``GetResult`` batches of at most ``batch`` rows, all from one
-        pinned snapshot (held until the generator is exhausted or closed; consume it promptly).
-
-        ``vectors=False`` / ``payloads=False`` skip reading them (zero vectors / ``None`` payloads)."""
+    def scan(
+        self, batch_size: int | None = None, *, vectors: bool = True, payloads: bool = True
+    ) -> Iterator[GetResult]:
+        """Every live vector, in id order, in ``GetResult`` batches of at most ``batch_size`` rows (default
+        1000), all from one pinned snapshot (held until the generator is exhausted or closed; consume it
+        promptly). ``vectors=False`` / ``payloads=False`` skip reading them (zero vectors / ``None`` payloads)."""
         self._check_open()
-        batch = as_positive_int("batch", batch, 1_000_000)
+        batch = as_positive_int("batch_size", 1000 if batch_size is None else batch_size, 1_000_000)
         return self._scan(batch, vectors=vectors, payloads=payloads)
 
     def _scan(self, batch: int, *, vectors: bool, payloads: bool) -> Iterator[GetResult]:
