@@ -1,4 +1,5 @@
-"""One contract, three backends: the embedded ``Engine``, the remote ``Client`` over gRPC, and over the fast path.
+"""One contract, four backends: the embedded ``Engine``, the remote ``Client`` over gRPC and over the fast path, and
+the asyncio ``AsyncClient`` (driven through ``async_adapter``).
 
 Every test here runs unchanged against each backend (the ``engine`` fixture), with the same arguments, the
 same result types and the same errors (class and message).
@@ -16,7 +17,9 @@ import pytest
 from drift_engine import Engine
 from drift_engine import errors as E
 from drift_engine.results import GetResult, SearchResult
+from drift_engine.server.aclient import AsyncClient
 from drift_engine.server.stream import search_stream
+from tests.integration.async_adapter import SyncAsyncEngine
 
 _ids = itertools.count()
 
@@ -45,7 +48,7 @@ class Backend:
                 self.engine.drop_collection(name)
 
 
-@pytest.fixture(params=["embedded", "grpc", "fast"])
+@pytest.fixture(params=["embedded", "grpc", "fast", "async"])
 def backend(request, tmp_path) -> Iterator[Backend]:
     if request.param == "embedded":
         engine = Engine.open(tmp_path / "data")
@@ -53,6 +56,15 @@ def backend(request, tmp_path) -> Iterator[Backend]:
         engine.close()
         return
     server = request.getfixturevalue("server")
+    if request.param == "async":
+        engine = SyncAsyncEngine(lambda: AsyncClient(server.address, token=server.token))
+        b = Backend("async", engine)
+        try:
+            yield b
+        finally:
+            b.cleanup()
+            engine.close()
+        return
     with server.client(fast_path=request.param == "fast") as client:
         b = Backend(request.param, client)
         try:
