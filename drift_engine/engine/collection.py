@@ -41,6 +41,7 @@ from drift_engine import crashpoints
 from drift_engine.config import CollectionConfig, EngineSettings
 from drift_engine.engine import layout as L
 from drift_engine.engine.async_api import AsyncTwins
+from drift_engine.engine.fastsearch import query_vector, search_fast
 from drift_engine.engine.hydrate import load_snapshot, next_counter, remove_unreferenced_segments
 from drift_engine.engine.l1_apply import L1Applier, build_routing
 from drift_engine.engine.l1_writer import remove_files
@@ -52,7 +53,7 @@ from drift_engine.engine.snapshot import OpenSegment, Snapshot, SnapshotManager
 from drift_engine.engine.stats import collection_stats
 from drift_engine.engine.stream import StreamHit, search_stream
 from drift_engine.engine.trainer import train_layout
-from drift_engine.engine.validate import as_filter, as_ids, as_k, as_payloads, as_positive_int, as_query, as_vectors
+from drift_engine.engine.validate import as_filter, as_ids, as_k, as_payloads, as_positive_int, as_vectors
 from drift_engine.engine.writes import WritePath
 from drift_engine.errors import CorruptionError, EngineClosedError, InvalidArgumentError, InvalidParameterError
 from drift_engine.maintenance.janitor import Janitor
@@ -458,11 +459,19 @@ class Collection(AsyncTwins):
     ) -> SearchResult:
         """The ``k`` nearest live vectors to ``query`` (exact distances, pgvector semantics)."""
         self._check_open()
-        q = as_query(query, self.dim, self.metric)
+        q = query_vector(query, self.dim, self.metric)
         k, nprobe, rerank, ef = self._search_args(k, nprobe, rerank, ef)
-        flt = as_filter(filter)
-        with self._snapshots.pin() as snap:
-            ids, dists = self._search_one(snap, q, k, nprobe, rerank, ef, flt)
+        flt = None if filter is None else as_filter(filter)
+        fg = self._maintainer.foreground if self._maintainer is not None else None
+        token = fg.begin() if fg is not None else 0
+        snap = self._snapshots.acquire()
+        try:
+            masks = None if flt is None else self._allowed_masks(snap, flt)
+            ids, dists = search_fast(snap, q, k, nprobe, rerank, ef, self.metric, masks, flt)
+        finally:
+            self._snapshots.release(snap)
+            if fg is not None:
+                fg.end(token)
         return SearchResult(ids, dists, self._payload_loader)
 
     def search_batch(

@@ -6,14 +6,18 @@ l2 = Euclidean, cosine = 1 - cos, ip = -dot), ties broken by lower id. Rows that
 snapshot, or outside ``allowed`` masks (filters), are never returned.
 
 Trained collections: route to ``nprobe`` buckets (``index.routing``), ADC-scan their extents segment by
-segment (one numba call per segment), keep the best ``rerank * k`` approximate candidates, re-rank them
-exactly with the float32 vectors. Untrained collections: exact scan of every live row.
+segment (one numba call per segment), keep the best ``rerank * k`` approximate candidates per segment and then
+overall (every candidate tied with the overall ``rerank * k``-th stays), re-rank them exactly with the float32
+vectors. Untrained collections: exact scan of every live row.
+
+This is the reference path. ``engine.fastsearch`` runs the same steps as one compiled call over arrays
+prepared per snapshot and passes it in as ``ivf``; both give identical ids and distances.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -28,10 +32,12 @@ _EMPTY_DIST = np.empty(0, dtype=np.float32)
 
 
 def _top_k(ids: np.ndarray, dists: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` smallest (distance, id) pairs, ascending: exact ties at the k-th distance go to lower ids."""
     if ids.size > k:
-        part = np.argpartition(dists, k - 1)[:k]
-        ids, dists = ids[part], dists[part]
-    order = np.lexsort((ids, dists))
+        kth = np.partition(dists, k - 1)[k - 1]
+        keep = dists <= kth
+        ids, dists = ids[keep], dists[keep]
+    order = np.lexsort((ids, dists))[:k]
     return ids[order], dists[order]
 
 
@@ -130,6 +136,10 @@ def ivf_scan(
     return _top_k(ids, dists, k)
 
 
+IvfScan = Callable[..., tuple[np.ndarray, np.ndarray]]
+"""Signature of ``ivf_scan``: (snap, query, k, nprobe, rerank, metric, allowed) -> (ids, distances)."""
+
+
 def search_snapshot(
     snap: Snapshot,
     query: np.ndarray,
@@ -138,10 +148,11 @@ def search_snapshot(
     rerank: int,
     metric: str,
     allowed: Mapping[int, np.ndarray] | None = None,
+    ivf: IvfScan = ivf_scan,
 ) -> tuple[np.ndarray, np.ndarray]:
     if not snap.trained:
         return exact_scan(snap, query, k, metric, allowed)
-    return ivf_scan(snap, query, k, nprobe, rerank, metric, allowed)
+    return ivf(snap, query, k, nprobe, rerank, metric, allowed)
 
 
 def search_filtered(
@@ -152,6 +163,7 @@ def search_filtered(
     rerank: int,
     metric: str,
     allowed: Mapping[int, np.ndarray],
+    ivf: IvfScan = ivf_scan,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Filtered search, planned by selectivity.
 
@@ -166,11 +178,11 @@ def search_filtered(
     n_buckets = len(snap.buckets)
     probe = nprobe
     while True:
-        ids, dists = ivf_scan(snap, query, k, probe, rerank, metric, allowed)
+        ids, dists = ivf(snap, query, k, probe, rerank, metric, allowed)
         if probe >= n_buckets:
             return ids, dists
         if ids.size >= k:
-            return ivf_scan(snap, query, k, min(n_buckets, probe * 2), rerank, metric, allowed)
+            return ivf(snap, query, k, min(n_buckets, probe * 2), rerank, metric, allowed)
         probe = min(n_buckets, probe * 2)
 
 
@@ -197,8 +209,11 @@ def search_hybrid(
     metric: str,
     masks: Mapping[int, np.ndarray] | None = None,
     flt: dict[str, str] | None = None,
+    ivf: IvfScan = ivf_scan,
 ) -> tuple[np.ndarray, np.ndarray]:
     """L0 (memtables, newest first) + L1, merged by distance; the newest version of an id wins.
+
+    ``ivf`` is the trained L1 scan (``ivf_scan``; ``engine.fastsearch`` passes its compiled equivalent).
 
     Frozen memtables and L1 are immutable in the pinned snapshot, but the active memtable takes writes
     while we read it. So hiding uses the active memtable's state as of a watermark lsn read before its
@@ -237,9 +252,9 @@ def search_hybrid(
     want = k
     while True:
         if masks is None:
-            ids, dists = search_snapshot(snap, query, want, nprobe, rerank, metric)
+            ids, dists = search_snapshot(snap, query, want, nprobe, rerank, metric, ivf=ivf)
         else:
-            ids, dists = search_filtered(snap, query, want, nprobe, rerank, metric, masks)
+            ids, dists = search_filtered(snap, query, want, nprobe, rerank, metric, masks, ivf)
         n_hidden = 0
         if mts and ids.size:
             hidden = hidden_by(mts, ids)

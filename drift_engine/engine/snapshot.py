@@ -121,6 +121,8 @@ class Snapshot:
     l1_lsn: int = 0  # applied_lsn of this L1 state (see the module docstring)
     # per-version memo of filter masks; init=False so dataclasses.replace gives each version a fresh dict
     filter_masks: dict = field(default_factory=dict, compare=False, init=False)  # per-snapshot memo, filter -> masks
+    # per-version memo of the compiled search's flattened arrays (engine.fastsearch.prepare), metric -> Prepared
+    prepared: dict = field(default_factory=dict, compare=False, init=False)
 
     def skip_mask(self, segment_id: int) -> np.ndarray:
         return self.dead[segment_id]
@@ -162,22 +164,35 @@ class SnapshotManager:
 
     @contextmanager
     def pin(self) -> Iterator[Snapshot]:
-        with self._lock:
-            snap = self._current
-            self._pins[snap.version] = self._pins.get(snap.version, 0) + 1
-            self._pin_l1[snap.version] = snap.l1_lsn
+        snap = self.acquire()
         try:
             yield snap
         finally:
-            with self._lock:
-                left = self._pins[snap.version] - 1
-                if left:
-                    self._pins[snap.version] = left
-                else:
-                    del self._pins[snap.version]
-                    del self._pin_l1[snap.version]
-                    self._trim_history_locked()
-                doomed = self._collect_locked()
+            self.release(snap)
+
+    def acquire(self) -> Snapshot:
+        """Pin the current snapshot and return it; every ``acquire`` needs exactly one ``release`` (``pin`` is
+        the context-manager form; this pair saves the generator on the search path)."""
+        with self._lock:
+            snap = self._current
+            version = snap.version
+            self._pins[version] = self._pins.get(version, 0) + 1
+            self._pin_l1[version] = snap.l1_lsn
+        return snap
+
+    def release(self, snap: Snapshot) -> None:
+        """Drop one pin taken by ``acquire``."""
+        with self._lock:
+            version = snap.version
+            left = self._pins[version] - 1
+            if left:
+                self._pins[version] = left
+            else:
+                del self._pins[version]
+                del self._pin_l1[version]
+                self._trim_history_locked()
+            doomed = self._collect_locked() if self._retired else None
+        if doomed:
             self._delete(doomed)
 
     def publish(self, snap: Snapshot, retired: list[OpenSegment] | None = None) -> None:

@@ -20,9 +20,12 @@ Contract
   (every flush and maintenance job writes a segment; each one a query touches costs a kernel call).
 * ``pending_jobs`` returns every pending job, most urgent first (a priority queue, rebuilt from each snapshot).
 * ``Maintainer``: a daemon thread per collection. Every ``maintain_interval`` seconds (or on ``wake``) it runs
-  the most urgent job, one at a time, until none is pending; after a job that took ``t`` seconds it sleeps
-  ``t · (1 − duty) / duty`` (``maintain_duty``), so background work takes at most that share of wall time and
-  foreground searches keep their latency. ``maintain_duty = 0`` parks it. A failing job is logged, kept in
+  the most urgent job, one at a time, until none is pending, paced by measured foreground latency rather than
+  a fixed duty (``maintenance.throttle``): its ``foreground`` monitor sees every ``Collection.search``; a job
+  starts only when no search is in flight (or after ``max_wait``), and after a job the Maintainer sleeps a
+  multiple of the job's time that grows while the p99 of searches overlapping jobs exceeds ``max_slowdown``
+  times the idle p99 and shrinks (to no pause) when it does not; with no searches lately it runs back to
+  back. ``maintain_duty = 0`` parks it (any other value enables it). A failing job is logged, kept in
   ``last_error`` and retried with backoff; it never loses data (a job changes L1 in one commit or not at
   all). ``stop`` joins the thread.
 """
@@ -41,6 +44,7 @@ import numpy as np
 
 from drift_engine.config import CollectionParams
 from drift_engine.engine.snapshot import Snapshot
+from drift_engine.maintenance.throttle import ForegroundMonitor, LatencyThrottle
 
 log = logging.getLogger(__name__)
 
@@ -227,21 +231,27 @@ def maintenance_stats(
 
 
 class Maintainer:
-    """Background thread running maintenance jobs under a duty-cycle budget (module docstring)."""
+    """Background thread running maintenance jobs, paced by foreground latency (module docstring)."""
 
     def __init__(
         self,
         name: str,
         run_one: Callable[[], bool],
         get_params: Callable[[], CollectionParams],
+        *,
+        monitor: ForegroundMonitor | None = None,
+        throttle: LatencyThrottle | None = None,
     ) -> None:
         self._run_one = run_one
         self._params = get_params
+        self.foreground = monitor if monitor is not None else ForegroundMonitor()
+        self.throttle = throttle if throttle is not None else LatencyThrottle(self.foreground)
         self._cv = threading.Condition()
         self._wake = False
         self._stop = False
         self.jobs = 0
         self.busy_seconds = 0.0
+        self.paused_seconds = 0.0
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._loop, name=f"drift-maintainer-{name}", daemon=True)
         self._thread.start()
@@ -266,11 +276,12 @@ class Maintainer:
                 if self._stop:
                     return
                 self._wake = False
-            while True:
-                duty = self._params().maintain_duty
-                if duty <= 0:
+            while not self._stop:
+                if self._params().maintain_duty <= 0:
                     break
+                self.throttle.wait_quiet()
                 t0 = time.perf_counter()
+                self.foreground.job_started()
                 try:
                     did = self._run_one()
                 except Exception as exc:  # keep the thread alive; a job commits fully or not at all
@@ -278,13 +289,17 @@ class Maintainer:
                     log.exception("maintenance job failed")
                     backoff = min(60.0, max(1.0, backoff * 2))
                     break
+                finally:
+                    self.foreground.job_finished()
                 backoff = 0.0
                 if not did:
                     break
                 spent = time.perf_counter() - t0
                 self.jobs += 1
                 self.busy_seconds += spent
-                if self._sleep(spent * (1.0 - duty) / duty):
+                pause = self.throttle.pause_after(spent)
+                self.paused_seconds += pause
+                if pause > 0 and self._sleep(pause):
                     return
 
     def stop(self) -> None:

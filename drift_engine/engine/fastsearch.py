@@ -1,0 +1,398 @@
+"""The compiled search path: one numba call per query over arrays prepared once per snapshot.
+
+Contract
+--------
+* ``prepare(snap, metric)`` flattens what a trained snapshot's search reads into a ``Prepared``: the routing
+  arrays (drift-corrected centroids about their origin, or directions for ip, ‖ĉ‖², bonus), the SQ8
+  parameters, per routing position the bucket's extents as ``(segment index, start, count)`` rows of an
+  extent table, and per segment index its codes, vectors, ids and dead-row mask (numba typed lists of
+  read-only arrays).  It is built lazily by the first search of a snapshot, memoised on the snapshot (keyed
+  by metric) and shared by every search on it; concurrent first searches may both build it (idempotent).
+  It returns ``None`` — and searches take the reference path (``engine.search``) — for untrained snapshots,
+  and when the snapshot's blocks do not fit in the block cache budget: a ``Prepared`` keeps every block of
+  its snapshot resident, which only makes sense while they would be cached anyway.
+* ``ivf_fast`` is ``search.ivf_scan`` as one compiled call (routing, probe plan, per-segment ADC scans into
+  top-R heaps, the global cut to the best R approximate candidates, exact re-rank, top k by (distance, id)).
+  It calls the very same numba kernels the reference path calls, on the same ranges, so it returns the same
+  ids and bit-identical distances (``tests/unit/test_fastsearch.py`` compares them on random collections).
+* ``search_fast(snap, q, ...)`` is ``search.search_hybrid`` with ``ivf_fast`` as its L1 scan: without
+  memtables holding anything and without a filter it is a single compiled call; with memtables the L0
+  searches (hnswlib, a separate call) and the hiding of older copies run in Python exactly as in
+  ``search_hybrid``; filters use ``search_filtered``'s planning with the allowed masks as skip masks.
+  Untrained snapshots, or snapshots that cannot be prepared, go to ``search_hybrid`` itself.
+* ``query_vector`` is the cheap form of ``validate.as_query`` for the common case (a float32 C-contiguous
+  vector of the right dimension, metric l2 or ip): it returns the caller's array without a copy (it is only
+  read during the call); anything else goes through ``as_query``.  Non-finite values are caught inside the
+  compiled call (or before the L0 search) and raise the error ``as_query`` raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numba import njit, typed, types
+
+from drift_engine.engine import search as ref
+from drift_engine.engine.snapshot import Snapshot
+from drift_engine.engine.validate import as_query
+from drift_engine.index.adc import _exact_rows, _prepare, _scan_dot, _scan_l2
+from drift_engine.index.routing import _route_one
+from drift_engine.index.topk import heap_offer, heap_sort
+
+__all__ = ["Prepared", "ivf_fast", "prepare", "query_vector", "search_fast"]
+
+_METRIC_CODE = {"l2": 0, "ip": 1, "cosine": 2}
+_RO_F32 = types.Array(types.float32, 1, "C", readonly=True)
+_RO_F32_2D = types.Array(types.float32, 2, "C", readonly=True)
+_RO_I64 = types.Array(types.int64, 1, "C", readonly=True)
+_RO_U8 = types.Array(types.uint8, 1, "C", readonly=True)
+_RO_U8_2D = types.Array(types.uint8, 2, "C", readonly=True)
+_F32 = types.Array(types.float32, 1, "C")
+_I64 = types.Array(types.int64, 1, "C")
+
+STATUS_NON_FINITE = -1
+STATUS_BAD_RANGE = -2
+_MEMO_KEY = "fastsearch"
+
+
+def _readonly(arr: np.ndarray) -> np.ndarray:
+    if not arr.flags.writeable:
+        return arr
+    view = arr.view()
+    view.flags.writeable = False
+    return view
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """Per-snapshot arrays of the compiled search (see the module docstring)."""
+
+    metric_code: int
+    mode: int  # routing score mode (index.routing._mode)
+    origin: np.ndarray
+    chat_t: np.ndarray
+    chat_sq: np.ndarray
+    bonus: np.ndarray
+    positions: np.ndarray  # arange(nb): routing returns table positions
+    mins: np.ndarray
+    scales: np.ndarray
+    ext_off: np.ndarray  # int64[nb + 1]: extents of routing position i are rows ext_off[i]:ext_off[i+1]
+    ext_seg: np.ndarray  # int64[E]: segment index (into seg_ids)
+    ext_start: np.ndarray
+    ext_count: np.ndarray
+    seg_ids: tuple[int, ...]
+    codes: Any  # typed.List[uint8[:, :]]
+    vectors: Any  # typed.List[float32[:, :]]
+    ids: Any  # typed.List[int64[:]]
+    dead: Any  # typed.List[uint8[:]]
+    skip_memo: dict  # id(masks) -> (masks, typed list): filter masks as skip lists
+
+    def skip_list(self, allowed: Mapping[int, np.ndarray] | None) -> Any:
+        """The dead masks, or the filter's allowed masks, as a typed list in segment-index order."""
+        if allowed is None:
+            return self.dead
+        hit = self.skip_memo.get(id(allowed))
+        if hit is not None and hit[0] is allowed:
+            return hit[1]
+        lst = typed.List.empty_list(_RO_U8)
+        for s in self.seg_ids:
+            lst.append(_readonly(np.ascontiguousarray(allowed[s], dtype=np.uint8)))
+        if len(self.skip_memo) > 64:
+            self.skip_memo.clear()
+        self.skip_memo[id(allowed)] = (allowed, lst)
+        return lst
+
+
+def _block_bytes(snap: Snapshot) -> int:
+    d = snap.routing.dim if snap.routing is not None else 0
+    return sum(seg.n_rows * (5 * d + 8) for seg in snap.segments.values())
+
+
+def prepare(snap: Snapshot, metric: str) -> Prepared | None:
+    """The ``Prepared`` arrays of ``snap`` for ``metric`` (memoised on the snapshot), or None (module docstring)."""
+    memo = snap.prepared
+    key = (_MEMO_KEY, metric)
+    hit = memo.get(key, False)
+    if hit is not False:
+        return hit
+    prep = _build(snap, metric)
+    memo[key] = prep
+    return prep
+
+
+def _build(snap: Snapshot, metric: str) -> Prepared | None:
+    table = snap.routing
+    if not snap.trained or table is None or snap.sq8 is None or metric not in _METRIC_CODE:
+        return None
+    segs = list(snap.segments.values())
+    if segs and _block_bytes(snap) > segs[0].cache.capacity_bytes:
+        return None
+    seg_ids = tuple(sorted(snap.segments))
+    index_of = {s: i for i, s in enumerate(seg_ids)}
+    off = np.zeros(table.n_buckets + 1, dtype=np.int64)
+    rows: list[tuple[int, int, int]] = []
+    for pos, b in enumerate(table.bucket_ids.tolist()):
+        for ext in snap.buckets[b].extents:
+            rows.append((index_of[ext.segment_id], ext.start, ext.count))
+        off[pos + 1] = len(rows)
+    ext = np.array(rows, dtype=np.int64).reshape(-1, 3)
+    codes = typed.List.empty_list(_RO_U8_2D)
+    vectors = typed.List.empty_list(_RO_F32_2D)
+    ids = typed.List.empty_list(_RO_I64)
+    dead = typed.List.empty_list(_RO_U8)
+    for s in seg_ids:
+        seg = snap.segments[s]
+        codes.append(_readonly(seg.codes()))
+        vectors.append(_readonly(seg.vectors()))
+        ids.append(_readonly(seg.ids()))
+        dead.append(_readonly(np.ascontiguousarray(snap.dead[s], dtype=np.uint8)))
+    if metric == "ip":
+        mode, chat_t = 2, table.directions_t
+    else:
+        mode, chat_t = (1 if table.has_bonus else 0), table.centered_t
+    return Prepared(
+        metric_code=_METRIC_CODE[metric],
+        mode=mode,
+        origin=table.origin,
+        chat_t=chat_t,
+        chat_sq=table.centered_sq,
+        bonus=table.bonus,
+        positions=_readonly(np.arange(table.n_buckets, dtype=np.int64)),
+        mins=_readonly(np.ascontiguousarray(snap.sq8.mins, dtype=np.float32)),
+        scales=_readonly(np.ascontiguousarray(snap.sq8.scales, dtype=np.float32)),
+        ext_off=_readonly(off),
+        ext_seg=_readonly(np.ascontiguousarray(ext[:, 0])),
+        ext_start=_readonly(np.ascontiguousarray(ext[:, 1])),
+        ext_count=_readonly(np.ascontiguousarray(ext[:, 2])),
+        seg_ids=seg_ids,
+        codes=codes,
+        vectors=vectors,
+        ids=ids,
+        dead=dead,
+        skip_memo={},
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# the compiled query
+# ---------------------------------------------------------------------------------------------------
+@njit(
+    types.Tuple((_I64, _F32, types.int64))(
+        _RO_F32,  # q
+        types.int64,  # metric code
+        _RO_F32,  # mins
+        _RO_F32,  # scales
+        _RO_F32,  # origin
+        _RO_F32_2D,  # chat_t
+        _RO_F32,  # chat_sq
+        _RO_F32,  # bonus
+        types.int64,  # routing mode
+        _RO_I64,  # positions
+        types.int64,  # nprobe
+        _RO_I64,  # ext_off
+        _RO_I64,  # ext_seg
+        _RO_I64,  # ext_start
+        _RO_I64,  # ext_count
+        types.ListType(_RO_U8_2D),  # codes
+        types.ListType(_RO_U8),  # skip masks
+        types.ListType(_RO_F32_2D),  # vectors
+        types.ListType(_RO_I64),  # ids
+        types.int64,  # k
+        types.int64,  # r
+    ),
+    nogil=True,
+    fastmath=True,
+    cache=True,
+)
+def _ivf_query(
+    q, code, mins, scales, origin, chat_t, chat_sq, bonus, mode, positions, nprobe,
+    ext_off, ext_seg, ext_start, ext_count, codes, skips, vectors, ids, k, r,
+):  # fmt: skip
+    """``search.ivf_scan`` in one call; returns (ids, distances, n) with n results, or n < 0 (a STATUS_*)."""
+    out_ids = np.empty(k, dtype=np.int64)
+    out_d = np.empty(k, dtype=np.float32)
+    d = q.shape[0]
+    a = np.empty(d, dtype=np.float32)
+    w = np.empty(d, dtype=np.float32)
+    const, ok = _prepare(code, q, mins, scales, a, w)
+    if not ok:
+        return out_ids, out_d, STATUS_NON_FINITE
+    nb = positions.shape[0]
+    if nb == 0:
+        return out_ids, out_d, 0
+    p = min(nprobe, nb)
+    probe = _route_one(q, origin, chat_t, chat_sq, bonus, mode, p, positions)
+    # probe plan: per segment index, the extents of the probed buckets in probe order
+    n_seg = len(codes)
+    per_seg = np.zeros(n_seg + 1, dtype=np.int64)
+    first = np.full(n_seg, -1, dtype=np.int64)  # first-touch rank of each segment (plan order)
+    n_touched = 0
+    for i in range(p):
+        pos = probe[i]
+        for e in range(ext_off[pos], ext_off[pos + 1]):
+            s = ext_seg[e]
+            if first[s] < 0:
+                first[s] = n_touched
+                n_touched += 1
+            per_seg[s + 1] += 1
+    if n_touched == 0:
+        return out_ids, out_d, 0
+    for s in range(n_seg):
+        per_seg[s + 1] += per_seg[s]
+    fill = per_seg[:n_seg].copy()
+    starts = np.empty(per_seg[n_seg], dtype=np.int64)
+    counts = np.empty(per_seg[n_seg], dtype=np.int64)
+    for i in range(p):
+        pos = probe[i]
+        for e in range(ext_off[pos], ext_off[pos + 1]):
+            s = ext_seg[e]
+            starts[fill[s]] = ext_start[e]
+            counts[fill[s]] = ext_count[e]
+            fill[s] += 1
+    order = np.empty(n_touched, dtype=np.int64)
+    for s in range(n_seg):
+        if first[s] >= 0:
+            order[first[s]] = s
+    # per-segment top-r approximate candidates
+    hd = np.empty((n_touched, r), dtype=np.float32)
+    hr = np.empty((n_touched, r), dtype=np.int64)
+    sizes = np.zeros(n_touched, dtype=np.int64)
+    size_arr = np.zeros(1, dtype=np.int64)
+    n_found = 0
+    for t in range(n_touched):
+        s = order[t]
+        size_arr[0] = 0
+        lo, hi = per_seg[s], per_seg[s + 1]
+        if code == 0:
+            status = _scan_l2(
+                a, w, const, codes[s], starts[lo:hi], counts[lo:hi], skips[s], True, hd[t], hr[t], size_arr, 0, False
+            )
+        else:
+            status = _scan_dot(
+                a, const, codes[s], starts[lo:hi], counts[lo:hi], skips[s], True, hd[t], hr[t], size_arr, 0, False
+            )
+        if status != 0:
+            return out_ids, out_d, STATUS_BAD_RANGE
+        sizes[t] = size_arr[0]
+        if sizes[t] > 0:
+            n_found += 1
+    if n_found == 0:
+        return out_ids, out_d, 0
+    cut = np.float32(np.inf)
+    if n_found > 1:  # keep the global best r approximate candidates (all rows tied with the r-th stay)
+        total = 0
+        for t in range(n_touched):
+            total += sizes[t]
+        if total > r:
+            approx = np.empty(total, dtype=np.float32)
+            j = 0
+            for t in range(n_touched):
+                for i in range(sizes[t]):
+                    approx[j] = hd[t, i]
+                    j += 1
+            approx.sort()
+            cut = approx[r - 1]
+    # exact re-rank, top k by (distance, id)
+    td = np.empty(k, dtype=np.float32)
+    ti = np.empty(k, dtype=np.int64)
+    m = 0
+    rows = np.empty(r, dtype=np.int64)
+    dist = np.empty(r, dtype=np.float32)
+    for t in range(n_touched):
+        s = order[t]
+        n_rows = 0
+        for i in range(sizes[t]):
+            if hd[t, i] <= cut:
+                rows[n_rows] = hr[t, i]
+                n_rows += 1
+        if n_rows == 0:
+            continue
+        bad = _exact_rows(code, q, vectors[s], rows[:n_rows], dist[:n_rows])
+        if bad >= 0:
+            return out_ids, out_d, STATUS_BAD_RANGE
+        seg_ids = ids[s]
+        for i in range(n_rows):
+            m = heap_offer(td, ti, m, k, dist[i], seg_ids[rows[i]])
+    heap_sort(td, ti, m)
+    for i in range(m):
+        out_ids[i] = ti[i]
+        out_d[i] = td[i]
+    return out_ids, out_d, m
+
+
+def _non_finite(query: np.ndarray, dim: int, metric: str) -> None:
+    as_query(query, dim, metric)  # raises the validation error for the non-finite query
+    raise AssertionError("unreachable: the compiled search found a non-finite value as_query accepts")
+
+
+def ivf_fast(
+    prep: Prepared,
+    query: np.ndarray,
+    k: int,
+    nprobe: int,
+    rerank: int,
+    skip: Any,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``search.ivf_scan`` as one compiled call; None when the compiled call refused (non-finite query, bad
+    extent), so the caller can take the reference path, which raises the matching error."""
+    ids, dists, n = _ivf_query(
+        query, prep.metric_code, prep.mins, prep.scales, prep.origin, prep.chat_t, prep.chat_sq, prep.bonus,
+        prep.mode, prep.positions, nprobe, prep.ext_off, prep.ext_seg, prep.ext_start, prep.ext_count,
+        prep.codes, skip, prep.vectors, prep.ids, k, max(k, rerank * k),
+    )  # fmt: skip
+    if n < 0:
+        return None
+    return ids[:n], dists[:n]
+
+
+def query_vector(query: Any, dim: int, metric: str) -> np.ndarray:
+    """``validate.as_query`` without the copy for a float32 C-contiguous vector of dimension ``dim`` (l2, ip);
+    finiteness is checked by the search itself (module docstring)."""
+    if (
+        type(query) is np.ndarray
+        and query.dtype == np.float32
+        and query.ndim == 1
+        and query.shape[0] == dim
+        and metric != "cosine"
+        and query.flags.c_contiguous
+    ):
+        return query
+    return as_query(query, dim, metric)
+
+
+def search_fast(
+    snap: Snapshot,
+    query: np.ndarray,
+    k: int,
+    nprobe: int,
+    rerank: int,
+    ef: int,
+    metric: str,
+    masks: Mapping[int, np.ndarray] | None = None,
+    flt: dict[str, str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``search.search_hybrid`` with the compiled L1 scan (module docstring): same results."""
+    prep = prepare(snap, metric) if snap.trained else None
+    if prep is None:
+        return ref.search_hybrid(snap, query, k, nprobe, rerank, ef, metric, masks, flt)
+    dim = query.shape[0]
+    if masks is None and not any(m.n_ops for m in snap.memtables):
+        got = ivf_fast(prep, query, k, nprobe, rerank, prep.dead)
+        if got is None:
+            if not np.isfinite(query).all():
+                _non_finite(query, dim, metric)
+            return ref.search_hybrid(snap, query, k, nprobe, rerank, ef, metric, masks, flt)
+        return got
+    if not np.isfinite(query).all():
+        _non_finite(query, dim, metric)
+
+    def ivf(
+        snap: Snapshot, q: np.ndarray, want: int, probe: int, rr: int, _metric: str, allowed: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        got = ivf_fast(prep, q, want, probe, rr, prep.skip_list(allowed))
+        return got if got is not None else ref.ivf_scan(snap, q, want, probe, rr, metric, allowed)
+
+    return ref.search_hybrid(snap, query, k, nprobe, rerank, ef, metric, masks, flt, ivf=ivf)
