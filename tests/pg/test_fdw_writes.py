@@ -148,3 +148,21 @@ def test_copy_through_the_triggers(sql, table, engine_server) -> None:
     sql.execute(f"INSERT INTO {tbl} (id, embedding) VALUES (-5, '{{1,2,3,4}}')")  # INSERT still goes straight in
     assert sql.execute(f"SELECT id FROM {tbl} WHERE id = -5").fetchall() == [(-5,)]
     sql.execute("SELECT drift.disable_copy(%s)", (tbl,))
+
+
+def test_insert_select_returning_gives_back_the_staged_rows(sql, table, engine_server) -> None:
+    """The FDW returns no row of its own from insert(): RETURNING shows PostgreSQL's row, exactly as staged."""
+    tbl, name = table
+    n = 2000
+    vecs = np.random.default_rng(2).standard_normal((n, DIM)).astype(np.float32)
+    sql.execute("CREATE TEMP TABLE stage (id bigint, embedding real[], tag text)")
+    with sql.cursor().copy("COPY stage FROM STDIN") as cp:
+        for i, v in enumerate(vecs):
+            cp.write_row((i, v.tolist(), f"s{i % 5}"))
+    cur = sql.execute(f"INSERT INTO {tbl} (id, embedding, tag) SELECT * FROM stage RETURNING id, embedding, tag")
+    rows = sorted(cur.fetchall())
+    assert cur.rowcount == n and len(rows) == n
+    assert [r[0] for r in rows] == list(range(n)) and rows[7][2] == "s2"
+    np.testing.assert_array_equal(np.array([r[1] for r in rows], dtype=np.float32), vecs)
+    with engine_server.client() as client:
+        np.testing.assert_array_equal(client.collection(name).get([0, n - 1]).vectors, vecs[[0, n - 1]])
