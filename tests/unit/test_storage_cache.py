@@ -11,6 +11,7 @@ import pytest
 
 from drift_engine.errors import InvalidArgumentError
 from drift_engine.storage.cache import S3FIFOCache
+from tests.unit.threadcheck import ThreadGroup
 
 
 def _resident_bytes(cache: S3FIFOCache) -> int:
@@ -197,13 +198,16 @@ def test_get_or_load_single_flight_across_threads() -> None:
         return "v", 100
 
     results: list[object] = []
-    threads = [threading.Thread(target=lambda: results.append(c.get_or_load("k", slow_loader))) for _ in range(8)]
-    for t in threads:
-        t.start()
+
+    def load() -> None:
+        results.append(c.get_or_load("k", slow_loader))
+
+    group = ThreadGroup()
+    for _ in range(8):
+        group.start(load)
     time.sleep(0.05)
     gate.set()
-    for t in threads:
-        t.join()
+    group.join()  # all eight ended and none raised
     assert results == ["v"] * 8 and len(calls) == 1
 
 
@@ -217,12 +221,16 @@ def test_invalidate_during_load_does_not_cache_stale_value() -> None:
         return "stale", 10
 
     out: list[object] = []
-    t = threading.Thread(target=lambda: out.append(c.get_or_load("k", loader)))
-    t.start()
-    started.wait(5)
+
+    def load() -> None:
+        out.append(c.get_or_load("k", loader))
+
+    group = ThreadGroup()
+    group.start(load)
+    assert started.wait(5), "the loader never started"
     c.invalidate("k")
     release.set()
-    t.join()
+    group.join()  # the loading thread ended and raised nothing
     assert out == ["stale"] and "k" not in c
 
 
@@ -230,38 +238,46 @@ def test_concurrent_get_put_keeps_the_bound() -> None:
     c = S3FIFOCache(50_000)
     stop = threading.Event()
     violations: list[dict] = []
-    errors: list[BaseException] = []
+    ops: list[int] = []
+    checks: list[int] = []
 
     def worker(seed: int) -> None:
         rng = random.Random(seed)
-        try:
-            for _ in range(5000):
-                k = rng.randrange(2000)
-                if rng.random() < 0.5:
-                    c.put(k, k, rng.randrange(1, 3000))
-                elif rng.random() < 0.9:
-                    v = c.get(k)
-                    assert v is None or v == k
-                else:
-                    c.get_or_load(k, lambda k=k: (k, 500))
-        except BaseException as exc:
-            errors.append(exc)
+        n = 0
+        for _ in range(5000):
+            k = rng.randrange(2000)
+            if rng.random() < 0.5:
+                c.put(k, k, rng.randrange(1, 3000))
+            elif rng.random() < 0.9:
+                v = c.get(k)
+                assert v is None or v == k
+            else:
+                c.get_or_load(k, lambda k=k: (k, 500))
+            n += 1
+        ops.append(n)
 
     def checker() -> None:
-        while not stop.is_set():
+        n = 0
+        while True:  # at least one check, however quickly the workers finish
             s = c.stats()
             if s["size_bytes"] > s["capacity_bytes"]:
                 violations.append(s)
+            n += 1
+            if stop.is_set():
+                break
+        checks.append(n)
 
-    chk = threading.Thread(target=checker)
-    chk.start()
-    workers = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join()
-    stop.set()
-    chk.join()
-    assert errors == [] and violations == []
+    checking = ThreadGroup()
+    checking.start(checker)
+    working = ThreadGroup()
+    try:
+        for i in range(6):
+            working.start(worker, i)
+        working.join()  # every worker ended, none raised (a wrong value is re-raised here)
+    finally:
+        stop.set()
+        checking.join()  # the checker ended and raised nothing
+    assert ops == [5000] * 6 and len(checks) == 1 and checks[0] >= 1
+    assert violations == []
     assert c.size_bytes == _resident_bytes(c) <= c.capacity_bytes
     assert c.hits + c.misses > 0 and c.evictions > 0

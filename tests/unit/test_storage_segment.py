@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pytest
 from drift_engine.errors import CorruptionError, InvalidArgumentError
 from drift_engine.storage.pages import PAGE_SIZE, crc32c
 from drift_engine.storage.segment import BlockInfo, SegmentReader, SegmentWriter
+from tests.unit.threadcheck import ThreadGroup
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -306,23 +306,22 @@ def test_concurrent_readers_share_one_reader(tmp_path: Path) -> None:
     path = tmp_path / "t.drift"
     _write(path)
     expected = _blocks()
-    errors: list[BaseException] = []
+    reads: list[int] = []
     with SegmentReader(path) as r:
 
         def work(seed: int) -> None:
-            try:
-                rng = np.random.default_rng(seed)
-                for i in rng.integers(0, len(expected), size=200):
-                    np.testing.assert_array_equal(r.read_block(int(i)), expected[int(i)][1])
-            except BaseException as exc:
-                errors.append(exc)
+            rng = np.random.default_rng(seed)
+            n = 0
+            for i in rng.integers(0, len(expected), size=200):
+                np.testing.assert_array_equal(r.read_block(int(i)), expected[int(i)][1])
+                n += 1
+            reads.append(n)
 
-        threads = [threading.Thread(target=work, args=(s,)) for s in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert errors == []
+        group = ThreadGroup()
+        for s in range(6):
+            group.start(work, s)
+        group.join()  # every reader ended, none raised (a mismatch is re-raised here)
+    assert reads == [200] * 6
 
 
 # -- process boundaries -------------------------------------------------------------------------
