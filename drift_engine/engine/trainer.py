@@ -9,7 +9,8 @@ Each bucket's centroid is the plain mean of the rows finally assigned to it (for
 centroid is a mean of unit vectors, inside the sphere), the same quantity as its running mean, so every drift
 statistic is 0 right after training. k-means is spherical for ip only (routing scores an ip centroid by its
 direction, ``index.routing``); assignment is by L2 to the k-means centroids, which for unit centroids is the
-largest inner product.
+largest inner product. Unless ``n_buckets`` is given, clusters holding more than the collection's split size are
+split before the layout is written (``index.train.balance``), so no split is pending right after training.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from drift_engine.engine.l1_writer import WrittenSegment, write_bucketed_segment
 from drift_engine.engine.snapshot import Snapshot
 from drift_engine.errors import InvalidArgumentError
 from drift_engine.index.buckets import BucketHeader
-from drift_engine.index.train import assign, kmeans
+from drift_engine.index.train import assign, balance, kmeans
 from drift_engine.storage import sq8 as sq8_codec
 from drift_engine.storage.kv import encode_i64
 from drift_engine.storage.sq8 import SQ8Params
@@ -100,12 +101,13 @@ def train_layout(
     k = n_buckets if n_buckets is not None else default_bucket_count(n, params.target_bucket_size)
     if k > n:
         raise InvalidArgumentError(f"n_buckets={k} is more than the {n} vectors in collection {config.name!r}")
+    spherical = config.metric == "ip"  # ip routes by the centroid's direction (index.routing)
     centroids = kmeans(
         vectors,
         k,
         max_iter=params.kmeans_iters,
         sample_size=params.kmeans_sample or None,
-        spherical=config.metric == "ip",  # ip routes by the centroid's direction (index.routing)
+        spherical=spherical,
         progress=progress,
     )
     rng = np.random.default_rng(0)
@@ -113,7 +115,15 @@ def train_layout(
     sq8 = sq8_codec.train_sq8(sample, params.sq8_clip)
     if progress is not None:
         progress("assign", 0.0)
-    labels, _ = assign(vectors, centroids)  # ip: unit centroids, so nearest = largest inner product
+    # ip: unit centroids, so nearest = largest inner product. Unless n_buckets was given, clusters over the
+    # split size are split now, as maintenance would split them right after (no split pending after train).
+    if n_buckets is None:
+        centroids, labels = balance(
+            vectors, centroids, params.split_size, params.target_bucket_size, spherical=spherical, rounds=6
+        )
+    else:
+        labels, _ = assign(vectors, centroids)
+    _, labels = np.unique(labels, return_inverse=True)  # bucket ids 0..k'-1 (a centroid may have lost every row)
     labels = labels.astype(np.int64)
     written, segment_of, row_of = write_bucketed_segments(
         seg_dir, next_segment_id, sq8, ids, vectors, labels, rows_per_segment=params.rows_per_segment
