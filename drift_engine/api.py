@@ -8,6 +8,10 @@ Contract:
 * Collections live in ``<path>/collections/<name>/``. Creating one writes it under a hidden temporary
   name and renames it into place (all or nothing); dropping one renames it away first, then deletes it.
 * The engine is thread-safe: reads run concurrently with one writer per collection.
+* Transactions (``engine.txn``): ``transaction()`` (or ``txn_stage`` / ``txn_prepare`` / ``txn_commit`` /
+  ``txn_abort`` by id, as the server uses them) write to several collections as ONE atomic operation,
+  with write-write conflict detection (``expect``). The transaction log lives in ``<path>/txnlog``;
+  opening the engine finishes any committed transaction a crash left half-applied.
 
 Example::
 
@@ -22,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
 import os
 import shutil
@@ -39,6 +44,7 @@ from drift_engine.config import (
     validate_metric,
 )
 from drift_engine.engine.collection import Collection
+from drift_engine.engine.txn import TxnManager
 from drift_engine.errors import (
     CollectionExistsError,
     CollectionNotFoundError,
@@ -75,7 +81,11 @@ class Engine:
                     shutil.rmtree(full, ignore_errors=True)  # an unfinished create or drop
                     continue
                 self._collections[name] = Collection.open(full, self.cache, self.settings, self.executor)
+            self.txns = TxnManager(path, self.collection, self.list_collections, durability=settings.durability)
+            self.txns.recover()
         except BaseException:
+            if getattr(self, "txns", None) is not None:
+                self.txns.close()
             for col in self._collections.values():
                 col.close(flush=False)
             self.executor.shutdown(wait=False)
@@ -157,11 +167,48 @@ class Engine:
             fsync_dir(self._root)
             shutil.rmtree(doomed, ignore_errors=True)
 
+    # ------------------------------------------------------------------ transactions (engine.txn)
+    def transaction(self, txn_id: str | None = None) -> Transaction:
+        """A new transaction handle (``with engine.transaction() as t: t.insert("a", ...)`` commits at
+        the end of the block, or aborts if it raises)."""
+        self._check_open()
+        return Transaction(self, txn_id or f"embedded-{os.getpid()}-{next(_TXN_COUNTER)}")
+
+    def txn_stage(
+        self,
+        txn_id: str,
+        collection: str,
+        op: str,
+        ids: Any,
+        vectors: Any = None,
+        payloads: Any = None,
+        read_lsns: Any = None,
+    ) -> int:
+        """Add an op (insert / upsert / delete / expect) to transaction ``txn_id`` (``TxnManager.stage``)."""
+        self._check_open()
+        return self.txns.stage(txn_id, collection, op, ids, vectors, payloads, read_lsns)
+
+    def txn_prepare(self, txn_id: str) -> dict[str, int]:
+        """Validate and reserve ``txn_id`` so its commit cannot fail on validation (``TxnManager.prepare``)."""
+        self._check_open()
+        return self.txns.prepare(txn_id)
+
+    def txn_commit(self, txn_id: str) -> dict[str, int]:
+        """Commit ``txn_id`` as one atomic operation across its collections (``TxnManager.commit``)."""
+        self._check_open()
+        return self.txns.commit(txn_id)
+
+    def txn_abort(self, txn_id: str) -> bool:
+        """Drop ``txn_id`` (staged or prepared); False when it is not known."""
+        self._check_open()
+        return self.txns.abort(txn_id)
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            self.txns.close()
             for col in self._collections.values():
                 col.close()
             self._collections.clear()
@@ -176,4 +223,45 @@ class Engine:
             os.close(self._lock_fd)
 
 
-__all__ = ["Collection", "Engine"]
+class Transaction:
+    """An engine transaction by id (embedded handle); see ``engine.txn`` for the rules."""
+
+    def __init__(self, engine: Engine, txn_id: str) -> None:
+        self.engine = engine
+        self.txn_id = txn_id
+
+    def insert(self, collection: str, ids: Any, vectors: Any, payloads: Any = None) -> int:
+        return self.engine.txn_stage(self.txn_id, collection, "insert", ids, vectors, payloads)
+
+    def upsert(self, collection: str, ids: Any, vectors: Any, payloads: Any = None) -> int:
+        return self.engine.txn_stage(self.txn_id, collection, "upsert", ids, vectors, payloads)
+
+    def delete(self, collection: str, ids: Any) -> int:
+        return self.engine.txn_stage(self.txn_id, collection, "delete", ids)
+
+    def expect(self, collection: str, ids: Any, read_lsns: Any) -> int:
+        """Fail the commit (``ConflictError``) if any of ``ids`` changed after the read at ``read_lsns``."""
+        return self.engine.txn_stage(self.txn_id, collection, "expect", ids, read_lsns=read_lsns)
+
+    def prepare(self) -> dict[str, int]:
+        return self.engine.txn_prepare(self.txn_id)
+
+    def commit(self) -> dict[str, int]:
+        return self.engine.txn_commit(self.txn_id)
+
+    def abort(self) -> bool:
+        return self.engine.txn_abort(self.txn_id)
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+_TXN_COUNTER = itertools.count(1)
+
+__all__ = ["Collection", "Engine", "Transaction"]

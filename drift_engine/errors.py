@@ -118,6 +118,20 @@ class CancelledError(DriftError):
     grpc_code = "CANCELLED"
 
 
+class ConflictError(DriftError):
+    """A transaction's commit found that another write changed a row it read (write-write conflict), or
+    that a row it writes is held by another prepared transaction; nothing of the transaction was written."""
+
+    grpc_code = "ABORTED"
+
+
+class TransactionNotFoundError(DriftError):
+    """The transaction id is unknown to the engine: never staged, already committed or aborted, or dropped
+    (abort, idle timeout, engine restart)."""
+
+    grpc_code = "FAILED_PRECONDITION"
+
+
 ALL_ERRORS: tuple[type[DriftError], ...] = (
     DriftError,
     InvalidArgumentError,
@@ -139,6 +153,8 @@ ALL_ERRORS: tuple[type[DriftError], ...] = (
     PermissionDeniedError,
     DeadlineExceededError,
     CancelledError,
+    ConflictError,
+    TransactionNotFoundError,
 )
 
 _BY_NAME = {cls.__name__: cls for cls in ALL_ERRORS}

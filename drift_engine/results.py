@@ -51,14 +51,18 @@ class SearchResult:
 
 
 class GetResult:
-    """``ids`` found (request order), their ``vectors`` (float32, one row per id) and ``payloads``."""
+    """``ids`` found (request order), their ``vectors`` (float32, one row per id) and ``payloads``.
 
-    __slots__ = ("ids", "payloads", "vectors")
+    ``read_lsn`` (0 when unknown) bounds the rows' versions: a row changed after this read has a version
+    above it (engine transactions use it to detect write-write conflicts, ``engine.txn``)."""
 
-    def __init__(self, ids: np.ndarray, vectors: np.ndarray, payloads: list[dict | None]) -> None:
+    __slots__ = ("ids", "payloads", "read_lsn", "vectors")
+
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray, payloads: list[dict | None], read_lsn: int = 0) -> None:
         self.ids = ids
         self.vectors = vectors
         self.payloads = payloads
+        self.read_lsn = read_lsn
 
     def __len__(self) -> int:
         return int(self.ids.size)

@@ -54,7 +54,7 @@ from drift_engine.engine.stats import collection_stats
 from drift_engine.engine.stream import StreamHit, search_stream
 from drift_engine.engine.trainer import train_layout
 from drift_engine.engine.validate import as_filter, as_ids, as_k, as_payloads, as_positive_int, as_vectors
-from drift_engine.engine.writes import WritePath
+from drift_engine.engine.writes import KEY_TRAIN_LSN, WritePath
 from drift_engine.errors import CorruptionError, EngineClosedError, InvalidArgumentError, InvalidParameterError
 from drift_engine.maintenance.janitor import Janitor
 from drift_engine.maintenance.runner import MaintenanceRunner
@@ -303,7 +303,7 @@ class Collection(AsyncTwins):
 
     def _flush_one(self, mt) -> None:
         params = self._config.params
-        ids, vectors, payloads = mt.items()
+        ids, vectors, payloads, row_lsns = mt.items(with_lsns=True)
         tomb = mt.tombstones()
         delete_ids = np.fromiter(tomb.keys(), dtype=np.int64, count=len(tomb))
         applied = mt.max_lsn
@@ -321,6 +321,7 @@ class Collection(AsyncTwins):
             lam=params.lam,
             tau=params.tau,
             rows_per_segment=params.rows_per_segment,
+            row_lsns=row_lsns,
         )
         self._writes.drop_flushed(mt, fields.as_changes())
         crashpoints.hit("flush.after_publish")
@@ -330,6 +331,7 @@ class Collection(AsyncTwins):
 
     def _truncatable_lsn(self, applied: int) -> int:
         pending = [m.min_lsn for m in self._snapshots.current.memtables if m.n_ops and m.min_lsn]
+        pending += list(self._writes.txn_pins)  # TXN_APPLY records the engine's recovery may still need
         return min([applied, *(p - 1 for p in pending)])
 
     def _auto_train(self) -> bool:
@@ -375,6 +377,7 @@ class Collection(AsyncTwins):
                     result.stage(batch)
                     batch.put(L.DB_META, L.KEY_SQ8, result.sq8.to_bytes())
                     batch.put(L.DB_META, L.KEY_TRAINED, b"1")
+                    batch.put(L.DB_META, KEY_TRAIN_LSN, L.int_bytes(max(1, snap.l1_lsn)))  # versions of its rows
                     batch.put(L.DB_META, L.KEY_NEXT_SEGMENT, L.int_bytes(self._next_segment.peek()))
             except BaseException:
                 remove_files([w.path for w in result.written])
@@ -508,8 +511,11 @@ class Collection(AsyncTwins):
         from one pinned snapshot (``engine.reads``)."""
         self._check_open()
         id_arr = as_ids(ids, allow_duplicates=True)
+        bound = self._writes.visible_lsn  # before the pin: see ``read_lsn`` in engine.writes
         with self._snapshots.pin() as snap:
-            return self._reads.get(snap, id_arr)
+            got = self._reads.get(snap, id_arr)
+        got.read_lsn = bound
+        return got
 
     def scan(
         self, batch_size: int | None = None, *, vectors: bool = True, payloads: bool = True
@@ -522,8 +528,11 @@ class Collection(AsyncTwins):
         return self._scan(batch, vectors=vectors, payloads=payloads)
 
     def _scan(self, batch: int, *, vectors: bool, payloads: bool) -> Iterator[GetResult]:
+        bound = self._writes.visible_lsn
         with self._snapshots.pin() as snap:
-            yield from self._reads.scan(snap, batch, vectors=vectors, payloads=payloads)
+            for got in self._reads.scan(snap, batch, vectors=vectors, payloads=payloads):
+                got.read_lsn = bound
+                yield got
 
     def search_stream(self, query: Any, k: int | None = None, **options: Any) -> Iterator[StreamHit]:
         """Rows (``StreamHit``) in non-decreasing distance, lazily, never an id twice (``engine.stream``):

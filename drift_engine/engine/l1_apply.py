@@ -13,6 +13,8 @@ and returns the new L1 fields for the caller to publish (step 3). If it raises, 
 did not commit: the new files are removed and nothing changed. Everything that can fail (writing and
 opening the new segments, routing) happens before the commit; after it only in-memory assembly remains,
 so a caller may treat "returned" as "committed" and "raised" as "not committed".
+Each location records its row's version: ``row_lsns[j]`` (the lsn of the write that made row ``j``, from
+the memtable) when given, else ``applied_lsn`` (a bulk write: one record).
 
 Before committing, it records the prior L1 state of every id it adds, replaces or deletes in the
 snapshot manager's payload history (``snapshot`` module docstring), so readers of older snapshots keep
@@ -108,6 +110,7 @@ class L1Applier:
         lam: float,
         tau: float,
         rows_per_segment: int,
+        row_lsns: np.ndarray | None = None,
     ) -> L1Fields:
         dim = vectors.shape[1] if vectors.ndim == 2 and vectors.shape[0] else None
         up_keys = [encode_i64(i) for i in ids.tolist()]
@@ -182,7 +185,8 @@ class L1Applier:
                 )
             with self.kv.write() as batch:
                 for j, key in enumerate(up_keys):
-                    loc = L.Location(int(labels[j]), int(seg_of[j]), int(row_of[j]), applied_lsn)
+                    lsn = applied_lsn if row_lsns is None else int(row_lsns[j])  # the row's own version
+                    loc = L.Location(int(labels[j]), int(seg_of[j]), int(row_of[j]), lsn)
                     batch.put(L.DB_LOC, key, loc.pack())
                     if payloads[j] is not None:
                         batch.put(L.DB_PAYLOAD, key, payloads[j])

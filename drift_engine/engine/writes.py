@@ -25,6 +25,18 @@ Contract:
   ``CorruptionError`` naming the WAL file and offset, and the collection does not open.
 * The newest version of an id wins: the active memtable over frozen ones (newest first), memtables
   over L1. A memtable tombstone hides every older copy.
+* **Engine transactions** (``engine.txn``): ``apply_txn_locked`` logs one ``TXN_APPLY`` record (the
+  collection's part of a committed transaction: upserts and deletes together) and applies it like any
+  write; replay applies ``TXN_APPLY`` records like ``UPSERT`` + ``DELETE`` and collects their sequence
+  numbers (``txn_seqs``, from every retained record) so the engine's recovery knows which committed
+  transactions a collection already holds. ``txn_pins`` are the lsns of ``TXN_APPLY`` records whose
+  ``TXN_DONE`` is not durable yet: the WAL is never truncated past them. ``reserved`` maps ids to the
+  prepared transaction that holds them: any other write of a reserved id raises ``ConflictError``.
+* **Versions**: ``versions(ids)`` gives, per id, whether it is live and the lsn of its current version
+  (a memtable entry's own lsn; an L1 row's location lsn, or the train's ``KEY_TRAIN_LSN`` for rows a
+  train rewrote). ``visible_lsn`` is an lsn such that every write at or below it is visible to a read
+  that starts afterwards (set after each write's apply): a row read after reading ``visible_lsn = B``
+  and changed since has a version > B.
 * When the active memtable holds ``memtable_max_vectors`` operations it is frozen (still searchable)
   and a fresh one takes writes; the Janitor flushes frozen memtables to L1. Writers wait (backpressure)
   while ``MAX_FROZEN`` frozen memtables are queued.
@@ -47,7 +59,7 @@ from drift_engine.config import CollectionConfig, EngineSettings
 from drift_engine.engine import layout as L
 from drift_engine.engine.payload_index import PayloadIndex
 from drift_engine.engine.snapshot import SnapshotManager
-from drift_engine.errors import CorruptionError, DuplicateIdError, WritesStoppedError
+from drift_engine.errors import ConflictError, CorruptionError, DuplicateIdError, WritesStoppedError
 from drift_engine.memtable.hnsw import MemTable
 from drift_engine.storage.kv import KV, encode_i64
 from drift_engine.wal import records
@@ -57,7 +69,20 @@ from drift_engine.wal.log import WriteAheadLog
 log = logging.getLogger(__name__)
 
 MAX_FROZEN = 4
-REPLAYED_TYPES = frozenset({records.UPSERT, records.DELETE, records.ABORT})
+REPLAYED_TYPES = frozenset({records.UPSERT, records.DELETE, records.ABORT, records.TXN_APPLY})
+KEY_TRAIN_LSN = b"train_lsn"  # meta: applied_lsn when the last train rewrote L1 (its rows have location lsn 0)
+
+
+def refuse_reserved(ids: np.ndarray, reserved: dict[int, str]) -> None:
+    """A write of an id a prepared transaction holds raises ``ConflictError`` (nothing written)."""
+    if reserved:
+        held = [i for i in ids.tolist() if i in reserved]
+        if held:
+            shown = ", ".join(map(str, held[:10])) + (" ..." if len(held) > 10 else "")
+            raise ConflictError(
+                f"{len(held)} id(s) are being written by a prepared transaction: {shown}",
+                hint="retry once that transaction has committed or aborted",
+            )
 
 
 def refuse_existing(ids: np.ndarray, exists: np.ndarray) -> None:
@@ -95,6 +120,10 @@ class WritePath:
         self.count = snapshots.current.live_count
         self.last_write = time.monotonic()  # monotonic time of the latest write (for auto-train's idle test)
         self.has_payloads = kv.count(L.DB_PAYLOAD) > 0
+        self.visible_lsn = 0
+        self.reserved: dict[int, str] = {}
+        self.txn_seqs: set[int] = set()
+        self.txn_pins: set[int] = set()
 
     # ------------------------------------------------------------------ memtables
     def new_memtable(self) -> MemTable:
@@ -172,6 +201,7 @@ class WritePath:
     def upsert_locked(
         self, ids: np.ndarray, vectors: np.ndarray, payloads: list[bytes | None], *, replace: bool
     ) -> int:
+        refuse_reserved(ids, self.reserved)
         exists, old_payloads = self.existing(ids)
         if not replace:
             refuse_existing(ids, exists)
@@ -181,6 +211,7 @@ class WritePath:
         except BaseException as exc:
             self._abort_locked(lsn, exc)
             raise
+        self.visible_lsn = lsn
         self._maybe_rotate_locked()
         return lsn
 
@@ -198,6 +229,7 @@ class WritePath:
         ``apply`` writes segments and commits LMDB and returns the function that publishes the new
         snapshot; it must raise only if it did not commit. Memtables must hold no version of these ids.
         """
+        refuse_reserved(ids, self.reserved)
         exists, old_payloads = self.existing(ids)
         if not replace:
             refuse_existing(ids, exists)
@@ -213,6 +245,7 @@ class WritePath:
         self.count += int(ids.size - np.count_nonzero(exists))
         self._update_payload_index(ids, payloads, old_payloads)
         publish()
+        self.visible_lsn = lsn
         return lsn
 
     def _abort_locked(self, lsn: int, exc: BaseException) -> None:
@@ -257,6 +290,7 @@ class WritePath:
 
     def delete_locked(self, ids: np.ndarray) -> tuple[int, int]:
         """(lsn or 0 when nothing existed, number deleted)."""
+        refuse_reserved(ids, self.reserved)
         exists, old_payloads = self.existing(ids)
         present = ids[exists]
         if present.size == 0:
@@ -271,8 +305,72 @@ class WritePath:
         except BaseException as exc:
             self._abort_locked(lsn, exc)
             raise
+        self.visible_lsn = lsn
         self._maybe_rotate_locked()
         return lsn, int(present.size)
+
+    # ------------------------------------------------------------------ engine transactions
+    def versions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(live per id, lsn of its current version; 0 when not live). Caller holds ``lock``."""
+        n = ids.size
+        live = np.zeros(n, dtype=bool)
+        version = np.zeros(n, dtype=np.int64)
+        resolved = np.zeros(n, dtype=bool)
+        id_list = ids.tolist()
+        for mt in self._snapshots.current.memtables:
+            for j in np.flatnonzero(mt.hides(ids) & ~resolved).tolist():
+                resolved[j] = True
+                lsn = mt.lsn_of(id_list[j])
+                if lsn is not None:
+                    live[j], version[j] = True, lsn
+        todo = np.flatnonzero(~resolved).tolist()
+        if todo:
+            raw_train = self._kv.get(L.DB_META, KEY_TRAIN_LSN)
+            train_lsn = int(raw_train) if raw_train is not None else self._snapshots.current.l1_lsn
+            locs = self._kv.get_many(L.DB_LOC, [encode_i64(id_list[j]) for j in todo])
+            for j, raw in zip(todo, locs, strict=True):
+                if raw is not None:
+                    lsn = L.Location.unpack(raw).lsn
+                    live[j], version[j] = True, lsn if lsn else max(1, train_lsn)
+        return live, version
+
+    def apply_txn_locked(
+        self,
+        seq: int,
+        up_ids: np.ndarray,
+        vectors: np.ndarray,
+        payloads: list[bytes | None],
+        del_ids: np.ndarray,
+    ) -> int:
+        """Log and apply this collection's part of committed transaction ``seq`` (one ``TXN_APPLY``
+        record; the caller validated it and holds ``lock``); returns its lsn, pinned in ``txn_pins``."""
+        up_body = records.encode_upsert(up_ids, vectors, payloads, True) if up_ids.size else b""
+        del_body = records.encode_delete(del_ids) if del_ids.size else b""
+        lsn = self.wal.append(records.TXN_APPLY, records.encode_txn_apply(seq, up_body, del_body))
+        self.txn_pins.add(lsn)
+        try:
+            self._apply_txn(up_ids, vectors, payloads, del_ids, lsn)
+        except BaseException as exc:
+            self.txn_pins.discard(lsn)
+            self._abort_locked(lsn, exc)
+            raise
+        self.txn_seqs.add(seq)
+        self.visible_lsn = lsn
+        self._maybe_rotate_locked()
+        return lsn
+
+    def _apply_txn(
+        self, up_ids: np.ndarray, vectors: np.ndarray, payloads: list[bytes | None], del_ids: np.ndarray, lsn: int
+    ) -> None:
+        if up_ids.size:
+            exists, old = self.existing(up_ids)
+            self._apply_upsert(up_ids, vectors, payloads, lsn, exists, old)
+        if del_ids.size:
+            exists, old = self.existing(del_ids)
+            present = del_ids[exists]
+            if present.size:
+                kept = None if old is None else [p for p, e in zip(old, exists, strict=True) if e]
+                self._apply_delete(present, lsn, kept)
 
     def _apply_delete(self, present: np.ndarray, lsn: int, old_payloads: list[bytes | None] | None) -> None:
         self._snapshots.current.memtables[0].delete(present, lsn)
@@ -310,7 +408,13 @@ class WritePath:
             for rec in self.wal.records(applied_lsn):
                 if rec.type == records.ABORT or rec.lsn in aborted:
                     continue
-                if rec.type == records.UPSERT:
+                if rec.type == records.TXN_APPLY:
+                    seq, up, dele = _decode(rec, records.decode_txn_apply)
+                    up_ids, vectors, payloads, _replace = _decode_part(rec, up, records.decode_upsert)
+                    del_ids = _decode_part(rec, dele, records.decode_delete)
+                    self._apply_txn(up_ids, vectors, payloads, del_ids, rec.lsn)
+                    self.txn_seqs.add(seq)
+                elif rec.type == records.UPSERT:
                     ids, vectors, payloads, _replace = _decode(rec, records.decode_upsert)
                     exists, old = self.existing(ids)
                     self._apply_upsert(ids, vectors, payloads, rec.lsn, exists, old)
@@ -323,6 +427,16 @@ class WritePath:
                         self._apply_delete(present, rec.lsn, kept)
                 self._maybe_rotate_locked()
                 replayed += 1
+            old_seqs: dict[int, int] = {}  # transactions already in L1 whose records are still retained
+            for rec in self.wal.records(0):
+                if rec.lsn > applied_lsn:
+                    break
+                if rec.type == records.TXN_APPLY:
+                    old_seqs[rec.lsn] = _decode(rec, records.decode_txn_apply)[0]
+                elif rec.type == records.ABORT:
+                    aborted.add(_decode(rec, records.decode_abort))
+            self.txn_seqs.update(seq for lsn, seq in old_seqs.items() if lsn not in aborted)
+            self.visible_lsn = self.wal.stats()["last_lsn"]
         return replayed
 
     def close(self) -> None:
@@ -331,6 +445,15 @@ class WritePath:
 
 def _corrupt(rec: WalRecord, reason: str) -> CorruptionError:
     return CorruptionError(f"{rec.path}: WAL record at offset {rec.offset} (lsn {rec.lsn}): {reason}; refusing to open")
+
+
+def _decode_part(rec: WalRecord, body: bytes, decode: Callable[[bytes], Any]) -> Any:
+    """A TXN_APPLY part: an empty part is an empty batch."""
+    if not body:
+        if decode is records.decode_upsert:
+            return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32), [], True
+        return np.empty(0, dtype=np.int64)
+    return _decode(rec, lambda _b: decode(body))
 
 
 def _decode(rec: WalRecord, decode: Callable[[bytes], object]) -> Any:

@@ -500,6 +500,11 @@ class MemTable:
             [payloads[lab] for lab in labels],
         )
 
+    def lsn_of(self, ident: int) -> int | None:
+        """The WAL position of the live entry of ``ident`` here, or ``None`` when it is not live here."""
+        lab = self._where.get(ident)
+        return None if lab is None else int(self._lsns[lab])
+
     def lookup(self, ident: int) -> str:
         """``"live"``, ``"deleted"`` (tombstoned here) or ``"absent"``."""
         if ident in self._where:

@@ -3,10 +3,14 @@
 Contract:
 
 * Record type constants (the ``type`` byte of a WAL frame): ``UPSERT = 1``, ``DELETE = 2``,
-  ``CREATE = 3``, ``DROP = 4``, ``PARAMS = 5``, ``ABORT = 6``.  CREATE / DROP / PARAMS carry a JSON
-  object.  ``ABORT`` names the lsn of an earlier record of the same log whose write failed after it was
-  logged (the caller got an error): replay must skip that record.  A log's reader decides which types
-  it expects; any other type is corruption.
+  ``CREATE = 3``, ``DROP = 4``, ``PARAMS = 5``, ``ABORT = 6``, ``TXN_APPLY = 7``, ``TXN_COMMIT = 8``,
+  ``TXN_DONE = 9``.  CREATE / DROP / PARAMS carry a JSON object.  ``TXN_APPLY`` (a collection's WAL) is
+  one collection's part of an engine transaction: its sequence number, the rows it upserts and the ids
+  it deletes, applied together.  ``TXN_COMMIT`` / ``TXN_DONE`` belong to the engine's transaction log
+  (``engine.txn``): the whole committed transaction (every collection's part), and the note that every
+  collection has its ``TXN_APPLY``.  ``ABORT`` names the lsn of an earlier record of the same log whose
+  write failed after it was logged (the caller got an error): replay must skip that record.  A log's
+  reader decides which types it expects; any other type is corruption.
 * Every body starts with a format version byte (``BODY_VERSION`` = 1), so a later format can be
   added without ambiguity.  All integers and floats are little-endian.
 * Encoders validate their input and raise ``InvalidArgumentError`` (nothing has been written yet).
@@ -24,6 +28,11 @@ Layouts (version 1)::
     DELETE  [ver u8][n u32][ids i64 * n]
     ABORT   [ver u8][aborted lsn u64]
     JSON    [ver u8][UTF-8 JSON object, compact]
+    TXN_APPLY  [ver u8][seq u64][upsert len u32][UPSERT body or nothing][DELETE body or nothing]
+    TXN_COMMIT [ver u8][seq u64][groups u32] then per group:
+               [name len u16][name UTF-8][upsert len u32][UPSERT body or nothing]
+               [delete len u32][DELETE body or nothing]
+    TXN_DONE   [ver u8][seq u64]
 """
 
 from __future__ import annotations
@@ -42,6 +51,9 @@ CREATE = 3
 DROP = 4
 PARAMS = 5
 ABORT = 6
+TXN_APPLY = 7
+TXN_COMMIT = 8
+TXN_DONE = 9
 
 RECORD_TYPES: dict[int, str] = {
     UPSERT: "UPSERT",
@@ -50,6 +62,9 @@ RECORD_TYPES: dict[int, str] = {
     DROP: "DROP",
     PARAMS: "PARAMS",
     ABORT: "ABORT",
+    TXN_APPLY: "TXN_APPLY",
+    TXN_COMMIT: "TXN_COMMIT",
+    TXN_DONE: "TXN_DONE",
 }
 
 BODY_VERSION = 1
@@ -218,3 +233,97 @@ def decode_json(body: bytes) -> dict:
     if not isinstance(obj, dict):
         raise CorruptionError(f"JSON body: expected an object, got {type(obj).__name__}")
     return obj
+
+
+# --- engine transactions ----------------------------------------------------------------------
+_SEQ = struct.Struct("<BQ")  # version, transaction sequence number
+_U32S = struct.Struct("<I")
+_U16S = struct.Struct("<H")
+
+
+def _seq_ok(seq: int, what: str) -> None:
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 < seq < 1 << 64:
+        raise InvalidArgumentError(f"{what}: seq must be a positive int, got {seq!r}")
+
+
+def encode_txn_apply(seq: int, upsert_body: bytes, delete_body: bytes) -> bytes:
+    """One collection's part of transaction ``seq``: an UPSERT body (or b"") and a DELETE body (or b"")."""
+    _seq_ok(seq, "encode_txn_apply")
+    return b"".join((_SEQ.pack(BODY_VERSION, seq), _U32S.pack(len(upsert_body)), upsert_body, delete_body))
+
+
+def decode_txn_apply(body: bytes) -> tuple[int, bytes, bytes]:
+    """Inverse of ``encode_txn_apply``: ``(seq, upsert body or b"", delete body or b"")``."""
+    raw = bytes(body)
+    if len(raw) < _SEQ.size + 4:
+        raise CorruptionError(f"TXN_APPLY body: {len(raw)} bytes, shorter than its head")
+    version, seq = _SEQ.unpack_from(raw, 0)
+    if version != BODY_VERSION:
+        raise CorruptionError(f"TXN_APPLY body: unknown format version {version}")
+    if seq == 0:
+        raise CorruptionError("TXN_APPLY body: seq 0")
+    (n_up,) = _U32S.unpack_from(raw, _SEQ.size)
+    off = _SEQ.size + 4
+    if len(raw) - off < n_up:
+        raise CorruptionError(f"TXN_APPLY body: upsert part of {n_up} bytes but {len(raw) - off} follow")
+    return int(seq), raw[off : off + n_up], raw[off + n_up :]
+
+
+def encode_txn_commit(seq: int, groups: list[tuple[str, bytes, bytes]]) -> bytes:
+    """A whole committed transaction: ``(collection name, UPSERT body or b"", DELETE body or b"")`` per collection."""
+    _seq_ok(seq, "encode_txn_commit")
+    parts = [_SEQ.pack(BODY_VERSION, seq), _U32S.pack(len(groups))]
+    for name, up, dele in groups:
+        encoded = name.encode("utf-8")
+        if len(encoded) > 0xFFFF:
+            raise InvalidArgumentError("encode_txn_commit: collection name too long")
+        parts += [_U16S.pack(len(encoded)), encoded, _U32S.pack(len(up)), up, _U32S.pack(len(dele)), dele]
+    return b"".join(parts)
+
+
+def decode_txn_commit(body: bytes) -> tuple[int, list[tuple[str, bytes, bytes]]]:
+    """Inverse of ``encode_txn_commit``."""
+    raw = bytes(body)
+    try:
+        version, seq = _SEQ.unpack_from(raw, 0)
+        if version != BODY_VERSION:
+            raise CorruptionError(f"TXN_COMMIT body: unknown format version {version}")
+        (n,) = _U32S.unpack_from(raw, _SEQ.size)
+        off = _SEQ.size + 4
+        groups = []
+        for _ in range(n):
+            (ln,) = _U16S.unpack_from(raw, off)
+            off += 2
+            name = raw[off : off + ln].decode("utf-8")
+            off += ln
+            pieces = []
+            for _part in range(2):
+                (m,) = _U32S.unpack_from(raw, off)
+                off += 4
+                if len(raw) - off < m:
+                    raise CorruptionError(f"TXN_COMMIT body: a part of {m} bytes runs past the end")
+                pieces.append(raw[off : off + m])
+                off += m
+            groups.append((name, pieces[0], pieces[1]))
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise CorruptionError(f"TXN_COMMIT body: malformed ({exc})") from exc
+    if off != len(raw):
+        raise CorruptionError(f"TXN_COMMIT body: {len(raw) - off} stray bytes at the end")
+    if seq == 0:
+        raise CorruptionError("TXN_COMMIT body: seq 0")
+    return int(seq), groups
+
+
+def encode_txn_done(seq: int) -> bytes:
+    _seq_ok(seq, "encode_txn_done")
+    return _SEQ.pack(BODY_VERSION, seq)
+
+
+def decode_txn_done(body: bytes) -> int:
+    raw = bytes(body)
+    if len(raw) != _SEQ.size:
+        raise CorruptionError(f"TXN_DONE body: {len(raw)} bytes, expected {_SEQ.size}")
+    version, seq = _SEQ.unpack(raw)
+    if version != BODY_VERSION or seq == 0:
+        raise CorruptionError(f"TXN_DONE body: bad version {version} or seq {seq}")
+    return int(seq)

@@ -1,0 +1,453 @@
+"""Engine transactions: writes to several collections that commit or fail as ONE operation.
+
+Contract:
+
+* A transaction has a client-chosen id (``txn_id``, 1..128 printable characters). ``stage`` adds ops to
+  it in as many calls as needed: ``insert`` (refused at commit if the id exists), ``upsert``, ``delete``
+  (ids that do not exist are ignored), and ``expect`` (the ids the transaction read, each with the
+  ``read_lsn`` of its read: ``GetResult.read_lsn``). Within one transaction an id is written at most once
+  per collection (the caller nets its own writes). Staging validates the input (dimensions, finite
+  values, payloads) but reads no collection state.
+* ``prepare`` validates the whole transaction against the current state under the write locks of every
+  collection it touches (sorted by name): insert ids must not exist; every expected id must still be live
+  with a version (``WritePath.versions``) at or below its ``read_lsn`` -- else ``ConflictError`` (a
+  write-write conflict); no id may be held by another prepared transaction -- ``ConflictError``. It then
+  *reserves* every id it writes: until it commits or aborts, any other write of those ids (transactional
+  or not) raises ``ConflictError``. So a prepared transaction's commit cannot fail on validation. A
+  transaction may be staged further after a prepare and prepared again.
+* ``commit`` validates (again), then writes ONE ``TXN_COMMIT`` record holding every collection's part to
+  the engine's transaction log (``<data>/txnlog``, a ``WriteAheadLog``) and syncs it: **that is the
+  commit point**. Then each collection logs and applies its part as one ``TXN_APPLY`` record, the
+  collections' WALs are synced, and a ``TXN_DONE`` record is synced to the transaction log. The call
+  returns (is acknowledged) after all of that. A commit that raises before the commit point changed
+  nothing. A failure after it (a WAL that cannot be written or synced) raises ``WritesStoppedError``:
+  the transaction is committed and the next open finishes applying it.
+* ``abort`` drops a staged or prepared transaction and its reservations. A transaction idle longer than
+  ``timeout`` seconds (no stage / prepare call) is aborted by a reaper thread (a vanished client), and
+  nothing staged or prepared survives a restart: only committed transactions exist after one.
+* Commits are serialised engine-wide (one commit at a time); prepares and stages run concurrently.
+
+Recovery rule (``TxnManager.recover``, run by ``Engine.open`` after every collection has replayed its
+WAL): every ``TXN_COMMIT`` in the transaction log without a ``TXN_DONE`` is finished: each collection
+part that the collection does not hold yet (no ``TXN_APPLY`` of that sequence number among its retained
+WAL records, ``WritePath.txn_seqs``) is applied now; then ``TXN_DONE`` is written. A ``TXN_APPLY`` is
+only ever written after its ``TXN_COMMIT`` is durable, and a collection never truncates its WAL past a
+``TXN_APPLY`` whose ``TXN_DONE`` is not durable (``WritePath.txn_pins``), so after a crash at any point
+a transaction is either absent (crash before its ``TXN_COMMIT`` was durable: it was not acknowledged)
+or whole in every collection. Sequence numbers only grow, across restarts too (at least the clock in ns).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from drift_engine import crashpoints
+from drift_engine.engine.validate import as_ids, as_payloads, as_vectors
+from drift_engine.engine.writes import refuse_existing
+from drift_engine.errors import (
+    ConflictError,
+    CorruptionError,
+    EngineClosedError,
+    InvalidArgumentError,
+    TransactionNotFoundError,
+    WritesStoppedError,
+)
+from drift_engine.wal import records
+from drift_engine.wal.log import WriteAheadLog
+
+log = logging.getLogger(__name__)
+
+TXN_DIR = "txnlog"
+DEFAULT_TIMEOUT = 60.0  # seconds a staged / prepared transaction may sit idle before it is aborted
+OPS = ("insert", "upsert", "delete", "expect")
+
+
+@dataclass
+class _Part:
+    """One collection's share of a transaction."""
+
+    rows: dict[int, tuple[np.ndarray, bytes | None, bool]] = field(default_factory=dict)  # id -> (vec, pay, insert)
+    deletes: set[int] = field(default_factory=set)
+    expect: dict[int, int] = field(default_factory=dict)  # id -> read_lsn
+
+    def arrays(self, dim: int) -> tuple[np.ndarray, np.ndarray, list[bytes | None], np.ndarray, np.ndarray]:
+        up = np.fromiter(self.rows, dtype=np.int64, count=len(self.rows))
+        vecs = np.stack([r[0] for r in self.rows.values()]) if self.rows else np.zeros((0, dim), np.float32)
+        pays = [r[1] for r in self.rows.values()]
+        inserts = np.fromiter((r[2] for r in self.rows.values()), dtype=bool, count=len(self.rows))
+        dels = np.fromiter(sorted(self.deletes), dtype=np.int64, count=len(self.deletes))
+        return up, vecs, pays, inserts, dels
+
+
+@dataclass
+class _Txn:
+    txn_id: str
+    parts: dict[str, _Part] = field(default_factory=dict)
+    touched: float = field(default_factory=time.monotonic)
+    prepared: bool = False
+    busy: bool = False  # a prepare / commit is running on it
+    reserved: dict[str, list[int]] = field(default_factory=dict)
+
+
+def check_txn_id(txn_id: Any) -> str:
+    if not isinstance(txn_id, str) or not 0 < len(txn_id) <= 128 or not txn_id.isprintable():
+        raise InvalidArgumentError(f"txn_id must be a printable string of 1..128 characters, got {txn_id!r}")
+    return txn_id
+
+
+class TxnManager:
+    """The engine's transactions (see the module docstring). ``collection(name)`` gives an open
+    ``Collection`` or raises ``CollectionNotFoundError``."""
+
+    def __init__(
+        self,
+        path: str,
+        collection: Callable[[str], Any],
+        names: Callable[[], list[str]],
+        *,
+        durability: str = "sync",
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._collection = collection
+        self._names = names
+        self._durability = durability
+        self.timeout = timeout
+        self._lock = threading.Lock()  # the table of transactions
+        self._commit_lock = threading.Lock()  # one commit at a time (sequence order = log order)
+        self._txns: dict[str, _Txn] = {}
+        self._closed = False
+        self.wal = WriteAheadLog(
+            os.path.join(path, TXN_DIR),
+            durability=durability,
+            max_file_bytes=8 << 20,
+            crash_hook=crashpoints.hit if crashpoints.ENABLED else None,
+        )
+        self._seq = 0
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap_loop, name="drift-txn-reaper", daemon=True)
+
+    # ------------------------------------------------------------------ recovery
+    def recover(self) -> int:
+        """Finish every committed transaction the log holds (module docstring); returns how many."""
+        committed: dict[int, list[tuple[str, bytes, bytes]]] = {}
+        done: set[int] = set()
+        for rec in self.wal.records(0):
+            try:
+                if rec.type == records.TXN_COMMIT:
+                    seq, groups = records.decode_txn_commit(rec.body)
+                    committed[seq] = groups
+                elif rec.type == records.TXN_DONE:
+                    done.add(records.decode_txn_done(rec.body))
+                else:
+                    raise CorruptionError(f"record type {rec.type} does not belong in the transaction log")
+            except CorruptionError as exc:
+                raise CorruptionError(
+                    f"{rec.path}: transaction log record at offset {rec.offset} (lsn {rec.lsn}): {exc.message}; "
+                    "refusing to open"
+                ) from exc
+        seen = set(committed)
+        for name in self._names():
+            seen |= self._collection(name)._writes.txn_seqs
+        self._seq = max([0, *seen])
+        finished = 0
+        for seq in sorted(set(committed) - done):
+            for name, up_body, del_body in committed[seq]:
+                try:
+                    col = self._collection(name)
+                except Exception:
+                    log.warning("transaction %d: collection %r no longer exists; its part is skipped", seq, name)
+                    continue
+                writes = col._writes
+                if seq in writes.txn_seqs:
+                    continue
+                up, vecs, pays, _ = records.decode_upsert(up_body) if up_body else _empty_upsert(col.dim)
+                dels = records.decode_delete(del_body) if del_body else np.empty(0, dtype=np.int64)
+                with writes.lock:
+                    lsn = writes.apply_txn_locked(seq, up, vecs, pays, dels)
+                writes.wal.sync(lsn, "sync")
+                writes.txn_pins.discard(lsn)
+            self.wal.sync(self.wal.append(records.TXN_DONE, records.encode_txn_done(seq)), "sync")
+            finished += 1
+            log.warning("transaction %d was committed but not wholly applied before a crash; finished it", seq)
+        last = self.wal.stats()["last_lsn"]
+        if last:
+            self.wal.truncate_upto(last)
+        self._reaper.start()
+        return finished
+
+    # ------------------------------------------------------------------ staging
+    def stage(
+        self,
+        txn_id: str,
+        collection: str,
+        op: str,
+        ids: Any,
+        vectors: Any = None,
+        payloads: Any = None,
+        read_lsns: Any = None,
+    ) -> int:
+        """Add one op (``insert`` / ``upsert`` / ``delete`` / ``expect``) to ``txn_id`` (created on first
+        use); returns the number of rows it added."""
+        check_txn_id(txn_id)
+        if op not in OPS:
+            raise InvalidArgumentError(f"transaction op must be one of {', '.join(OPS)}, got {op!r}")
+        col = self._collection(collection)
+        id_arr = as_ids(ids)
+        if op in ("insert", "upsert"):
+            vec = as_vectors(vectors, col.dim, col.metric, n_expected=id_arr.size)
+            pay = as_payloads(payloads, id_arr.size)
+        elif op == "expect":
+            bounds = np.asarray([] if read_lsns is None else read_lsns, dtype=np.int64).reshape(-1)
+            if bounds.size != id_arr.size or (bounds < 0).any():
+                raise InvalidArgumentError(f"expect: {id_arr.size} ids need as many read_lsns >= 0, got {bounds.size}")
+        with self._lock:
+            txn = self._txns.get(txn_id)
+            if txn is None:
+                if self._closed:
+                    raise EngineClosedError("the engine is closing; no new transactions")
+                txn = self._txns[txn_id] = _Txn(txn_id)
+            if txn.busy:
+                raise InvalidArgumentError(f"transaction {txn_id!r} is being prepared or committed")
+            txn.touched = time.monotonic()
+            part = txn.parts.setdefault(collection, _Part())
+            ident_list = id_arr.tolist()
+            if op == "expect":
+                for ident, bound in zip(ident_list, bounds.tolist(), strict=True):
+                    part.expect.setdefault(ident, bound)  # the first read counts
+                return len(ident_list)
+            twice = [i for i in ident_list if i in part.rows or i in part.deletes]
+            if twice:
+                raise InvalidArgumentError(
+                    f"transaction {txn_id!r} writes id(s) {twice[:10]} of {collection!r} twice",
+                    hint="send each id's net effect once",
+                )
+            if op == "delete":
+                part.deletes.update(ident_list)
+            else:
+                for j, ident in enumerate(ident_list):
+                    part.rows[ident] = (vec[j], pay[j], op == "insert")
+            return len(ident_list)
+
+    # ------------------------------------------------------------------ validation under the locks
+    @contextlib.contextmanager
+    def _locked(self, txn: _Txn) -> Iterator[dict[str, Any]]:
+        cols = {name: self._collection(name) for name in sorted(txn.parts)}
+        for col in cols.values():
+            col._writes.wait_for_room()
+        held: list[Any] = []
+        try:
+            for col in cols.values():
+                col._writes.lock.acquire()
+                held.append(col._writes.lock)
+                col._check_open()
+            yield cols
+        finally:
+            for lock in reversed(held):
+                lock.release()
+
+    def _validate_locked(self, txn: _Txn, cols: dict[str, Any]) -> None:
+        conflicts: list[str] = []
+        for name, col in cols.items():
+            part, writes = txn.parts[name], col._writes
+            written = list(part.rows) + sorted(part.deletes)
+            held = [i for i in written if writes.reserved.get(i, txn.txn_id) != txn.txn_id]
+            if held:
+                raise ConflictError(
+                    f"{len(held)} id(s) of {name!r} are being written by another prepared transaction: {held[:10]}",
+                    hint="retry the transaction",
+                )
+            inserts = [i for i, r in part.rows.items() if r[2]]
+            if inserts:
+                arr = np.asarray(inserts, dtype=np.int64)
+                refuse_existing(arr, writes.existing(arr)[0])
+            if part.expect:
+                ids = np.fromiter(part.expect, dtype=np.int64, count=len(part.expect))
+                bounds = np.fromiter(part.expect.values(), dtype=np.int64, count=len(part.expect))
+                live, version = writes.versions(ids)
+                bad = ~live | (version > bounds)
+                conflicts += [f"{name}:{i}" for i in ids[bad].tolist()]
+        if conflicts:
+            shown = ", ".join(conflicts[:10]) + (" ..." if len(conflicts) > 10 else "")
+            raise ConflictError(
+                f"{len(conflicts)} row(s) this transaction read were changed or deleted by another transaction "
+                f"since: {shown}",
+                hint="retry the transaction (it was not written)",
+            )
+
+    def _take(self, txn_id: str) -> _Txn:
+        with self._lock:
+            txn = self._txns.get(check_txn_id(txn_id))
+            if txn is None:
+                raise TransactionNotFoundError(
+                    f"transaction {txn_id!r} is unknown (never staged, already finished, aborted, timed out, or "
+                    "dropped by an engine restart)",
+                    hint="nothing of it was written; run it again",
+                )
+            if txn.busy:
+                raise InvalidArgumentError(f"transaction {txn_id!r} is already being prepared or committed")
+            txn.busy = True
+            txn.touched = time.monotonic()
+            return txn
+
+    def _release(self, txn: _Txn, *, drop: bool) -> None:
+        with self._lock:
+            txn.busy = False
+            txn.touched = time.monotonic()
+            if drop:
+                self._txns.pop(txn.txn_id, None)
+
+    def _unreserve(self, txn: _Txn) -> None:
+        for name, ids in txn.reserved.items():
+            try:
+                writes = self._collection(name)._writes
+            except Exception:
+                continue  # dropped
+            for ident in ids:
+                if writes.reserved.get(ident) == txn.txn_id:
+                    del writes.reserved[ident]
+        txn.reserved.clear()
+
+    # ------------------------------------------------------------------ prepare / commit / abort
+    def prepare(self, txn_id: str) -> dict[str, int]:
+        """Validate and reserve (module docstring); a ``ConflictError`` / ``DuplicateIdError`` aborts the
+        transaction. Returns the row counts."""
+        txn = self._take(txn_id)
+        try:
+            with self._locked(txn) as cols:
+                self._validate_locked(txn, cols)
+                for name, part in txn.parts.items():
+                    reserved = cols[name]._writes.reserved
+                    ids = [*part.rows, *part.deletes]
+                    for ident in ids:
+                        reserved[ident] = txn.txn_id
+                    txn.reserved[name] = ids
+            txn.prepared = True
+        except BaseException:
+            self._unreserve(txn)
+            self._release(txn, drop=True)
+            raise
+        self._release(txn, drop=False)
+        return _counts(txn)
+
+    def commit(self, txn_id: str) -> dict[str, int]:
+        """Commit ``txn_id`` atomically (module docstring); returns ``{"written", "deleted", "seq"}``."""
+        txn = self._take(txn_id)
+        try:
+            with self._commit_lock, self._locked(txn) as cols:
+                self._validate_locked(txn, cols)
+                return self._commit_locked(txn, cols)
+        finally:
+            self._unreserve(txn)
+            self._release(txn, drop=True)
+
+    def _commit_locked(self, txn: _Txn, cols: dict[str, Any]) -> dict[str, int]:
+        self._seq = max(self._seq + 1, time.time_ns())
+        seq = self._seq
+        arrays: dict[str, tuple] = {}
+        groups: list[tuple[str, bytes, bytes]] = []
+        deleted = 0
+        for name, col in cols.items():
+            part = txn.parts[name]
+            if not part.rows and not part.deletes:
+                continue
+            up, vecs, pays, _inserts, dels = part.arrays(col.dim)
+            present = dels[col._writes.existing(dels)[0]] if dels.size else dels
+            deleted += int(present.size)
+            arrays[name] = (up, vecs, pays, present)
+            up_body = records.encode_upsert(up, vecs, pays, True) if up.size else b""
+            groups.append((name, up_body, records.encode_delete(present) if present.size else b""))
+        written = sum(len(txn.parts[n].rows) for n in arrays)
+        if not groups:
+            return {"written": 0, "deleted": 0, "seq": 0}
+        crashpoints.hit("txn.before_commit_record")
+        lsn = self.wal.append(records.TXN_COMMIT, records.encode_txn_commit(seq, groups))
+        self.wal.sync(lsn, self._durability)  # the commit point
+        crashpoints.hit("txn.after_commit_record")
+        applied: list[tuple[Any, int]] = []
+        try:
+            for name, (up, vecs, pays, dels) in arrays.items():
+                writes = cols[name]._writes
+                applied.append((writes, writes.apply_txn_locked(seq, up, vecs, pays, dels)))
+                crashpoints.hit("txn.after_apply")
+            for writes, rec_lsn in applied:
+                writes.wal.sync(rec_lsn, self._durability)
+            crashpoints.hit("txn.before_done")
+            self.wal.sync(self.wal.append(records.TXN_DONE, records.encode_txn_done(seq)), self._durability)
+        except BaseException as exc:
+            raise WritesStoppedError(
+                f"transaction {txn.txn_id!r} is committed (sequence {seq}) but applying it failed: {exc}; "
+                "the next open of the engine finishes applying it",
+                hint="reopen the engine",
+            ) from exc
+        for writes, rec_lsn in applied:
+            writes.txn_pins.discard(rec_lsn)
+        crashpoints.hit("txn.after_done")
+        with contextlib.suppress(Exception):  # housekeeping: every logged transaction is done now
+            self.wal.truncate_upto(self.wal.stats()["last_lsn"])
+        return {"written": written, "deleted": deleted, "seq": seq}
+
+    def abort(self, txn_id: str) -> bool:
+        """Drop ``txn_id`` and its reservations; False when it was not known (already gone)."""
+        with self._lock:
+            txn = self._txns.get(check_txn_id(txn_id))
+            if txn is None:
+                return False
+            if txn.busy:
+                raise InvalidArgumentError(f"transaction {txn_id!r} is being prepared or committed; cannot abort it")
+            del self._txns[txn_id]
+        self._unreserve(txn)
+        return True
+
+    def pending(self) -> list[dict[str, Any]]:
+        """The staged and prepared transactions: id, prepared, idle seconds, rows per collection."""
+        now = time.monotonic()
+        with self._lock:
+            return [
+                {"txn_id": t.txn_id, "prepared": t.prepared, "idle_s": now - t.touched, **_counts(t)}
+                for t in self._txns.values()
+            ]
+
+    # ------------------------------------------------------------------ lifecycle
+    def _reap_loop(self) -> None:
+        while not self._stop.wait(min(1.0, max(0.05, self.timeout / 4))):
+            now = time.monotonic()
+            with self._lock:
+                idle = [t for t in self._txns.values() if not t.busy and now - t.touched > self.timeout]
+                for t in idle:
+                    del self._txns[t.txn_id]
+            for t in idle:
+                self._unreserve(t)
+                log.warning("transaction %r sat idle for over %.0f s and was aborted", t.txn_id, self.timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            txns = list(self._txns.values())
+            self._txns.clear()
+        for t in txns:
+            self._unreserve(t)
+        self._stop.set()
+        if self._reaper.is_alive():
+            self._reaper.join()
+        self.wal.close()
+
+
+def _counts(txn: _Txn) -> dict[str, int]:
+    return {
+        "rows": sum(len(p.rows) for p in txn.parts.values()),
+        "deletes": sum(len(p.deletes) for p in txn.parts.values()),
+        "expects": sum(len(p.expect) for p in txn.parts.values()),
+    }
+
+
+def _empty_upsert(dim: int) -> tuple[np.ndarray, np.ndarray, list[bytes | None], bool]:
+    return np.empty(0, dtype=np.int64), np.zeros((0, dim), dtype=np.float32), [], True
