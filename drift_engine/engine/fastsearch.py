@@ -375,11 +375,18 @@ def search_fast(
     flt: dict[str, str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``search.search_hybrid`` with the compiled L1 scan (module docstring): same results."""
-    prep = prepare(snap, metric) if snap.trained else None
+    prep = snap.prepared.get((_MEMO_KEY, metric), False)
+    if prep is False:
+        prep = prepare(snap, metric)
     if prep is None:
         return ref.search_hybrid(snap, query, k, nprobe, rerank, ef, metric, masks, flt)
     dim = query.shape[0]
-    if masks is None and not any(m.n_ops for m in snap.memtables):
+    l0_empty = True
+    for mt in snap.memtables:
+        if mt.n_ops:
+            l0_empty = False
+            break
+    if masks is None and l0_empty:
         got = ivf_fast(prep, query, k, nprobe, rerank, prep.dead)
         if got is None:
             if not np.isfinite(query).all():

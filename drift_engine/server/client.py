@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import os
 import threading
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -52,6 +53,7 @@ from drift_engine.server import wire
 from drift_engine.server.directclient import DirectClient
 from drift_engine.server.drift_pb2_grpc import DriftServiceStub
 from drift_engine.server.fastclient import SLICE_S, FastPathClient
+from drift_engine.server.txnclient import RemoteTransaction
 
 _DEFAULT: Any = object()
 
@@ -175,6 +177,25 @@ class Client:
 
     def drop_collection(self, name: str) -> None:
         self.invoke("DropCollection", pb.CollectionRequest(collection=name), self.admin_timeout)
+
+    # ------------------------------------------------------------------ engine transactions (engine.txn)
+    def transaction(self, txn_id: str | None = None) -> RemoteTransaction:
+        """A new server-side transaction handle (``with client.transaction() as t: ...`` commits at the end)."""
+        return RemoteTransaction(self, txn_id or f"client-{os.getpid()}-{uuid.uuid4().hex}")
+
+    def txn_stage(self, txn_id: str, ops: list[pb.TxnOp]) -> int:
+        """Stage ``ops`` (``txnclient.txn_op`` messages) into ``txn_id``; returns the rows staged."""
+        return int(self.invoke("StageTxn", pb.StageTxnRequest(txn_id=txn_id, ops=ops)).rows)
+
+    def txn_prepare(self, txn_id: str) -> dict[str, int]:
+        return {"rows": int(self.invoke("PrepareTxn", pb.TxnRequest(txn_id=txn_id)).rows)}
+
+    def txn_commit(self, txn_id: str, durability: str | None = None) -> dict[str, int]:
+        resp = self.invoke("CommitTxn", pb.TxnRequest(txn_id=txn_id, durability=durability or ""))
+        return {"written": int(resp.written), "deleted": int(resp.deleted), "seq": int(resp.seq)}
+
+    def txn_abort(self, txn_id: str) -> bool:
+        return bool(self.invoke("AbortTxn", pb.TxnRequest(txn_id=txn_id)).found)
 
     def close(self) -> None:
         """Release this client's share of the process-wide channel (closed when the last client lets go)."""
