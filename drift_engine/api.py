@@ -193,10 +193,10 @@ class Engine:
         self._check_open()
         return self.txns.prepare(txn_id)
 
-    def txn_commit(self, txn_id: str) -> dict[str, int]:
+    def txn_commit(self, txn_id: str, durability: str | None = None) -> dict[str, int]:
         """Commit ``txn_id`` as one atomic operation across its collections (``TxnManager.commit``)."""
         self._check_open()
-        return self.txns.commit(txn_id)
+        return self.txns.commit(txn_id, durability)
 
     def txn_abort(self, txn_id: str) -> bool:
         """Drop ``txn_id`` (staged or prepared); False when it is not known."""

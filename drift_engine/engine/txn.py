@@ -62,7 +62,7 @@ from drift_engine.errors import (
     WritesStoppedError,
 )
 from drift_engine.wal import records
-from drift_engine.wal.log import WriteAheadLog
+from drift_engine.wal.log import DURABILITY_MODES, WriteAheadLog
 
 log = logging.getLogger(__name__)
 
@@ -338,18 +338,21 @@ class TxnManager:
         self._release(txn, drop=False)
         return _counts(txn)
 
-    def commit(self, txn_id: str) -> dict[str, int]:
-        """Commit ``txn_id`` atomically (module docstring); returns ``{"written", "deleted", "seq"}``."""
+    def commit(self, txn_id: str, durability: str | None = None) -> dict[str, int]:
+        """Commit ``txn_id`` atomically (module docstring); returns ``{"written", "deleted", "seq"}``.
+        ``durability`` (default: the engine's) is how the records are synced before it returns."""
+        if durability is not None and durability not in DURABILITY_MODES:
+            raise InvalidArgumentError(f"durability must be one of {', '.join(DURABILITY_MODES)}, got {durability!r}")
         txn = self._take(txn_id)
         try:
             with self._commit_lock, self._locked(txn) as cols:
                 self._validate_locked(txn, cols)
-                return self._commit_locked(txn, cols)
+                return self._commit_locked(txn, cols, durability or self._durability)
         finally:
             self._unreserve(txn)
             self._release(txn, drop=True)
 
-    def _commit_locked(self, txn: _Txn, cols: dict[str, Any]) -> dict[str, int]:
+    def _commit_locked(self, txn: _Txn, cols: dict[str, Any], mode: str) -> dict[str, int]:
         self._seq = max(self._seq + 1, time.time_ns())
         seq = self._seq
         arrays: dict[str, tuple] = {}
@@ -370,7 +373,7 @@ class TxnManager:
             return {"written": 0, "deleted": 0, "seq": 0}
         crashpoints.hit("txn.before_commit_record")
         lsn = self.wal.append(records.TXN_COMMIT, records.encode_txn_commit(seq, groups))
-        self.wal.sync(lsn, self._durability)  # the commit point
+        self.wal.sync(lsn, mode)  # the commit point
         crashpoints.hit("txn.after_commit_record")
         applied: list[tuple[Any, int]] = []
         try:
@@ -379,9 +382,9 @@ class TxnManager:
                 applied.append((writes, writes.apply_txn_locked(seq, up, vecs, pays, dels)))
                 crashpoints.hit("txn.after_apply")
             for writes, rec_lsn in applied:
-                writes.wal.sync(rec_lsn, self._durability)
+                writes.wal.sync(rec_lsn, mode)
             crashpoints.hit("txn.before_done")
-            self.wal.sync(self.wal.append(records.TXN_DONE, records.encode_txn_done(seq)), self._durability)
+            self.wal.sync(self.wal.append(records.TXN_DONE, records.encode_txn_done(seq)), mode)
         except BaseException as exc:
             raise WritesStoppedError(
                 f"transaction {txn.txn_id!r} is committed (sequence {seq}) but applying it failed: {exc}; "

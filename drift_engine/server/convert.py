@@ -157,6 +157,7 @@ def search_result(
 
 def get_response(result: GetResult, *, skip_vectors: bool = False, skip_payloads: bool = False) -> pb.GetResponse:
     resp = pb.GetResponse(ids=result.ids.tolist(), dim=int(result.vectors.shape[1]) if result.vectors.ndim == 2 else 0)
+    resp.read_lsn = int(getattr(result, "read_lsn", 0))
     if not skip_vectors:
         resp.vectors = encode_vectors(result.vectors)
     if not skip_payloads:
@@ -171,7 +172,7 @@ def get_result(resp: pb.GetResponse, dim: int) -> GetResult:
     else:
         vectors = np.zeros((ids.size, dim), dtype=np.float32)
     payloads = payloads_from_json(resp.payload_json) if resp.payload_json else [None] * ids.size
-    return GetResult(ids, vectors, payloads)
+    return GetResult(ids, vectors, payloads, int(resp.read_lsn))
 
 
 # ------------------------------------------------------------------------------------------ errors

@@ -157,6 +157,39 @@ class ServiceCore:
         self._check_rows(len(req.ids), "ids")
         return pb.WriteResponse(count=col.delete(cv.ids_array(req.ids), durability=req.durability or None))
 
+    # ------------------------------------------------------------------ transactions (engine.txn)
+    def stage_txn(self, req: pb.StageTxnRequest) -> pb.TxnResponse:
+        """Stage ``req.ops`` into transaction ``req.txn_id`` (each op checked against the limits first)."""
+        self._check_rows(sum(len(op.ids) for op in req.ops), "rows")
+        staged = []
+        for op in req.ops:
+            self._col(op.collection)
+            n = len(op.ids)
+            vectors = payloads = None
+            if op.op in ("insert", "upsert"):
+                vectors = cv.decode_vectors(op.vectors, n)
+                if op.payload_json:
+                    if len(op.payload_json) != n:
+                        raise InvalidPayloadError(f"{n} vectors but {len(op.payload_json)} payloads")
+                    payloads = cv.payloads_from_json(op.payload_json)
+            staged.append((op, vectors, payloads))
+        rows = 0
+        for op, vectors, payloads in staged:
+            rows += self.engine.txn_stage(
+                req.txn_id, op.collection, op.op, cv.ids_array(op.ids), vectors, payloads, list(op.read_lsns)
+            )
+        return pb.TxnResponse(rows=rows)
+
+    def prepare_txn(self, req: pb.TxnRequest) -> pb.TxnResponse:
+        return pb.TxnResponse(rows=self.engine.txn_prepare(req.txn_id)["rows"])
+
+    def commit_txn(self, req: pb.TxnRequest) -> pb.TxnResponse:
+        done = self.engine.txn_commit(req.txn_id, req.durability or None)
+        return pb.TxnResponse(written=done["written"], deleted=done["deleted"], seq=done["seq"])
+
+    def abort_txn(self, req: pb.TxnRequest) -> pb.TxnResponse:
+        return pb.TxnResponse(found=self.engine.txn_abort(req.txn_id))
+
     # ------------------------------------------------------------------ reads
     def get(self, req: pb.GetRequest) -> pb.GetResponse:
         col = self._col(req.collection)

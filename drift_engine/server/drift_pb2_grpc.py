@@ -119,6 +119,26 @@ class DriftServiceStub:
                 request_serializer=drift__pb2.MaintainRequest.SerializeToString,
                 response_deserializer=drift__pb2.JsonResponse.FromString,
                 _registered_method=True)
+        self.StageTxn = channel.unary_unary(
+                '/drift.v1.DriftService/StageTxn',
+                request_serializer=drift__pb2.StageTxnRequest.SerializeToString,
+                response_deserializer=drift__pb2.TxnResponse.FromString,
+                _registered_method=True)
+        self.PrepareTxn = channel.unary_unary(
+                '/drift.v1.DriftService/PrepareTxn',
+                request_serializer=drift__pb2.TxnRequest.SerializeToString,
+                response_deserializer=drift__pb2.TxnResponse.FromString,
+                _registered_method=True)
+        self.CommitTxn = channel.unary_unary(
+                '/drift.v1.DriftService/CommitTxn',
+                request_serializer=drift__pb2.TxnRequest.SerializeToString,
+                response_deserializer=drift__pb2.TxnResponse.FromString,
+                _registered_method=True)
+        self.AbortTxn = channel.unary_unary(
+                '/drift.v1.DriftService/AbortTxn',
+                request_serializer=drift__pb2.TxnRequest.SerializeToString,
+                response_deserializer=drift__pb2.TxnResponse.FromString,
+                _registered_method=True)
         self.Health = channel.unary_unary(
                 '/drift.v1.DriftService/Health',
                 request_serializer=drift__pb2.HealthRequest.SerializeToString,
@@ -237,6 +257,32 @@ class DriftServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StageTxn(self, request, context):
+        """engine transactions (drift_engine/engine/txn.py): stage in chunks, prepare, commit or abort, atomic
+        across collections; a transaction idle longer than the server's timeout, or alive at a restart, is dropped
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrepareTxn(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitTxn(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortTxn(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Health(self, request, context):
         """the server itself
         """
@@ -331,6 +377,26 @@ def add_DriftServiceServicer_to_server(servicer, server):
                     servicer.Maintain,
                     request_deserializer=drift__pb2.MaintainRequest.FromString,
                     response_serializer=drift__pb2.JsonResponse.SerializeToString,
+            ),
+            'StageTxn': grpc.unary_unary_rpc_method_handler(
+                    servicer.StageTxn,
+                    request_deserializer=drift__pb2.StageTxnRequest.FromString,
+                    response_serializer=drift__pb2.TxnResponse.SerializeToString,
+            ),
+            'PrepareTxn': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareTxn,
+                    request_deserializer=drift__pb2.TxnRequest.FromString,
+                    response_serializer=drift__pb2.TxnResponse.SerializeToString,
+            ),
+            'CommitTxn': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitTxn,
+                    request_deserializer=drift__pb2.TxnRequest.FromString,
+                    response_serializer=drift__pb2.TxnResponse.SerializeToString,
+            ),
+            'AbortTxn': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortTxn,
+                    request_deserializer=drift__pb2.TxnRequest.FromString,
+                    response_serializer=drift__pb2.TxnResponse.SerializeToString,
             ),
             'Health': grpc.unary_unary_rpc_method_handler(
                     servicer.Health,
@@ -797,6 +863,114 @@ class DriftService:
             '/drift.v1.DriftService/Maintain',
             drift__pb2.MaintainRequest.SerializeToString,
             drift__pb2.JsonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StageTxn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drift.v1.DriftService/StageTxn',
+            drift__pb2.StageTxnRequest.SerializeToString,
+            drift__pb2.TxnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareTxn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drift.v1.DriftService/PrepareTxn',
+            drift__pb2.TxnRequest.SerializeToString,
+            drift__pb2.TxnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitTxn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drift.v1.DriftService/CommitTxn',
+            drift__pb2.TxnRequest.SerializeToString,
+            drift__pb2.TxnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortTxn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drift.v1.DriftService/AbortTxn',
+            drift__pb2.TxnRequest.SerializeToString,
+            drift__pb2.TxnResponse.FromString,
             options,
             channel_credentials,
             insecure,

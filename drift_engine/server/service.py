@@ -76,6 +76,10 @@ METHODS: dict[str, Method] = {
     "Stats": Method(pb.StatsRequest, "stats"),
     "Flush": Method(pb.CollectionRequest, "flush", "admin"),
     "Maintain": Method(pb.MaintainRequest, "maintain", "admin"),
+    "StageTxn": Method(pb.StageTxnRequest, "stage_txn"),
+    "PrepareTxn": Method(pb.TxnRequest, "prepare_txn"),
+    "CommitTxn": Method(pb.TxnRequest, "commit_txn"),
+    "AbortTxn": Method(pb.TxnRequest, "abort_txn"),
     "Health": Method(pb.HealthRequest, "health", "inline"),
 }
 
