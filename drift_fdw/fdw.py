@@ -37,8 +37,8 @@ from typing import Any, NoReturn
 import numpy as np
 from multicorn import ForeignDataWrapper, SortKey, TableDefinition
 
-from drift_engine.errors import CollectionNotFoundError, DriftError
-from drift_fdw import batching, errcodes, explain_guard, overlay
+from drift_engine.errors import CollectionNotFoundError
+from drift_fdw import batching, errcodes, explain_guard, overlay, txn
 from drift_fdw import connection as conn
 from drift_fdw.knn import knn_hits
 from drift_fdw.options import ConfigError, TableSpec
@@ -298,7 +298,10 @@ class DriftFDW(ForeignDataWrapper):
         with conn.engine_call(address):
             got = None
             if plan.ids:  # any number of ids: split into calls the server takes
-                got = batching.get_many(col, plan.ids, batching.rows_per_call(self._client(), address, col.dim))
+                bounded = txn.Bounded(col)
+                got = batching.get_many(bounded, plan.ids, batching.rows_per_call(self._client(), address, col.dim))
+                for ident in got.ids.tolist():
+                    self._writes.note_read(ident, bounded.read_lsn)
         conn.COUNTERS["lookups"] += 1
         rows = overlay.lookup_rows(plan.ids or [], got, self._writes)
         if not rows:
@@ -327,9 +330,11 @@ class DriftFDW(ForeignDataWrapper):
                 if got is None:
                     break
                 conn.COUNTERS["scan_rows"] += len(got)
+                read_lsn = int(getattr(got, "read_lsn", 0))
                 for i, ident in enumerate(got.ids.tolist()):
                     if buffered and overlay.hides(self._writes, ident):
                         continue
+                    self._writes.note_read(ident, read_lsn)
                     vec = got.vectors[i] if want_vectors else None
                     payload = got.payloads[i] if want_payloads else None
                     yield self._row(columns, ident, None, vec, payload, None)
@@ -443,6 +448,7 @@ class DriftFDW(ForeignDataWrapper):
             old = parse_int(oldvalues, self.rowid_column)
             new = self._id_of(newvalues)
             vec, payload = self._vector_and_payload(newvalues, new)
+            self._base(old)
             if new != old:
                 self._writes.delete(old)
                 self._writes.insert(new, vec, payload)
@@ -453,7 +459,21 @@ class DriftFDW(ForeignDataWrapper):
         return self._modify(run)
 
     def delete(self, oldvalues: Any) -> None:
-        self._modify(lambda: self._writes.delete(parse_int(oldvalues, self.rowid_column)))
+        def run() -> None:
+            ident = parse_int(oldvalues, self.rowid_column)
+            self._base(ident)
+            self._writes.delete(ident)
+
+        self._modify(run)
+
+    def _base(self, ident: int) -> None:
+        """Record the version an UPDATE / DELETE of ``ident`` is based on (``drift_fdw.txn``)."""
+        if self._writes.pending(ident) is not None:
+            return
+        read_lsn = self._writes.seen(ident)
+        if read_lsn is None:  # read by a kNN scan (no read_lsn there): bound it now
+            read_lsn = self._col_fresh().get([ident]).read_lsn
+        self._writes.base(ident, read_lsn)
 
     # ------------------------------------------------------------------ transactions
     def begin(self, serializable: bool) -> None:
@@ -461,7 +481,8 @@ class DriftFDW(ForeignDataWrapper):
         self.inserting = False
 
     def pre_commit(self) -> None:
-        if not len(self._writes):
+        """Stage this table's writes into the server's engine transaction and prepare it (``drift_fdw.txn``)."""
+        if not len(self._writes) and not self._writes.expectations():
             return
         try:
             with conn.engine_call(self.spec.address):
@@ -472,36 +493,22 @@ class DriftFDW(ForeignDataWrapper):
             errcodes.fail(exc)
 
     def _apply(self) -> None:
-        col = self._col_fresh()
-        max_rows = batching.rows_per_call(self._client(), self.spec.address, col.dim)
-        batches = list(self._writes.batches(max_rows))
-        durability = self.spec.durability
-        for done, batch in enumerate(batches):
-            try:
-                if batch.op == "delete":
-                    col.delete(batch.ids, durability=durability)
-                elif batch.op == "insert":
-                    col.insert(batch.ids, batch.vectors, batch.payloads, durability=durability)
-                else:
-                    col.upsert(batch.ids, batch.vectors, batch.payloads, durability=durability)
-            except DriftError as exc:
-                if done:
-                    exc.message += (
-                        f" (the transaction's first {done} of {len(batches)} engine batches were applied; "
-                        "the rest were not)"
-                    )
-                raise
-            conn.COUNTERS["write_calls"] += 1
-            conn.COUNTERS["rows_written"] += len(batch.ids)
+        txn.prepare(self)
         self._writes.clear()
 
+    def _max_rows(self, col: Any) -> int:
+        return batching.rows_per_call(self._client(), self.spec.address, col.dim)
+
     def commit(self) -> None:
+        """PostgreSQL committed: commit the engine transaction (once per server); a WARNING, never an ERROR."""
         self._writes.clear()
         self.inserting = False
+        txn.finish(self.spec.address, txn.warn)
 
     def rollback(self) -> None:
         self._writes.clear()
         self.inserting = False
+        txn.abort_all()
         for stream in list(self._streams):
             with contextlib.suppress(Exception):  # never raise during abort
                 stream.close()

@@ -12,6 +12,12 @@ Contract:
 * ``batches(max_rows)`` yields the engine calls that apply the buffer, in this order: inserts (the engine
   refuses the whole call if one id exists), upserts, deletes; each at most ``max_rows`` rows. When it yields
   a single call, the transaction is applied as one atomic engine batch (one WAL record).
+* Versions (write-write conflicts, ``drift_fdw.txn``): ``note_read(ident, read_lsn)`` records the
+  ``read_lsn`` of an engine row a scan returned (ids with a pending write are not noted: the buffer decides
+  what they look like; at most ``SEEN_CAP`` ids per transaction). ``base(ident, read_lsn)``, called before
+  an UPDATE / DELETE changes an id with nothing pending, makes that read the version the write is based
+  on (the first write of an id decides). ``expectations()`` lists ``(id, read_lsn)`` of the pending
+  upserts and deletes that have one; ``clear()`` forgets it all.
 * ``pending(ident)`` / ``rows()`` expose the buffer so scans of the same table in the same transaction
   see its writes (``overlay``): an UPDATE or DELETE of a row inserted earlier in the transaction finds it
   and changes the buffered insert (update: insert stays an insert with the new values; delete: the insert
@@ -39,8 +45,13 @@ class Batch:
     payloads: list[dict[str, Any] | None] | None = None
 
 
+SEEN_CAP = 1_000_000
+
+
 class WriteBuffer:
     def __init__(self) -> None:
+        self._seen: dict[int, int] = {}  # id -> read_lsn of the engine row last read
+        self._base: dict[int, int] = {}  # id -> read_lsn its first write was based on
         self._rows: dict[int, _Row] = {}
         self._undo: list[tuple[int, _Row | None]] = []  # (id, previous row) for savepoints
         self._marks: list[tuple[int, int]] = []  # (level, len(undo)) per open savepoint
@@ -74,6 +85,20 @@ class WriteBuffer:
         prev = self._rows.get(ident)
         self._set(ident, None if prev and prev[0] == "insert" else ("delete", None, None))
 
+    def note_read(self, ident: int, read_lsn: int) -> None:
+        if read_lsn > 0 and ident not in self._rows and (ident in self._seen or len(self._seen) < SEEN_CAP):
+            self._seen[ident] = read_lsn
+
+    def seen(self, ident: int) -> int | None:
+        return self._seen.get(ident)
+
+    def base(self, ident: int, read_lsn: int) -> None:
+        if ident not in self._rows and ident not in self._base:
+            self._base[ident] = read_lsn
+
+    def expectations(self) -> list[tuple[int, int]]:
+        return [(i, b) for i, b in self._base.items() if i in self._rows and self._rows[i][0] in ("upsert", "delete")]
+
     def pending(self, ident: int) -> _Row | None:
         """The buffered (state, vector, payload) of ``ident``, or None when nothing is pending for it."""
         return self._rows.get(ident)
@@ -83,6 +108,8 @@ class WriteBuffer:
 
     # ------------------------------------------------------------------ transactions
     def clear(self) -> None:
+        self._seen.clear()
+        self._base.clear()
         self._rows.clear()
         self._undo.clear()
         self._marks.clear()
