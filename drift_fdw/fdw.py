@@ -38,7 +38,7 @@ import numpy as np
 from multicorn import ForeignDataWrapper, SortKey, TableDefinition
 
 from drift_engine.errors import CollectionNotFoundError
-from drift_fdw import batching, errcodes, explain_guard, overlay, txn
+from drift_fdw import batching, errcodes, explain_guard, fanout, overlay, txn
 from drift_fdw import connection as conn
 from drift_fdw.knn import knn_hits
 from drift_fdw.options import ConfigError, TableSpec
@@ -79,6 +79,7 @@ class DriftFDW(ForeignDataWrapper):
         self._writes = WriteBuffer()
         self._streams: set[Any] = set()
         self.inserting = False  # between PostgreSQL's INSERT set-up (modify_batch_size) and end_modify
+        fanout.register(self)  # a shard of a sharded table (option shard_of): see fanout
 
     # ------------------------------------------------------------------ engine access
     def _client(self) -> Any:
@@ -123,6 +124,7 @@ class DriftFDW(ForeignDataWrapper):
     def get_rel_size(self, quals: list[Any], columns: list[str]) -> tuple[int, int]:
         global LAST_PLANNED
         LAST_PLANNED = self
+        fanout.planned(self)
         with contextlib.suppress(Exception):  # planning must not fail because of the guard
             explain_guard.protect(self)
         width = 16 * max(1, len(columns))
@@ -221,9 +223,14 @@ class DriftFDW(ForeignDataWrapper):
                 col = self._col_fresh()
                 plan = plan_scan(quals, self.spec, col.dim, executing=True)
         except conn.SqlProblem as exc:
+            if self.spec.shard_of is not None:  # name the shard; allow_partial may skip an unreachable one
+                if fanout.skip_shard(self.spec, exc, _mode(quals, self.spec)):
+                    return iter(())
+                exc = fanout.shard_problem(self.spec, exc)
             errcodes.fail(exc)
         query_col = self.spec.roles.get("query")
-        if plan.query_echo is None and query_col in columns and set(columns) != set(self.spec.columns):
+        own = [c for c in columns if c in self.spec.columns]  # not ctid / tableoid (UPDATE via view or parent)
+        if plan.query_echo is None and query_col in own and set(own) != set(self.spec.columns):
             errcodes.fail(  # e.g. query IN (a, b) or query = a OR query = b: Multicorn does not pass those on
                 conn.SqlProblem(
                     f"drift: {query_col} only works as  {query_col} = <one vector>  (IN lists and OR of vectors "
@@ -250,7 +257,10 @@ class DriftFDW(ForeignDataWrapper):
                 yield from self._scan(col, columns)
         except Exception as exc:  # GeneratorExit (the Limit node stopped) is not an Exception: it passes
             self._info = None  # describe the collection again next time (it may have been re-created)
-            _fail(exc, self.spec.address)
+            if self.spec.shard_of is None:
+                _fail(exc, self.spec.address)
+            if not fanout.skip_shard(self.spec, exc, plan.mode):
+                errcodes.fail(fanout.shard_problem(self.spec, exc))
 
     def _row(
         self, columns: set[str], ident: int, distance: float | None, vector: Any, payload: Any, plan: ScanPlan | None
@@ -287,7 +297,8 @@ class DriftFDW(ForeignDataWrapper):
 
     def _knn(self, col: Any, plan: ScanPlan, columns: set[str]) -> Iterator[dict[str, Any]]:
         want_payloads, want_vectors = self._wants(columns)
-        hits = knn_hits(col, plan, self.spec.address, want_payloads, want_vectors, self._streams)
+        first = fanout.first_answer(self, plan, want_payloads)  # siblings' searches sent at once (shards)
+        hits = knn_hits(col, plan, self.spec.address, want_payloads, want_vectors, self._streams, first)
         if len(self._writes):
             hits = overlay.knn(hits, self._writes, plan, lambda v: _distances(v, plan.query, col.metric))
         for hit in hits:
@@ -541,6 +552,14 @@ class DriftFDW(ForeignDataWrapper):
         except conn.SqlProblem as exc:
             errcodes.fail(exc)
         return []
+
+
+def _mode(quals: list[Any], spec: TableSpec) -> str:
+    """The scan mode the quals ask for, without the collection (``plan_scan`` as at planning)."""
+    try:
+        return plan_scan(quals, spec, None, vectors=False).mode
+    except Exception:
+        return "scan"
 
 
 def _window(rows: Iterator[dict[str, Any]], limit: int | None, offset: int) -> Iterator[dict[str, Any]]:

@@ -9,6 +9,8 @@ Contract of ``knn_hits(col, plan, ...)`` (a generator of ``Hit``):
   for more does phase 2 open a ``SearchStream`` with the same arguments (its round 0 is the same search):
   rows already emitted are skipped, as is any row closer than the last one emitted (it can no longer be
   placed in order; only concurrent writes cause that), so the contract above holds across the phases.
+* ``first`` (``fanout``): a callable giving phase 1's answer when it was already asked for (the very call
+  above, sent earlier to run in parallel with other shards), or None to make the call here after all.
 * Never silently short: when the engine ends the stream because it hit its per-search cap (``end_reason``
   ``max_k``, ``MAX_K`` = 10,000 rows) and the consumer pulls further, ``StreamCapReached`` is raised (an
   ERROR in PostgreSQL, SQLSTATE 54000 where the caller can set it) instead of ending as if no rows were left.
@@ -21,7 +23,7 @@ Contract of ``knn_hits(col, plan, ...)`` (a generator of ``Hit``):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -61,7 +63,13 @@ def _hits(col: Any, ids: np.ndarray, dists: np.ndarray, payloads: Any, want_vect
 
 
 def knn_hits(
-    col: Any, plan: ScanPlan, address: str, want_payloads: bool, want_vectors: bool, streams: set[Any]
+    col: Any,
+    plan: ScanPlan,
+    address: str,
+    want_payloads: bool,
+    want_vectors: bool,
+    streams: set[Any],
+    first: Callable[[], Any] | None = None,
 ) -> Iterator[Hit]:
     cap = plan.knobs.get("k")
     first_k = cap or FIRST_K
@@ -74,7 +82,9 @@ def knn_hits(
     }
     conn.COUNTERS["knn_queries"] += 1
     with conn.engine_call(address):
-        res = col.search(plan.query, k=first_k, with_payloads=want_payloads, **opts)
+        res = first() if first is not None else None
+        if res is None:
+            res = col.search(plan.query, k=first_k, with_payloads=want_payloads, **opts)
         hits = _hits(col, res.ids, res.distances, res.payloads if want_payloads else None, want_vectors)
     conn.COUNTERS["engine_rows"] += len(hits)
     emitted: set[int] = set()

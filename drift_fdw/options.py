@@ -14,6 +14,10 @@ Contract:
   its user and the server's owner; never put it in a setting stored with ALTER ROLE / DATABASE ... SET,
   which every role can read in ``pg_db_role_setting``). Anything else is refused, at CREATE / ALTER
   FOREIGN TABLE already (``sqlapi.validate_table``, run by the extension's event trigger).
+  Sharding (``shards``, ``fanout``): table options ``shard_of`` (the public name of the sharded table this
+  partition belongs to: partitions with the same value are siblings) and ``shard`` (this shard's name, used
+  in errors); server option ``allow_partial`` (``true``: a shard on this server that cannot be reached is
+  skipped with a WARNING instead of failing the statement).
 * Column roles, by name unless a column option ``role`` says otherwise: ``id`` (integer types; the rowid),
   ``embedding`` (``real[]``, ``double precision[]`` or pgvector ``vector(n)``), ``query`` (same types; the
   query-vector input, echoed back), ``distance`` (``real``, ``double precision`` or ``numeric``),
@@ -31,8 +35,8 @@ from typing import Any
 
 METRICS = ("l2", "cosine", "ip")
 DURABILITY = ("sync", "batch", "off")
-TABLE_OPTIONS = ("collection", "dim", "metric", "create")
-SERVER_OPTIONS = ("address", "timeout", "durability")
+TABLE_OPTIONS = ("collection", "dim", "metric", "create", "shard_of", "shard")
+SERVER_OPTIONS = ("address", "timeout", "durability", "allow_partial")
 USER_OPTIONS = ("token",)
 KNOWN_OPTIONS = (*TABLE_OPTIONS, *SERVER_OPTIONS, *USER_OPTIONS)
 KNOB_ROLES = ("k", "nprobe", "ef", "rerank")
@@ -116,6 +120,9 @@ class TableSpec:
     columns: dict[str, ColumnSpec]
     roles: dict[str, str] = field(default_factory=dict)  # role -> column name (named roles and payload)
     fields: dict[str, str] = field(default_factory=dict)  # column name -> payload key
+    shard_of: str | None = None  # the sharded table this partition belongs to (siblings share it)
+    shard: str | None = None  # this shard's name, for errors
+    allow_partial: bool = False  # server option: skip this shard with a WARNING when it is unreachable
 
     def column(self, role: str) -> ColumnSpec | None:
         name = self.roles.get(role)
@@ -185,6 +192,9 @@ class TableSpec:
             columns=cols,
             roles=roles,
             fields=fields,
+            shard_of=options.get("shard_of", "").strip() or None,
+            shard=options.get("shard", "").strip() or None,
+            allow_partial=_bool(options.get("allow_partial", "false"), "allow_partial"),
         )
         spec._check_dims()
         return spec

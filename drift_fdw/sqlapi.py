@@ -254,6 +254,17 @@ def _json(obj: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------ functions
+def _shards() -> Any:
+    from drift_fdw import shards
+
+    return shards
+
+
+def _sharded(target: str | None, server: str | None, table: str | None) -> Any:
+    """The sharded table (``shards.Group``) a call names by its public name or parent, else None."""
+    return _shards().group_of(target, server, table)
+
+
 def search(
     target: str | None,
     query: list[float] | None,
@@ -399,6 +410,8 @@ def drop_collection(
 
 
 def train(target: str | None, server: str | None = None, n_buckets: int | None = None, table: str | None = None) -> str:
+    if (group := _sharded(target, server, table)) is not None:
+        return _shards().train(group, n_buckets)
     with _errors():
         t = resolve(target, server, table)
     with _errors(t.address):
@@ -408,9 +421,10 @@ def train(target: str | None, server: str | None = None, n_buckets: int | None =
 def set_params(
     target: str | None, server: str | None, table: str | None, known: dict[str, Any], params: str | None
 ) -> str:
+    group = _sharded(target, server, table)
     with _errors():
-        t = resolve(target, server, table)
-    with _errors(t.address):
+        t = resolve(target, server, table) if group is None else None
+    with _errors(t.address if t is not None else ""):
         changes = {k: v for k, v in known.items() if v is not None}
         if params:
             extra = json.loads(params)
@@ -419,6 +433,8 @@ def set_params(
             changes.update(extra)
         if not changes:
             raise _Fail("drift: no parameter given", hint="e.g. drift.set_params('items', nprobe => 64)")
+        if group is not None:
+            return _shards().set_params(group, changes)
         return _json(_with_collection(t, lambda col: col.set_params(**changes)))
 
 
@@ -430,6 +446,8 @@ def params(target: str | None, server: str | None = None, table: str | None = No
 
 
 def stats(target: str | None, server: str | None = None, table: str | None = None) -> list[tuple[str, str]]:
+    if (group := _sharded(target, server, table)) is not None:
+        return _shards().stats(group)
     with _errors():
         t = resolve(target, server, table)
     with _errors(t.address):
@@ -438,6 +456,8 @@ def stats(target: str | None, server: str | None = None, table: str | None = Non
 
 
 def flush(target: str | None, server: str | None = None, table: str | None = None) -> int:
+    if (group := _sharded(target, server, table)) is not None:
+        return _shards().flush(group)
     with _errors():
         t = resolve(target, server, table)
     with _errors(t.address):
@@ -447,6 +467,8 @@ def flush(target: str | None, server: str | None = None, table: str | None = Non
 def maintain(
     target: str | None, server: str | None = None, max_jobs: int | None = None, table: str | None = None
 ) -> str:
+    if (group := _sharded(target, server, table)) is not None:
+        return _shards().maintain(group, max_jobs)
     with _errors():
         t = resolve(target, server, table)
     with _errors(t.address):

@@ -297,3 +297,51 @@ from drift_fdw import sqlapi
 return sqlapi.delete(None, ids, None, table=tbl)
 $$;
 COMMENT ON FUNCTION drift.delete(regclass, bigint[]) IS 'Delete vectors by id from the collection behind a drift foreign table.';
+
+-- ------------------------------------------------------------------------------------ sharded tables (DESIGN §14)
+-- One public name over drift collections on several engine servers: a PARTITION BY HASH (id) parent of
+-- drift foreign partitions (one per foreign server) and a view with INSTEAD OF triggers that send each
+-- written row to its partition. COMMIT applies each shard's writes separately (atomic per shard, not across
+-- shards). See drift_fdw/shards.py and drift_fdw/fanout.py.
+CREATE FUNCTION drift.shard_guard()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'drift: % into %.% is not supported: it is the partitioned table of the sharded table %',
+        TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]
+        USING ERRCODE = '0A000',
+              HINT = format('write through %s (its trigger sends each row to its shard); Multicorn2 cannot '
+                            'take rows PostgreSQL routes into a foreign partition', TG_ARGV[0]);
+END $$;
+COMMENT ON FUNCTION drift.shard_guard() IS
+'Statement trigger on the parent of a sharded table: refuses INSERT / COPY into it (0A000) before PostgreSQL routes a row into a foreign partition, which crashes Multicorn2.';
+
+CREATE FUNCTION drift.shard_key_guard()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.id IS DISTINCT FROM OLD.id THEN
+        RAISE EXCEPTION 'drift: an UPDATE of %.% may not change id (the row would be routed to another shard)',
+            TG_TABLE_SCHEMA, TG_TABLE_NAME
+            USING ERRCODE = '0A000', HINT = format('UPDATE %s instead: it moves the row (DELETE + INSERT)', TG_ARGV[0]);
+    END IF;
+    RETURN NEW;
+END $$;
+COMMENT ON FUNCTION drift.shard_key_guard() IS
+'Row trigger on the parent of a sharded table (and so on its partitions): refuses an UPDATE that changes id, which PostgreSQL would route into another foreign partition.';
+
+CREATE FUNCTION drift.create_sharded_table(
+    name text, dim integer, metric text DEFAULT 'l2', servers text[] DEFAULT NULL, fields text DEFAULT NULL,
+    collection text DEFAULT NULL, if_not_exists boolean DEFAULT false)
+RETURNS jsonb LANGUAGE plpython3u AS $$
+from drift_fdw import shards
+return shards.create_sharded_table(name, dim, metric, servers, fields, collection, if_not_exists)
+$$;
+COMMENT ON FUNCTION drift.create_sharded_table(text, integer, text, text[], text, text, boolean) IS
+'Create a sharded table: the view <name> (write through it), the PARTITION BY HASH (id) table <name>_shards with one drift foreign partition per server (all drift servers when servers is NULL), payload columns from fields (e.g. ''tag text''), and the collections on the engines (if_not_exists: reuse matching ones).';
+
+CREATE FUNCTION drift.drop_sharded_table(name text, drop_collections boolean DEFAULT true)
+RETURNS jsonb LANGUAGE plpython3u AS $$
+from drift_fdw import shards
+return shards.drop_sharded_table(name, drop_collections)
+$$;
+COMMENT ON FUNCTION drift.drop_sharded_table(text, boolean) IS
+'Drop a sharded table: its view, routing function, partitioned table and partitions, and (unless drop_collections is false) the collections on the engines.';

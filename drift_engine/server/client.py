@@ -309,6 +309,27 @@ class RemoteCollection:
             resp = self._client.invoke("Search", req)
         return cv.search_result(resp, self._payload_loader)
 
+    def search_send(
+        self,
+        query: Any,
+        k: int = 10,
+        nprobe: int | None = None,
+        rerank: int | None = None,
+        filter: dict[str, Any] | None = None,
+        *,
+        ef: int | None = None,
+        with_payloads: bool = False,
+    ) -> PendingSearch | None:
+        """Send ``search(...)`` now over the direct fast path and return without waiting; ``.result()`` later
+        gives exactly what ``search`` would have. None when this server has no direct fast path."""
+        fast = self._client.fast()
+        if not isinstance(fast, DirectClient):
+            return None
+        req = wire.search_request(
+            self.name, self.dim, query, k, nprobe, rerank, filter, ef, with_payloads=with_payloads
+        )
+        return PendingSearch(self, fast, fast.send(pb.FastRequest(search=req)))
+
     def search_batch(
         self,
         queries: Any,
@@ -383,6 +404,20 @@ class RemoteCollection:
 
     async def maintain_async(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return await asyncio.to_thread(self.maintain, *args, **kwargs)
+
+
+class PendingSearch:
+    """A search ``RemoteCollection.search_send`` sent: ``result()`` once, or ``abandon()``."""
+
+    def __init__(self, collection: RemoteCollection, fast: DirectClient, ticket: Any) -> None:
+        self._collection, self._fast, self._ticket = collection, fast, ticket
+
+    def result(self) -> SearchResult:
+        resp = self._fast.receive(self._ticket, self._collection._client.timeout).search
+        return cv.search_result(resp, self._collection._payload_loader)
+
+    def abandon(self) -> None:
+        self._fast.abandon(self._ticket)
 
 
 class RemoteSearchStream:

@@ -13,6 +13,10 @@ Contract:
 * A broken connection before the request was sent raises ``EngineUnavailableError``; after it was sent,
   also ``EngineUnavailableError`` (the calls on this path only read, so nothing is left half-done).
 * A reply carrying ``ErrorStatus`` raises the same ``DriftError`` subclass the server raised.
+* Pipelining: ``send(request)`` returns a ``SentRequest`` at once and ``receive(ticket, timeout)`` reads its
+  reply later (so one thread can have requests in flight to several servers); they use a second connection
+  per thread and address, never the one ``call`` uses, with at most one request outstanding on it.
+  ``abandon(ticket)`` (or a failed ``receive``) closes that connection, as it would hold an unread reply.
 """
 
 from __future__ import annotations
@@ -153,3 +157,111 @@ class DirectClient:
                 return
             if self.cancel_check is not None:
                 self.cancel_check()
+
+    # ------------------------------------------------------------------ pipelined requests (send / receive)
+    # A second connection per thread and address carries requests whose reply is read later, so the socket
+    # ``call`` uses never holds an unread reply. At most one request is outstanding on it: ``send`` while one
+    # is outstanding abandons that one first.
+    def _pipe(self) -> socket.socket:
+        pipes = getattr(_state, "pipes", None)
+        if pipes is None or getattr(_state, "pipe_pid", None) != os.getpid():
+            pipes = _state.pipes = {}
+            _state.pipe_pid = os.getpid()
+        sock = pipes.get(self.address)
+        if sock is not None and select.select([sock], [], [], 0)[0]:  # EOF or stray bytes: the server went away
+            self._drop_pipe(sock)
+            sock = None
+        if sock is None:
+            sock = socket.socket(self.family, socket.SOCK_STREAM)
+            sock.settimeout(self.connect_timeout)
+            try:
+                sock.connect(self.target)
+            except OSError as exc:
+                sock.close()
+                raise EngineUnavailableError(f"cannot connect to the fast path {self.address}: {exc}") from None
+            if self.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(None)
+            pipes[self.address] = sock
+        return sock
+
+    def _drop_pipe(self, sock: socket.socket | None = None) -> None:
+        pipes = getattr(_state, "pipes", {})
+        current = pipes.get(self.address)
+        if current is not None and (sock is None or current is sock):
+            pipes.pop(self.address, None)
+            with contextlib.suppress(OSError):
+                current.close()
+
+    def send(self, request: pb.FastRequest) -> SentRequest:
+        """Send one request now and return a ticket; ``receive(ticket)`` reads its reply later (same thread).
+        Raises like ``call`` when the request cannot be sent (the connection is then discarded)."""
+        request.token = self.token
+        body = request.SerializeToString()
+        if self.max_message_bytes and len(body) > self.max_message_bytes:
+            raise RequestTooLargeError(
+                f"request of {len(body)} bytes is over the server's {self.max_message_bytes}-byte message limit"
+            )
+        outstanding = getattr(_state, "outstanding", None)
+        if outstanding is None:
+            outstanding = _state.outstanding = {}
+        old = outstanding.pop(self.address, None)
+        if old is not None and not old.done:
+            self.abandon(old)
+        sock = self._pipe()
+        try:
+            sock.sendall(HEADER.pack(len(body)) + body)
+        except OSError as exc:
+            self._drop_pipe(sock)
+            raise EngineUnavailableError(f"fast path {self.address}: {exc}") from None
+        ticket = SentRequest(self.address, sock)
+        outstanding[self.address] = ticket
+        return ticket
+
+    def receive(self, ticket: SentRequest, timeout: float | None) -> pb.FastReply:
+        """The reply to a request ``send`` made (once); errors as ``call``. A ticket whose connection was
+        discarded meanwhile (abandoned, or a later ``send``) raises ``EngineUnavailableError``."""
+        if ticket.done:
+            raise EngineUnavailableError(f"fast path {self.address}: this request's reply was already taken")
+        ticket.done = True
+        sock = ticket.sock
+        if getattr(_state, "pipes", {}).get(self.address) is not sock:
+            raise EngineUnavailableError(f"fast path {self.address}: the request was abandoned")
+        try:
+            self._wait(sock, timeout)
+            header = recv_exact(sock, HEADER.size)
+            if header is None:
+                raise ConnectionError("the server closed the connection")
+            raw = recv_exact(sock, HEADER.unpack(header)[0])
+            if raw is None:
+                raise ConnectionError("the server closed the connection")
+        except OSError as exc:
+            self._drop_pipe(sock)
+            raise EngineUnavailableError(f"fast path {self.address}: {exc}") from None
+        except BaseException:
+            self._drop_pipe(sock)
+            raise
+        reply = pb.FastReply()
+        reply.ParseFromString(raw)
+        if reply.WhichOneof("result") == "error":
+            err = reply.error
+            raise cv.make_error(err.code, err.error_class, err.message, err.hint)
+        return reply
+
+    def abandon(self, ticket: SentRequest) -> None:
+        """Give up a sent request whose reply is not wanted: its connection (which would hold the unread
+        reply) is closed; the next ``send`` opens a new one. Never raises."""
+        if not ticket.done:
+            ticket.done = True
+            self._drop_pipe(ticket.sock)
+
+
+class SentRequest:
+    """A request ``DirectClient.send`` sent; its reply is read by ``receive`` or dropped by ``abandon``."""
+
+    __slots__ = ("address", "done", "sock")
+
+    def __init__(self, address: str, sock: socket.socket) -> None:
+        self.address = address
+        self.sock = sock
+        self.done = False

@@ -1,0 +1,326 @@
+"""Sharded tables (``drift_fdw.shards``, ``drift_fdw.fanout``) on real PostgreSQL and three engine servers.
+
+Shards: ``shard_a`` is the session's engine (Unix socket), ``shard_b`` a second one (Unix socket, its own
+data directory; the one killed and restarted), ``shard_c`` a third over TCP on 127.0.0.1 with a token (in
+a USER MAPPING), so its fast path is ``fast+tcp:``. The reference is one collection on one engine holding
+the same rows; searches are exact (untrained, or every bucket probed), so ids and distances must be equal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+
+from tests import reaper
+from tests.pg.engine import EngineError, EngineServer
+
+DIM = 16
+N = 2000
+RARE = "rare"
+
+
+def lit(v: Any) -> str:
+    return "{" + ",".join(f"{x:.9g}" for x in np.asarray(v, dtype=np.float32).tolist()) + "}"
+
+
+class TcpEngine(EngineServer):
+    """An engine server listening on 127.0.0.1 (gRPC and the direct fast path), token required."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.token = secrets.token_hex(16)
+        self.grpc = ""
+        self.port = 0
+        self.fast_port = 0
+
+    @property
+    def address(self) -> str:
+        return self.grpc
+
+    def _spawn(self) -> None:
+        assert self.tmp is not None and self._logfile is not None
+        token_file = self.tmp / "token"
+        token_file.write_text(self.token + "\n")
+        token_file.chmod(0o600)
+        argv = [self.python, "-m", "drift_engine.cli", "serve", "--data", str(self.data), "--listen",
+                f"127.0.0.1:{self.port}", "--token-file", str(token_file), "--log-format", "json"]  # fmt: skip
+        if self.fast_port:
+            argv += ["--fast-port", str(self.fast_port)]
+        self._log_start = self._logfile.stat().st_size if self._logfile.exists() else 0
+        with open(self._logfile, "ab") as log:
+            self.proc = subprocess.Popen(argv, env={**os.environ, "PYTHONPATH": str(self.python_root())},
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)  # fmt: skip
+        self._reaper_token = reaper.register_process(self.proc.pid)
+
+    @staticmethod
+    def python_root() -> Any:
+        from tests.pg.cluster import REPO_ROOT
+
+        return REPO_ROOT
+
+    def _wait_ready(self, timeout: float) -> None:
+        from drift_engine.server.client import Client
+
+        assert self._logfile is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise EngineError(f"the TCP engine exited with status {self.proc.returncode}:\n{self.log()}")
+            with open(self._logfile, "rb") as f:
+                f.seek(self._log_start)
+                lines = f.read().decode(errors="replace").splitlines()
+            for line in lines:
+                if '"msg": "serving"' in line:
+                    info = json.loads(line)
+                    self.grpc = info["listen"]
+                    self.port = int(self.grpc.rsplit(":", 1)[1])
+                    self.fast_port = int(info["fast_path"].rsplit(":", 1)[1])
+                    with Client(self.grpc, token=self.token, timeout=5) as c:
+                        assert c.health()["status"] == "SERVING"
+                    return
+            time.sleep(0.05)
+        self.stop()
+        raise EngineError(f"the TCP engine did not start within {timeout} s:\n{self.log()}")
+
+
+@pytest.fixture(scope="module")
+def engines(engine_server: EngineServer) -> Iterator[dict[str, EngineServer]]:
+    b, c = EngineServer(), TcpEngine()
+    try:
+        b.start()
+        c.start()
+        assert c.client(token=c.token).health()["fast_path"].startswith("fast+tcp:127.0.0.1:")
+        yield {"shard_a": engine_server, "shard_b": b, "shard_c": c}
+    finally:
+        try:
+            b.stop()
+        finally:
+            c.stop()
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, Any]:
+    rng = np.random.default_rng(12)
+    vectors = rng.standard_normal((N, DIM)).astype(np.float32)
+    tags = np.where(rng.random(N) < 0.03, RARE, "common")
+    queries = rng.standard_normal((6, DIM)).astype(np.float32)
+    return {"vectors": vectors, "tags": tags.tolist(), "queries": queries}
+
+
+@pytest.fixture(scope="module")
+def sharded(fdw_server: str, drift_sql: Any, engines: dict[str, EngineServer], data: dict[str, Any]) -> Iterator[Any]:
+    from tests.pg.stack import stage
+
+    name = f"sh{os.getpid()}"
+    ref_name = f"{name}_ref"
+    with drift_sql.connect() as conn:
+        for srv, eng in engines.items():
+            conn.execute(f"DROP SERVER IF EXISTS {srv} CASCADE")
+            conn.execute(f"CREATE SERVER {srv} FOREIGN DATA WRAPPER multicorn "
+                         f"OPTIONS (wrapper 'drift_fdw.DriftFDW', address '{eng.address}')")  # fmt: skip
+        conn.execute(f"CREATE USER MAPPING FOR PUBLIC SERVER shard_c OPTIONS (token '{engines['shard_c'].token}')")
+        conn.execute(
+            "SELECT drift.create_sharded_table(%s, %s, 'l2', servers => ARRAY['shard_a', 'shard_b', 'shard_c'], "
+            "fields => 'tag text')",
+            (name, DIM),
+        )
+        stage(conn, f"{name}_staging", data["vectors"], data["tags"])
+        conn.execute(f"INSERT INTO {name} (id, embedding, tag) SELECT id, embedding, tag FROM {name}_staging")
+        ref = engines["shard_a"].client().create_collection(ref_name, DIM)
+        ref.upsert(np.arange(N), data["vectors"], [{"tag": t} for t in data["tags"]])
+        conn.execute("""CREATE OR REPLACE FUNCTION public.drift_test_fanout() RETURNS jsonb LANGUAGE plpython3u AS $$
+from drift_fdw import fanout
+import json
+return json.dumps(fanout.STATS)
+$$""")
+    try:
+        yield {"name": name, "ref": ref, "engines": engines}
+    finally:
+        with drift_sql.connect() as conn:
+            conn.execute("SELECT drift.drop_sharded_table(%s)", (name,))
+            conn.execute(f"DROP TABLE IF EXISTS {name}_staging")
+            for srv in engines:
+                conn.execute(f"DROP SERVER IF EXISTS {srv} CASCADE")
+        engines["shard_a"].client().drop_collection(ref_name)
+
+
+def knn(conn: Any, name: str, q: Any, limit: int = 10, where: str = "") -> list[tuple[int, float]]:
+    sql = f"SELECT id, distance FROM {name} WHERE query = %s {where} ORDER BY distance LIMIT {limit}"
+    return [(int(i), float(d)) for i, d in conn.execute(sql, (lit(q),)).fetchall()]
+
+
+def ref_knn(ref: Any, q: Any, k: int = 10, **kw: Any) -> list[tuple[int, float]]:
+    res = ref.search(q, k=k, **kw)
+    return [(int(i), float(np.float32(d))) for i, d in zip(res.ids.tolist(), res.distances.tolist(), strict=True)]
+
+
+def same(got: list[tuple[int, float]], want: list[tuple[int, float]]) -> None:
+    assert [i for i, _ in got] == [i for i, _ in want]
+    np.testing.assert_allclose([d for _, d in got], [d for _, d in want], rtol=1e-6, atol=1e-6)
+
+
+def partition_of(conn: Any, name: str, ident: int) -> str | None:
+    """The partition ``SELECT ... WHERE id = x`` reads the row from (``name``: the public name)."""
+    row = conn.execute(f"SELECT tableoid::regclass::text FROM {name}_shards WHERE id = %s", (ident,)).fetchone()
+    return None if row is None else row[0]
+
+
+def test_knn_through_the_public_name_equals_one_engine(sql: Any, sharded: dict[str, Any], data: dict[str, Any]):
+    name, ref = sharded["name"], sharded["ref"]
+    plan = "\n".join(r[0] for r in sql.execute(
+        f"EXPLAIN SELECT id FROM {name} WHERE query = %s ORDER BY distance LIMIT 10", (lit(data["queries"][0]),)
+    ).fetchall())  # fmt: skip
+    assert "Merge Append" in plan and plan.count("Foreign Scan") == 3
+    counts = [sql.execute(f"SELECT count(*) FROM {name}_shard_{i}").fetchone()[0] for i in range(3)]
+    assert sum(counts) == N and min(counts) > N // 5  # every shard holds a share
+    knn(sql, name, data["queries"][0])  # describes every shard's collection (the fan-out needs that)
+    before = sql.execute("SELECT public.drift_test_fanout()").fetchone()[0]
+    for q in data["queries"]:
+        same(knn(sql, name, q), ref_knn(ref, q))
+        same(knn(sql, name, q, limit=57), ref_knn(ref, q, k=57))  # deeper: each shard's own stream
+    after = sql.execute("SELECT public.drift_test_fanout()").fetchone()[0]
+    assert after["taken"] - before["taken"] == 2 * 2 * len(data["queries"])  # both siblings, every statement
+    assert after["fanouts"] - before["fanouts"] == 2 * len(data["queries"])
+
+
+def test_filtered_knn_fills_the_limit_across_shards(sql: Any, sharded: dict[str, Any], data: dict[str, Any]):
+    name, ref = sharded["name"], sharded["ref"]
+    rare = sum(t == RARE for t in data["tags"])
+    assert 20 < rare < 100
+    for q in data["queries"][:3]:
+        got = knn(sql, name, q, limit=20, where=f"AND tag = '{RARE}'")
+        assert len(got) == 20
+        same(got, ref_knn(ref, q, k=20, filter={"tag": RARE}))
+
+
+def test_insert_update_delete_through_the_public_name(sql: Any, sharded: dict[str, Any]):
+    name, engines = sharded["name"], sharded["engines"]
+    servers = dict(sql.execute(
+        f"SELECT c.relname, s.srvname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        f"JOIN pg_foreign_table ft ON ft.ftrelid = c.oid JOIN pg_foreign_server s ON s.oid = ft.ftserver "
+        f"WHERE i.inhparent = '{name}_shards'::regclass"
+    ).fetchall())  # fmt: skip
+
+    def holders(ident: int) -> list[str]:
+        out = []
+        for part, srv in sorted(servers.items()):
+            eng = engines[srv]
+            kw = {"token": eng.token} if isinstance(eng, TcpEngine) else {}
+            with eng.client(**kw) as c:
+                if len(c.collection(name).get([ident]).ids):
+                    out.append(part)
+        return out
+
+    vec = "{" + ",".join(["50"] * DIM) + "}"
+    back = sql.execute(f"INSERT INTO {name} (id, embedding, tag) VALUES (900001, %s, 'x') RETURNING id, tag",
+                       (vec,)).fetchall()  # fmt: skip
+    assert back == [(900001, "x")]
+    part = partition_of(sql, name, 900001)
+    assert part is not None and holders(900001) == [part.rsplit(".", 1)[-1]]
+    here = int(part.rsplit("_", 1)[-1])  # the remainder of the partition the row is in
+
+    def elsewhere(i: int) -> bool:
+        sql_ = "SELECT satisfies_hash_partition(%s::regclass, 3, %s, %s::bigint)"
+        return sql.execute(sql_, (f"{name}_shards", here, i)).fetchone()[0] is False
+
+    new_id = next(i for i in range(900002, 900100) if elsewhere(i))
+    sql.execute(f"UPDATE {name} SET id = %s, tag = 'moved' WHERE id = 900001", (new_id,))
+    assert partition_of(sql, name, 900001) is None and holders(900001) == []
+    moved = partition_of(sql, name, new_id)
+    assert moved is not None and moved != part and holders(new_id) == [moved.rsplit(".", 1)[-1]]
+    assert sql.execute(f"SELECT tag FROM {name} WHERE id = %s", (new_id,)).fetchone() == ("moved",)
+    sql.execute(f"UPDATE {name} SET tag = 'same' WHERE id = %s", (new_id,))
+    assert sql.execute(f"SELECT tag FROM {name} WHERE id = %s", (new_id,)).fetchone() == ("same",)
+    assert sql.execute(f"DELETE FROM {name} WHERE id = %s", (new_id,)).rowcount == 1
+    assert holders(new_id) == []
+
+
+def test_rollback_across_shards_leaves_nothing(drift_sql: Any, sharded: dict[str, Any]):
+    name = sharded["name"]
+    ids = list(range(910000, 910012))
+    vec = "{" + ",".join(["60"] * DIM) + "}"
+    with drift_sql.connect() as conn:
+        conn.autocommit = False
+        for i in ids:
+            conn.execute(f"INSERT INTO {name} (id, embedding, tag) VALUES (%s, %s, 'tx')", (i, vec))
+        parts = {partition_of(conn, name, i) for i in ids}
+        assert len(parts) == 3  # the transaction sees its own rows, on every shard
+        conn.rollback()
+        conn.autocommit = True
+        assert conn.execute(f"SELECT count(*) FROM {name} WHERE id = ANY(%s)", (ids,)).fetchone()[0] == 0
+        assert conn.execute(f"SELECT count(*) FROM {name} WHERE tag = 'tx'").fetchone()[0] == 0
+
+
+def test_writes_into_the_parent_are_refused_cleanly(sql: Any, sharded: dict[str, Any]):
+    name = sharded["name"]
+    pid = sql.execute("SELECT pg_backend_pid()").fetchone()[0]
+    vec = "{" + ",".join(["1"] * DIM) + "}"
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match="write through"):
+        sql.execute(f"INSERT INTO {name}_shards (id, embedding) VALUES (1, %s)", (vec,))
+    with (
+        pytest.raises(psycopg.errors.FeatureNotSupported),
+        sql.cursor() as cur,
+        cur.copy(f"COPY {name}_shards (id, embedding) FROM STDIN") as cp,
+    ):
+        cp.write(f"5\t{vec}\n")
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match="may not change id"):
+        sql.execute(f"UPDATE {name}_shards SET id = id + 1000000 WHERE id = 3")
+    assert sql.execute("SELECT pg_backend_pid()").fetchone()[0] == pid  # the same backend: no crash
+    assert sql.execute(f"SELECT count(*) FROM {name}").fetchone()[0] == N
+
+
+def test_a_shard_down_is_an_error_naming_it_then_the_same_answers(
+    sql: Any, sharded: dict[str, Any], data: dict[str, Any]
+):
+    name, ref, b = sharded["name"], sharded["ref"], sharded["engines"]["shard_b"]
+    part_b = sql.execute(
+        "SELECT c.relname FROM pg_foreign_table ft JOIN pg_class c ON c.oid = ft.ftrelid "
+        "JOIN pg_foreign_server s ON s.oid = ft.ftserver WHERE s.srvname = 'shard_b'"
+    ).fetchone()[0]
+    on_b = {r[0] for r in sql.execute(f"SELECT id FROM {part_b}").fetchall()}
+    q = data["queries"][1]
+    before = knn(sql, name, q, limit=30)
+    b.terminate()
+    try:
+        for _ in range(2):  # also once the client has forgotten the dead connection
+            with pytest.raises(psycopg.errors.ConnectionFailure) as err:
+                knn(sql, name, q, limit=30)
+            assert f"shard {part_b} of " in str(err.value) and "unavailable" in str(err.value)
+        sql.execute("ALTER SERVER shard_b OPTIONS (ADD allow_partial 'true')")
+        notices: list[str] = []
+        sql.add_notice_handler(lambda d: notices.append(f"{d.severity}: {d.message_primary}"))
+        partial = knn(sql, name, q, limit=30)
+        assert any(n.startswith("WARNING") and part_b in n for n in notices)
+        want = [(i, d) for i, d in ref_knn(ref, q, k=200) if i not in on_b][:30]
+        same(partial, want)
+    finally:
+        sql.execute("ALTER SERVER shard_b OPTIONS (DROP allow_partial)")
+        b.restart()
+    same(knn(sql, name, q, limit=30), before)
+    same(knn(sql, name, q, limit=30), ref_knn(ref, q, k=30))
+
+
+def test_admin_functions_act_on_every_shard(sql: Any, sharded: dict[str, Any], data: dict[str, Any]):
+    name, ref = sharded["name"], sharded["ref"]
+    stats = dict(sql.execute("SELECT name, value FROM drift.stats(%s)", (name,)).fetchall())
+    assert stats["count"] == N and len(stats["shards"]) == 3
+    assert sum(s["count"] for s in stats["shards"]) == N
+    assert dict(sql.execute("SELECT name, value FROM drift.stats(%s::regclass)", (f"{name}_shards",)).fetchall()
+                )["count"] == N  # fmt: skip
+    assert sql.execute("SELECT drift.flush(%s)", (name,)).fetchone()[0] >= 0
+    trained = sql.execute("SELECT drift.train(%s, n_buckets => 8)", (name,)).fetchone()[0]
+    assert sorted(trained) == [f"{name}_shard_{i}" for i in range(3)]
+    params = sql.execute("SELECT drift.set_params(%s, nprobe => 8)", (name,)).fetchone()[0]
+    assert all(p["nprobe"] == 8 for p in params.values())
+    assert len(sql.execute("SELECT drift.maintain(%s)", (name,)).fetchone()[0]) == 3
+    for q in data["queries"][:3]:  # trained, every bucket probed: still exact
+        same(knn(sql, name, q, where="AND nprobe = 8"), ref_knn(ref, q))
