@@ -12,6 +12,9 @@ process (the OS page cache survives). Points used by the engine:
 * ``train.after_segments``, ``train.after_commit``
 * ``maintain.after_segments`` (a split / merge / compaction wrote its segment), ``maintain.after_commit``
   (its LMDB transaction committed, snapshot not yet published)
+* ``txn.before_commit_record``, ``txn.after_commit_record`` (the transaction log's TXN_COMMIT synced: the
+  commit point), ``txn.after_apply`` (once per collection part), ``txn.before_done``, ``txn.after_done``
+  (``engine.txn``; crash-tested in ``tests/crash/test_txn_crash.py``)
 """
 
 from __future__ import annotations
