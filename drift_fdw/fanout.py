@@ -37,6 +37,7 @@ Contract:
   deadline exceeded: ``is_down``) is skipped with a WARNING naming it instead (``skip_shard``), and the other
   shards' rows are returned. Other scans (full scans, id lookups, the scans of UPDATE / DELETE by id)
   always fail: skipping them could make a write silently miss rows.
+* ``ENABLED`` (module global, default True): False turns the fan-out off in this backend (benchmarks).
 * Limits: the fan-out covers the first ``knn`` call only (kNN and range conditions); lookups, full scans
   and phase-2 streams run shard after shard. Outside a PostgreSQL backend (no ctypes symbols) nothing is
   prefetched.
@@ -56,6 +57,7 @@ from drift_fdw.knn import FIRST_K
 from drift_fdw.options import TableSpec
 from drift_fdw.quals import ScanPlan
 
+ENABLED = True  # False: every shard searches itself, one after another (for benchmarks)
 STATS: dict[str, int] = {"fanouts": 0, "sent": 0, "taken": 0, "refetched": 0, "abandoned": 0, "skipped": 0}
 _GROUPS: dict[str, dict[str, Any]] = {}  # shard_of -> shard name -> DriftFDW instance
 _PLANNED: dict[int, tuple[int, int, int]] = {}  # id(instance) -> statement key when last planned
@@ -156,7 +158,7 @@ class _Taken:
 def first_answer(fdw: Any, plan: ScanPlan, want_payloads: bool) -> Callable[[], Any] | None:
     """For ``knn_hits(first=...)``: this shard's prefetched answer when one is waiting, else None after
     sending the same search to the siblings (see the module docstring)."""
-    if fdw.spec.shard_of is None or plan.query is None:
+    if fdw.spec.shard_of is None or plan.query is None or not ENABLED:
         return None
     stmt = statement_key()
     if stmt is None:

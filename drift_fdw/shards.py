@@ -31,10 +31,14 @@ an ERROR naming it; the shards before it have already done their part (the calls
 
 Limits (precisely):
 
-* A transaction's writes are buffered per shard and applied by each shard at PostgreSQL's pre-commit, one
-  after another: COMMIT is atomic per shard, not across shards (unless the engine-side transactions,
-  ``drift_fdw.txn``, cover them). If a shard fails at commit, shards that committed before it keep their
-  writes. ROLLBACK (or any error before pre-commit) leaves nothing on any shard.
+* COMMIT across shards: the writes of a transaction are buffered per shard; each shard's engine (one
+  engine transaction per server, ``drift_fdw.txn``) validates and prepares them at PostgreSQL's pre-commit,
+  so a duplicate id or a conflict on any shard fails the COMMIT and leaves nothing on any shard; the engines
+  then commit one after another once PostgreSQL has committed. There is no coordinator log: if an engine
+  dies or restarts (or the backend is killed) between PostgreSQL's commit and that engine's commit, that
+  shard misses the transaction while the others have it (reported as a WARNING "outcome unknown" when the
+  backend sees it). Atomic per shard always; across shards except in that window. ROLLBACK (or any error
+  before COMMIT) leaves nothing on any shard.
 * An id-changing UPDATE through the view is a DELETE plus an INSERT on two shards: the same per-shard
   commit applies.
 * Rows must not be written to a partition other than the one the hash picks (the view never does); a

@@ -260,6 +260,24 @@ def test_rollback_across_shards_leaves_nothing(drift_sql: Any, sharded: dict[str
         assert conn.execute(f"SELECT count(*) FROM {name} WHERE tag = 'tx'").fetchone()[0] == 0
 
 
+def test_a_commit_one_shard_refuses_leaves_nothing_on_any_shard(
+    drift_sql: Any, sharded: dict[str, Any], data: dict[str, Any]
+):
+    name = sharded["name"]
+    ids = list(range(920000, 920012))
+    vec = "{" + ",".join(["70"] * DIM) + "}"
+    with drift_sql.connect() as conn:
+        conn.autocommit = False
+        for i in ids:
+            conn.execute(f"INSERT INTO {name} (id, embedding, tag) VALUES (%s, %s, 'tx2')", (i, vec))
+        conn.execute(f"INSERT INTO {name} (id, embedding, tag) VALUES (7, %s, 'dup')", (vec,))  # id 7 exists
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.commit()
+        conn.autocommit = True
+        assert conn.execute(f"SELECT count(*) FROM {name} WHERE id = ANY(%s)", (ids,)).fetchone()[0] == 0
+        assert conn.execute(f"SELECT tag FROM {name} WHERE id = 7").fetchone() == (data["tags"][7],)
+
+
 def test_writes_into_the_parent_are_refused_cleanly(sql: Any, sharded: dict[str, Any]):
     name = sharded["name"]
     pid = sql.execute("SELECT pg_backend_pid()").fetchone()[0]
