@@ -5,9 +5,10 @@ Contract
 * ``prepare(snap, metric)`` flattens what a trained snapshot's search reads into a ``Prepared``: the routing
   arrays (drift-corrected centroids about their origin, or directions for ip, ‖ĉ‖², bonus), the SQ8
   parameters, per routing position the bucket's extents as ``(segment index, start, count)`` rows of an
-  extent table, and per segment index its codes, vectors, ids and dead-row mask (numba typed lists of
-  read-only arrays).  It is built lazily by the first search of a snapshot, memoised on the snapshot (keyed
-  by metric) and shared by every search on it; concurrent first searches may both build it (idempotent).
+  extent table, and per segment index its codes, vectors, ids and dead-row mask (two numba typed lists of
+  read-only arrays; the float and the int arrays are packed into one array each: every argument costs numba's
+  dispatch time).  It is built lazily by the first search of a snapshot, memoised on the snapshot (keyed by
+  metric) and shared by every search on it; concurrent first searches may both build it (idempotent).
   It returns ``None`` — and searches take the reference path (``engine.search``) — for untrained snapshots,
   and when the snapshot's blocks do not fit in the block cache budget: a ``Prepared`` keeps every block of
   its snapshot resident, which only makes sense while they would be cached anyway.
@@ -72,34 +73,27 @@ class Prepared:
 
     metric_code: int
     mode: int  # routing score mode (index.routing._mode)
-    origin: np.ndarray
-    chat_t: np.ndarray
-    chat_sq: np.ndarray
-    bonus: np.ndarray
-    positions: np.ndarray  # arange(nb): routing returns table positions
-    mins: np.ndarray
-    scales: np.ndarray
-    ext_off: np.ndarray  # int64[nb + 1]: extents of routing position i are rows ext_off[i]:ext_off[i+1]
-    ext_seg: np.ndarray  # int64[E]: segment index (into seg_ids)
-    ext_start: np.ndarray
-    ext_count: np.ndarray
+    d: int
+    nb: int
+    chat_t: np.ndarray  # float32[d, nb]: centred ĉᵀ (l2, cosine) or directionsᵀ (ip)
+    floats: np.ndarray  # float32: mins[d], scales[d], origin[d], ‖ĉ − origin‖²[nb], bonus[nb]
+    ints: np.ndarray  # int64: positions[nb] (= arange), ext_off[nb + 1], ext_seg[E], ext_start[E], ext_count[E]
     seg_ids: tuple[int, ...]
-    codes: Any  # typed.List[uint8[:, :]]
-    vectors: Any  # typed.List[float32[:, :]]
-    ids: Any  # typed.List[int64[:]]
-    dead: Any  # typed.List[uint8[:]]
-    skip_memo: dict  # id(masks) -> (masks, typed list): filter masks as skip lists
+    u8: Any  # typed.List of uint8 2-d: codes of segment i at 2i, its dead mask as (1, n_rows) at 2i + 1
+    f32: Any  # typed.List of float32 2-d: vectors of segment i at 2i, its ids (int64 as (n_rows, 2) float32) at 2i+1
+    skip_memo: dict  # id(masks) -> (masks, typed list): u8 with the filter's allowed masks as skip masks
 
     def skip_list(self, allowed: Mapping[int, np.ndarray] | None) -> Any:
-        """The dead masks, or the filter's allowed masks, as a typed list in segment-index order."""
+        """``u8`` (codes and dead masks), or codes and the filter's allowed masks, as a typed list."""
         if allowed is None:
-            return self.dead
+            return self.u8
         hit = self.skip_memo.get(id(allowed))
         if hit is not None and hit[0] is allowed:
             return hit[1]
-        lst = typed.List.empty_list(_RO_U8)
-        for s in self.seg_ids:
-            lst.append(_readonly(np.ascontiguousarray(allowed[s], dtype=np.uint8)))
+        lst = typed.List.empty_list(_RO_U8_2D)
+        for i, s in enumerate(self.seg_ids):
+            lst.append(self.u8[2 * i])
+            lst.append(_readonly(np.ascontiguousarray(allowed[s], dtype=np.uint8).reshape(1, -1)))
         if len(self.skip_memo) > 64:
             self.skip_memo.clear()
         self.skip_memo[id(allowed)] = (allowed, lst)
@@ -139,39 +133,33 @@ def _build(snap: Snapshot, metric: str) -> Prepared | None:
             rows.append((index_of[ext.segment_id], ext.start, ext.count))
         off[pos + 1] = len(rows)
     ext = np.array(rows, dtype=np.int64).reshape(-1, 3)
-    codes = typed.List.empty_list(_RO_U8_2D)
-    vectors = typed.List.empty_list(_RO_F32_2D)
-    ids = typed.List.empty_list(_RO_I64)
-    dead = typed.List.empty_list(_RO_U8)
+    u8 = typed.List.empty_list(_RO_U8_2D)
+    f32 = typed.List.empty_list(_RO_F32_2D)
     for s in seg_ids:
         seg = snap.segments[s]
-        codes.append(_readonly(seg.codes()))
-        vectors.append(_readonly(seg.vectors()))
-        ids.append(_readonly(seg.ids()))
-        dead.append(_readonly(np.ascontiguousarray(snap.dead[s], dtype=np.uint8)))
+        seg_ids_block = np.ascontiguousarray(seg.ids(), dtype=np.int64)
+        u8.append(_readonly(seg.codes()))
+        u8.append(_readonly(np.ascontiguousarray(snap.dead[s], dtype=np.uint8).reshape(1, -1)))
+        f32.append(_readonly(seg.vectors()))
+        f32.append(_readonly(seg_ids_block.view(np.float32).reshape(-1, 2)))
     if metric == "ip":
         mode, chat_t = 2, table.directions_t
     else:
         mode, chat_t = (1 if table.has_bonus else 0), table.centered_t
+    nb = table.n_buckets
+    floats = np.concatenate([snap.sq8.mins, snap.sq8.scales, table.origin, table.centered_sq, table.bonus])
+    ints = np.concatenate([np.arange(nb, dtype=np.int64), off, ext[:, 0], ext[:, 1], ext[:, 2]])
     return Prepared(
         metric_code=_METRIC_CODE[metric],
         mode=mode,
-        origin=table.origin,
+        d=table.dim,
+        nb=nb,
         chat_t=chat_t,
-        chat_sq=table.centered_sq,
-        bonus=table.bonus,
-        positions=_readonly(np.arange(table.n_buckets, dtype=np.int64)),
-        mins=_readonly(np.ascontiguousarray(snap.sq8.mins, dtype=np.float32)),
-        scales=_readonly(np.ascontiguousarray(snap.sq8.scales, dtype=np.float32)),
-        ext_off=_readonly(off),
-        ext_seg=_readonly(np.ascontiguousarray(ext[:, 0])),
-        ext_start=_readonly(np.ascontiguousarray(ext[:, 1])),
-        ext_count=_readonly(np.ascontiguousarray(ext[:, 2])),
+        floats=_readonly(floats.astype(np.float32)),
+        ints=_readonly(ints.astype(np.int64)),
         seg_ids=seg_ids,
-        codes=codes,
-        vectors=vectors,
-        ids=ids,
-        dead=dead,
+        u8=u8,
+        f32=f32,
         skip_memo={},
     )
 
@@ -183,23 +171,13 @@ def _build(snap: Snapshot, metric: str) -> Prepared | None:
     types.Tuple((_I64, _F32, types.int64))(
         _RO_F32,  # q
         types.int64,  # metric code
-        _RO_F32,  # mins
-        _RO_F32,  # scales
-        _RO_F32,  # origin
-        _RO_F32_2D,  # chat_t
-        _RO_F32,  # chat_sq
-        _RO_F32,  # bonus
         types.int64,  # routing mode
-        _RO_I64,  # positions
+        _RO_F32_2D,  # chat_t
+        _RO_F32,  # floats (Prepared.floats)
+        _RO_I64,  # ints (Prepared.ints)
+        types.ListType(_RO_U8_2D),  # codes and skip masks (Prepared.u8 / skip_list)
+        types.ListType(_RO_F32_2D),  # vectors and ids (Prepared.f32)
         types.int64,  # nprobe
-        _RO_I64,  # ext_off
-        _RO_I64,  # ext_seg
-        _RO_I64,  # ext_start
-        _RO_I64,  # ext_count
-        types.ListType(_RO_U8_2D),  # codes
-        types.ListType(_RO_U8),  # skip masks
-        types.ListType(_RO_F32_2D),  # vectors
-        types.ListType(_RO_I64),  # ids
         types.int64,  # k
         types.int64,  # r
     ),
@@ -207,26 +185,35 @@ def _build(snap: Snapshot, metric: str) -> Prepared | None:
     fastmath=True,
     cache=True,
 )
-def _ivf_query(
-    q, code, mins, scales, origin, chat_t, chat_sq, bonus, mode, positions, nprobe,
-    ext_off, ext_seg, ext_start, ext_count, codes, skips, vectors, ids, k, r,
-):  # fmt: skip
-    """``search.ivf_scan`` in one call; returns (ids, distances, n) with n results, or n < 0 (a STATUS_*)."""
+def _ivf_query(q, code, mode, chat_t, floats, ints, u8, f32, nprobe, k, r):
+    """``search.ivf_scan`` in one call; returns (ids, distances, n) with n results, or n < 0 (a STATUS_*).
+    The packed arguments are unpacked here (fewer arguments: numba's dispatch costs ~0.1-0.5 µs each)."""
+    d = q.shape[0]
+    nb = chat_t.shape[1]
+    mins = floats[:d]
+    scales = floats[d : 2 * d]
+    origin = floats[2 * d : 3 * d]
+    chat_sq = floats[3 * d : 3 * d + nb]
+    bonus = floats[3 * d + nb : 3 * d + 2 * nb]
+    positions = ints[:nb]
+    ext_off = ints[nb : 2 * nb + 1]
+    n_ext = ext_off[nb]
+    ext_seg = ints[2 * nb + 1 : 2 * nb + 1 + n_ext]
+    ext_start = ints[2 * nb + 1 + n_ext : 2 * nb + 1 + 2 * n_ext]
+    ext_count = ints[2 * nb + 1 + 2 * n_ext : 2 * nb + 1 + 3 * n_ext]
     out_ids = np.empty(k, dtype=np.int64)
     out_d = np.empty(k, dtype=np.float32)
-    d = q.shape[0]
     a = np.empty(d, dtype=np.float32)
     w = np.empty(d, dtype=np.float32)
     const, ok = _prepare(code, q, mins, scales, a, w)
     if not ok:
         return out_ids, out_d, STATUS_NON_FINITE
-    nb = positions.shape[0]
     if nb == 0:
         return out_ids, out_d, 0
     p = min(nprobe, nb)
     probe = _route_one(q, origin, chat_t, chat_sq, bonus, mode, p, positions)
     # probe plan: per segment index, the extents of the probed buckets in probe order
-    n_seg = len(codes)
+    n_seg = len(u8) // 2
     per_seg = np.zeros(n_seg + 1, dtype=np.int64)
     first = np.full(n_seg, -1, dtype=np.int64)  # first-touch rank of each segment (plan order)
     n_touched = 0
@@ -268,12 +255,14 @@ def _ivf_query(
         lo, hi = per_seg[s], per_seg[s + 1]
         if code == 0:
             status = _scan_l2(
-                a, w, const, codes[s], starts[lo:hi], counts[lo:hi], skips[s], True, hd[t], hr[t], size_arr, 0, False
-            )
+                a, w, const, u8[2 * s], starts[lo:hi], counts[lo:hi], u8[2 * s + 1][0], True, hd[t], hr[t], size_arr, 0,
+                False,
+            )  # fmt: skip
         else:
             status = _scan_dot(
-                a, const, codes[s], starts[lo:hi], counts[lo:hi], skips[s], True, hd[t], hr[t], size_arr, 0, False
-            )
+                a, const, u8[2 * s], starts[lo:hi], counts[lo:hi], u8[2 * s + 1][0], True, hd[t], hr[t], size_arr, 0,
+                False,
+            )  # fmt: skip
         if status != 0:
             return out_ids, out_d, STATUS_BAD_RANGE
         sizes[t] = size_arr[0]
@@ -310,10 +299,10 @@ def _ivf_query(
                 n_rows += 1
         if n_rows == 0:
             continue
-        bad = _exact_rows(code, q, vectors[s], rows[:n_rows], dist[:n_rows])
+        bad = _exact_rows(code, q, f32[2 * s], rows[:n_rows], dist[:n_rows])
         if bad >= 0:
             return out_ids, out_d, STATUS_BAD_RANGE
-        seg_ids = ids[s]
+        seg_ids = f32[2 * s + 1].reshape(-1).view(np.int64)
         for i in range(n_rows):
             m = heap_offer(td, ti, m, k, dist[i], seg_ids[rows[i]])
     heap_sort(td, ti, m)
@@ -336,12 +325,12 @@ def ivf_fast(
     rerank: int,
     skip: Any,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """``search.ivf_scan`` as one compiled call; None when the compiled call refused (non-finite query, bad
-    extent), so the caller can take the reference path, which raises the matching error."""
+    """``search.ivf_scan`` as one compiled call (``skip``: ``prep.skip_list(allowed)``); None when the compiled
+    call refused (non-finite query, bad extent), so the caller can take the reference path, which raises the
+    matching error."""
     ids, dists, n = _ivf_query(
-        query, prep.metric_code, prep.mins, prep.scales, prep.origin, prep.chat_t, prep.chat_sq, prep.bonus,
-        prep.mode, prep.positions, nprobe, prep.ext_off, prep.ext_seg, prep.ext_start, prep.ext_count,
-        prep.codes, skip, prep.vectors, prep.ids, k, max(k, rerank * k),
+        query, prep.metric_code, prep.mode, prep.chat_t, prep.floats, prep.ints, skip, prep.f32, nprobe, k,
+        max(k, rerank * k),
     )  # fmt: skip
     if n < 0:
         return None
@@ -378,16 +367,18 @@ def search_fast(
     prep = snap.prepared.get((_MEMO_KEY, metric), False)
     if prep is False:
         prep = prepare(snap, metric)
-    if prep is None:
-        return ref.search_hybrid(snap, query, k, nprobe, rerank, ef, metric, masks, flt)
     dim = query.shape[0]
+    if prep is None:
+        if not np.isfinite(query).all():
+            _non_finite(query, dim, metric)
+        return ref.search_hybrid(snap, query, k, nprobe, rerank, ef, metric, masks, flt)
     l0_empty = True
     for mt in snap.memtables:
         if mt.n_ops:
             l0_empty = False
             break
     if masks is None and l0_empty:
-        got = ivf_fast(prep, query, k, nprobe, rerank, prep.dead)
+        got = ivf_fast(prep, query, k, nprobe, rerank, prep.u8)
         if got is None:
             if not np.isfinite(query).all():
                 _non_finite(query, dim, metric)

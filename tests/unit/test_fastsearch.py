@@ -63,7 +63,7 @@ def test_fast_path_matches_reference(eng, metric, memtable, monkeypatch):
     real = fastsearch.ivf_fast
 
     def counting(prep, query, k, nprobe, rerank, skip):
-        compiled["plain" if skip is prep.dead else "filtered"] += 1
+        compiled["plain" if skip is prep.u8 else "filtered"] += 1
         return real(prep, query, k, nprobe, rerank, skip)
 
     monkeypatch.setattr(fastsearch, "ivf_fast", counting)
@@ -103,11 +103,11 @@ def test_ivf_fast_equals_ivf_scan_with_ties(eng):
     for q in (vecs[0], vecs[100], rng.standard_normal(D).astype(np.float32)):
         for k in (1, 5, 37):
             want = ivf_scan(snap, q, k, 4, 3, "l2")
-            got = fastsearch.ivf_fast(prep, q, k, 4, 3, prep.dead)
+            got = fastsearch.ivf_fast(prep, q, k, 4, 3, prep.u8)
             np.testing.assert_array_equal(got[0], want[0])
             np.testing.assert_array_equal(got[1], want[1])
     # the 41 copies of vecs[0] tie at distance 0: the lowest live ids win
-    ids, dists = fastsearch.ivf_fast(prep, vecs[0], 5, 4, 10, prep.dead)
+    ids, dists = fastsearch.ivf_fast(prep, vecs[0], 5, 4, 10, prep.u8)
     assert np.all(dists == dists[0]) and list(ids) == sorted(ids)
 
 
@@ -143,10 +143,14 @@ def test_untrained_and_oversized_snapshots_take_the_reference_path(eng, monkeypa
     np.testing.assert_array_equal(res.ids, want[0])
 
 
-@pytest.mark.parametrize("memtable", [False, True])
-def test_non_finite_query_is_refused(eng, memtable):
+@pytest.mark.parametrize("case", ["l1", "memtable", "untrained"])
+def test_non_finite_query_is_refused(eng, case):
     rng = np.random.default_rng(2)
-    col, _ = _build(eng, rng, "l2", memtable=memtable)
+    if case == "untrained":
+        col = eng.create_collection("u", D, auto_train_threshold=0, maintain_duty=0.0)
+        col.upsert(np.arange(50), rng.standard_normal((50, D)).astype(np.float32))
+    else:
+        col, _ = _build(eng, rng, "l2", memtable=case == "memtable")
     q = np.ones(D, dtype=np.float32)
     q[3] = np.nan
     with pytest.raises(InvalidVectorError):
