@@ -12,9 +12,11 @@ Contract:
   does that when the error reaches it) and raises ``QueryCancelled``. While a call waits, it also probes the
   server's Unix socket at most once per ``PROBE_EVERY_S`` and gives up early when nobody listens.
 * ``problem(exc, address)`` turns any exception from the engine or from conversion into a
-  ``SqlProblem(message, hint, sqlstate)`` with a useful hint (an exception that carries PostgreSQL's own
-  SQLSTATE, such as ``plpy.SPIError``, keeps it); ``engine_call(address)`` is the context manager that
-  does it (and forgets the client on transport failures). Only an exception nobody expected is XX000.
+  ``SqlProblem(message, hint, sqlstate)`` with a useful hint; a ``DriftError`` gets its class's SQLSTATE
+  (``drift_engine.errors``: one table for the FDW and the ``drift.*`` functions), an exception that
+  carries PostgreSQL's own SQLSTATE, such as ``plpy.SPIError``, keeps it; ``engine_call(address)`` is the
+  context manager that does it (and forgets the client on transport failures). Only an exception nobody
+  expected is XX000.
 * ``COUNTERS`` counts this backend's engine traffic (kNN queries and the rows they pulled, streams,
   lookups, scans, writes); the SQL function ``drift.backend_stats()`` shows it.
 * Nothing here imports numba, hnswlib or LMDB.
@@ -153,27 +155,6 @@ def forget(address: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ errors
-_SQLSTATE: list[tuple[type[DriftError], str]] = [
-    (de.DimensionMismatchError, "22000"),
-    (de.InvalidVectorError, "22000"),
-    (de.InvalidParameterError, "22023"),
-    (de.InvalidFilterError, "22023"),
-    (de.InvalidPayloadError, "22023"),
-    (de.InvalidArgumentError, "22023"),
-    (de.CollectionNotFoundError, "42704"),
-    (de.CollectionExistsError, "42710"),
-    (de.DuplicateIdError, "23505"),
-    (de.RequestTooLargeError, "54000"),
-    (de.EngineUnavailableError, "08006"),
-    (de.DeadlineExceededError, "57014"),
-    (de.CancelledError, "57014"),
-    (de.AuthenticationError, "28000"),
-    (de.PermissionDeniedError, "42501"),
-    (de.CorruptionError, "XX001"),
-    (de.WritesStoppedError, "55000"),
-    (de.EngineClosedError, "55000"),
-    (de.DirectoryLockedError, "55000"),
-]
 _TRANSPORT = (de.EngineUnavailableError, de.DeadlineExceededError, de.CancelledError, de.EngineClosedError)
 
 
@@ -207,8 +188,7 @@ def problem(exc: BaseException, address: str = "") -> SqlProblem:
     if isinstance(exc, QueryCancelled):
         return SqlProblem(str(exc), None, "57014")
     if isinstance(exc, DriftError):
-        state = next((s for cls, s in _SQLSTATE if isinstance(exc, cls)), "XX000")
-        return SqlProblem(f"drift: {exc.message}", _hint(exc, address), state)
+        return SqlProblem(f"drift: {exc.message}", _hint(exc, address), de.sqlstate_of(exc))
     message = getattr(exc, "message", None)
     if message is not None and hasattr(exc, "hint"):  # ConfigError, ValueProblem
         return SqlProblem(str(message), exc.hint, getattr(exc, "sqlstate", None) or "22023")
