@@ -23,6 +23,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from drift_engine.config import DURABILITY_MODES
 from drift_engine.errors import DriftError
 
 
@@ -199,7 +200,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run small gRPC reads on the event loop: when idle (default), always, or never (worker threads)",
     )
     s.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get at shutdown")
-    s.add_argument("--durability", choices=("sync", "batch", "off"), default="sync", help="default write durability")
+    s.add_argument("--durability", choices=DURABILITY_MODES, default="sync", help="default write durability")
     s.add_argument("--cache-bytes", type=int, help="segment block cache size in bytes")
     s.add_argument("--log-format", choices=("json", "text"), default="json")
     s.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")

@@ -20,7 +20,8 @@ from typing import Any
 
 from drift_engine.errors import InvalidParameterError
 
-METRICS = ("l2", "cosine", "ip")
+METRICS = ("l2", "cosine", "ip")  # the one definition: everything else imports these
+DURABILITY_MODES = ("sync", "batch", "off")
 MAX_DIM = 16_000
 MAX_K = 10_000
 MAX_BATCH = 1_000_000
@@ -220,7 +221,7 @@ class EngineSettings:
         made = cls(**settings)
         if isinstance(made.cache_bytes, bool) or not isinstance(made.cache_bytes, int) or made.cache_bytes < 0:
             raise InvalidParameterError(f"cache_bytes must be a non-negative integer, got {made.cache_bytes!r}")
-        if made.durability not in ("sync", "batch", "off"):
+        if made.durability not in DURABILITY_MODES:
             raise InvalidParameterError(f"durability must be sync, batch or off, got {made.durability!r}")
         if not (0.1 <= float(made.batch_ms) <= 10_000):
             raise InvalidParameterError(f"batch_ms must be in [0.1, 10000], got {made.batch_ms!r}")

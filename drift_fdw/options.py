@@ -33,8 +33,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-METRICS = ("l2", "cosine", "ip")
-DURABILITY = ("sync", "batch", "off")
+from drift_engine.config import DURABILITY_MODES, METRICS
+
 TABLE_OPTIONS = ("collection", "dim", "metric", "create", "shard_of", "shard")
 SERVER_OPTIONS = ("address", "timeout", "durability", "allow_partial")
 USER_OPTIONS = ("token",)
@@ -164,9 +164,9 @@ class TableSpec:
         if metric is not None and metric not in METRICS:
             raise ConfigError(f"drift: unknown metric {metric!r}", hint=f"metric is one of {', '.join(METRICS)}")
         durability = options.get("durability")
-        if durability is not None and durability not in DURABILITY:
+        if durability is not None and durability not in DURABILITY_MODES:
             raise ConfigError(
-                f"drift: unknown durability {durability!r}", hint=f"durability is one of {', '.join(DURABILITY)}"
+                f"drift: unknown durability {durability!r}", hint=f"durability is one of {', '.join(DURABILITY_MODES)}"
             )
         cols = {name: _column(name, definition) for name, definition in columns.items()}
         roles: dict[str, str] = {}

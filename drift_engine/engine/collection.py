@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from drift_engine import crashpoints
-from drift_engine.config import CollectionConfig, EngineSettings
+from drift_engine.config import DURABILITY_MODES, CollectionConfig, EngineSettings
 from drift_engine.engine import layout as L
 from drift_engine.engine.async_api import AsyncTwins
 from drift_engine.engine.fastsearch import query_vector, search_fast
@@ -64,7 +64,6 @@ from drift_engine.storage.kv import KV, decode_i64
 from drift_engine.storage.pages import fsync_dir
 
 log = logging.getLogger(__name__)
-DURABILITY_MODES = ("sync", "batch", "off")
 AUTO_TRAIN_IDLE = 1.0  # seconds without writes before an automatic train
 
 

@@ -53,6 +53,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from drift_engine.config import METRICS
 from drift_engine.errors import DimensionMismatchError, InvalidArgumentError
 from drift_engine.index.topk import TopK, heap_offer, heap_sort
 
@@ -74,7 +75,6 @@ __all__ = [
 KIND_L2 = 0
 KIND_DOT = 1
 
-METRICS = ("l2", "ip", "cosine")
 _METRIC_CODE = {"l2": 0, "ip": 1, "cosine": 2}
 
 _PAD = 16  # codes per row are read in multiples of this many bytes (see module docstring)

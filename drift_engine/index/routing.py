@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit, types
 
+from drift_engine.config import METRICS
 from drift_engine.errors import DimensionMismatchError, InvalidArgumentError, InvalidParameterError
 
 __all__ = ["RoutingTable", "route", "route_batch"]
 
-_METRICS = ("l2", "ip", "cosine")
 _RO_F32 = types.Array(types.float32, 1, "C", readonly=True)
 _RO_F32_2D = types.Array(types.float32, 2, "C", readonly=True)
 _RO_I64 = types.Array(types.int64, 1, "C", readonly=True)
@@ -283,7 +283,7 @@ def _mode(table: RoutingTable, metric: str) -> int:
         return 2
     if metric == "l2" or metric == "cosine":
         return 1 if table.has_bonus else 0
-    raise InvalidArgumentError(f"unknown metric {metric!r}; expected one of {', '.join(_METRICS)}")
+    raise InvalidArgumentError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
 
 
 def route(table: RoutingTable, query: np.ndarray, nprobe: int, metric: str) -> np.ndarray:

@@ -46,12 +46,12 @@ from collections.abc import Callable, Iterable
 import hnswlib
 import numpy as np
 
+from drift_engine.config import METRICS
 from drift_engine.errors import DimensionMismatchError, InvalidArgumentError, InvalidParameterError
 from drift_engine.index.adc import exact_distances, rerank
 
 __all__ = ["EXACT_FILTER_CELLS", "EXACT_SEARCH_CELLS", "GRAPH_FILTER_MIN_SELECTIVITY", "METRICS", "MemTable"]
 
-METRICS = ("l2", "ip", "cosine")
 _SPACE = {"l2": "l2", "ip": "ip", "cosine": "ip"}
 
 EXACT_SEARCH_CELLS = 1 << 18

@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from drift_engine.config import DURABILITY_MODES
 from drift_engine.engine.validate import as_filter, as_ids, as_k, as_payloads, as_query, as_vectors
 from drift_engine.errors import (
     AuthenticationError,
@@ -46,7 +47,6 @@ _TRANSPORT_ERRORS: dict[str, type[DriftError]] = {
     "PERMISSION_DENIED": PermissionDeniedError,
     "RESOURCE_EXHAUSTED": RequestTooLargeError,
 }
-DURABILITY_MODES = ("sync", "batch", "off")
 
 
 # ------------------------------------------------------------------------------------------ addresses

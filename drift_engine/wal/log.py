@@ -48,6 +48,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from drift_engine.config import DURABILITY_MODES
 from drift_engine.errors import EngineClosedError, InvalidArgumentError, WritesStoppedError
 from drift_engine.storage.pages import fsync_dir, pwrite_all
 from drift_engine.wal.frame import (
@@ -64,7 +65,6 @@ from drift_engine.wal.recovery import create_file, fdatasync, recover
 
 log = logging.getLogger(__name__)
 
-DURABILITY_MODES = ("sync", "batch", "off")
 
 CrashHook = Callable[[str], None]
 
