@@ -89,6 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             inline_reads=args.inline_reads,
             grace=args.grace,
             insecure_no_token=args.insecure_no_token,
+            txn_timeout=args.txn_timeout,
             engine_settings=engine_settings,
         )
         asyncio.run(serve(opts))
@@ -200,6 +201,12 @@ def _parser() -> argparse.ArgumentParser:
         help="run small gRPC reads on the event loop: when idle (default), always, or never (worker threads)",
     )
     s.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get at shutdown")
+    s.add_argument(
+        "--txn-timeout",
+        type=float,
+        default=60.0,
+        help="seconds an open transaction may sit idle before it is aborted (default %(default)s)",
+    )
     s.add_argument("--durability", choices=DURABILITY_MODES, default="sync", help="default write durability")
     s.add_argument("--cache-bytes", type=int, help="segment block cache size in bytes")
     s.add_argument("--log-format", choices=("json", "text"), default="json")

@@ -118,6 +118,7 @@ class ServeOptions:
     max_cursors_per_client: int = 64
     inline_reads: str = "idle"
     grace: float = 10.0
+    txn_timeout: float = 60.0  # an open engine transaction idle this long is aborted (a vanished client)
     insecure_no_token: bool = False  # allow TCP without a token (loopback only; the CLI's --insecure-no-token)
     engine_settings: dict[str, Any] = field(default_factory=dict)
 
@@ -263,6 +264,8 @@ async def serve(
 
     listen = parse_listen(opts.listen, opts.data)
     check_security(listen, opts)
+    if not (isinstance(opts.txn_timeout, int | float) and 0 < opts.txn_timeout < float("inf")):
+        raise ServerStartupError(f"--txn-timeout {opts.txn_timeout}: must be a positive number of seconds")
     base_umask = os.umask(PRIVATE_UMASK)
     try:
         await _serve(opts, listen, __version__, Engine, on_ready, stop)
@@ -288,6 +291,7 @@ async def _serve(
             loop.add_signal_handler(sig, stop.set)
     fast_addr = fast_address(listen, opts)
     engine = await asyncio.to_thread(engine_cls.open, opts.data, **opts.engine_settings)
+    engine.txns.timeout = opts.txn_timeout
     pool = ThreadPoolExecutor(opts.threads, thread_name_prefix="drift-rpc")
     admin_pool = ThreadPoolExecutor(opts.admin_threads, thread_name_prefix="drift-admin")
     core = ServiceCore(engine, opts.limits, version=version, fast_path=fast_addr)

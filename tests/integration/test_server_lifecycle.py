@@ -241,3 +241,11 @@ def test_cli_status_stats_inspect(tmp_path):
     problems = json.loads(broken.stdout)["collections"]["s"]["problems"]
     assert any("checksum mismatch" in p and segment.name in p for p in problems), problems
     assert cli("inspect", "--data", str(tmp_path / "missing")).returncode == 2
+
+
+def test_bad_txn_timeout_is_refused_before_anything_opens(tmp_path):
+    out = subprocess.run(
+        serve_cmd(tmp_path / "d", "--txn-timeout", "0"), capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert out.returncode == 2 and "--txn-timeout" in out.stderr
+    assert not (tmp_path / "d" / "collections").exists()
