@@ -91,6 +91,8 @@ def loads_dict(text: str, what: str, err: type[DriftError] = InvalidParameterErr
         obj = json.loads(text)
     except ValueError as exc:
         raise err(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:  # json.loads recurses once per nesting level
+        raise err(f"{what} is nested too deeply to be parsed") from None
     if not isinstance(obj, dict):
         raise err(f"{what} must be a JSON object, got {type(obj).__name__}")
     return obj
@@ -111,6 +113,8 @@ def payloads_from_json(texts: Sequence[str], *, what: str = "payload") -> list[A
             out.append(json.loads(text))
         except ValueError as exc:
             raise InvalidPayloadError(f"{what} at row {row} is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidPayloadError(f"{what} at row {row} is nested too deeply to be parsed") from None
     return out
 
 

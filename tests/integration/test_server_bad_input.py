@@ -195,3 +195,15 @@ def test_client_side_validation_matches_embedded(strict):
             col.search([1.0, 2.0, 3.0, 4.0], filter={"a": [1]})
         with pytest.raises(E.InvalidPayloadError):
             col.upsert([1], [[1.0, 2.0, 3.0, 4.0]], payloads=[{"x": object()}])
+
+
+def test_deeply_nested_json_is_invalid_argument_not_internal(strict):
+    deep = "[" * 20_000 + "]" * 20_000  # 40 kB: under the strict server's message cap
+    with strict.client(fast_path=False) as client:
+        col = client.collection("items")
+        with pytest.raises(E.InvalidArgumentError, match="nested too deeply"):
+            client.invoke("SetParams", pb.SetParamsRequest(collection="items", params_json=deep))
+        req = pb.UpsertRequest(collection="items", ids=[999], vectors=f32(1, 2, 3, 4), payload_json=[deep])
+        with pytest.raises(E.InvalidPayloadError, match="nested too deeply"):
+            client.invoke("Upsert", req)
+        assert 999 not in col.get([999]).ids.tolist()
