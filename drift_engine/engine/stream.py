@@ -23,31 +23,20 @@ the fast path's cursors are meant to forward to it):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from drift_engine.config import MAX_K
-from drift_engine.errors import InvalidArgumentError, InvalidParameterError
+from drift_engine.engine.validate import finite_or_none
+from drift_engine.errors import InvalidArgumentError
 from drift_engine.results import StreamBatch, StreamHit
 
 DEFAULT_BATCH = 10
 MAX_BATCH_ROWS = 10_000
 _MAX_NPROBE = 1_000_000
 _MAX_EF = 100_000
-
-
-def finite_or_none(value: float | None, what: str) -> float | None:
-    """``value`` as a float (infinities allowed), or None; NaN and non-numbers are refused."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
-        raise InvalidParameterError(f"{what} must be a number, got {value!r}")
-    if math.isnan(value):
-        raise InvalidParameterError(f"{what} must not be NaN")
-    return float(value)
 
 
 def _count(name: str, value: Any, low: int, high: int, default: int | None) -> int | None:

@@ -19,6 +19,7 @@ from drift_engine.errors import (
     DimensionMismatchError,
     InvalidArgumentError,
     InvalidFilterError,
+    InvalidParameterError,
     InvalidPayloadError,
     InvalidVectorError,
     RequestTooLargeError,
@@ -164,3 +165,14 @@ def as_positive_int(name: str, value: Any, high: int) -> int:
     if not (1 <= int(value) <= high):
         raise InvalidArgumentError(f"{name}={value} is out of range [1, {high}]")
     return int(value)
+
+
+def finite_or_none(value: float | None, what: str) -> float | None:
+    """``value`` as a float (infinities allowed), or None; NaN and non-numbers are refused."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+        raise InvalidParameterError(f"{what} must be a number, got {value!r}")
+    if math.isnan(value):
+        raise InvalidParameterError(f"{what} must not be NaN")
+    return float(value)

@@ -15,7 +15,6 @@ Contract:
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -131,16 +130,6 @@ def filter_to_json(flt: dict[str, Any] | None) -> str:
 
 def filter_from_json(text: str) -> dict[str, Any] | None:
     return loads_dict(text, "filter", InvalidFilterError) or None
-
-
-def finite_or_none(value: float | None, what: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
-        raise InvalidParameterError(f"{what} must be a number, got {value!r}")
-    if math.isnan(value):
-        raise InvalidParameterError(f"{what} must not be NaN")
-    return float(value)
 
 
 # ------------------------------------------------------------------------------------------ results

@@ -48,7 +48,7 @@ from drift_engine.server import convert as cv
 from drift_engine.server import drift_pb2 as pb
 from drift_engine.server.core import ServiceCore
 from drift_engine.server.service import check_token, parse_request
-from drift_engine.server.stream import CursorTable
+from drift_engine.server.stream import CursorTable, next_from_cursor, open_cursor
 
 log = logging.getLogger("drift_engine.server.direct")
 HEADER = struct.Struct("<I")
@@ -305,20 +305,7 @@ class DirectServer:
         return "ok" if self.serving else "down"
 
     def _open(self, conn: _Connection, request: pb.SearchStreamRequest) -> pb.SearchStreamBatch:
-        streamer = self.core.open_stream(request)
-        batch = self.core.stream_batch(streamer)
-        if not batch.done:
-            batch.cursor = self.cursors.add(conn.key, streamer)
-        return batch
+        return open_cursor(self.core, self.cursors, conn.key, request)
 
     def _next(self, cursor_id: int) -> pb.SearchStreamBatch:
-        streamer = self.cursors.acquire(cursor_id)
-        done = True
-        try:
-            batch = self.core.stream_batch(streamer)
-            done = batch.done
-        finally:
-            self.cursors.release(cursor_id, done=done)
-        if not done:
-            batch.cursor = cursor_id
-        return batch
+        return next_from_cursor(self.core, self.cursors, cursor_id)

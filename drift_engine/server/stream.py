@@ -23,11 +23,20 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from drift_engine.engine.stream import DEFAULT_BATCH, MAX_BATCH_ROWS, SearchStreamer, search_stream
 from drift_engine.errors import InvalidArgumentError, RequestTooLargeError
 
-__all__ = ["DEFAULT_BATCH", "MAX_BATCH_ROWS", "CursorTable", "SearchStreamer", "search_stream"]
+__all__ = [
+    "DEFAULT_BATCH",
+    "MAX_BATCH_ROWS",
+    "CursorTable",
+    "SearchStreamer",
+    "next_from_cursor",
+    "open_cursor",
+    "search_stream",
+]
 
 
 @dataclass
@@ -169,3 +178,26 @@ class CursorTable:
         with self._lock:
             for cursor_id in list(self._cursors):
                 self._pop_locked(cursor_id)
+
+
+def open_cursor(core: Any, cursors: CursorTable, client: bytes, request: Any) -> Any:
+    """A fast path's ``stream_open``: run the first round; a batch that is not the last gets a cursor."""
+    streamer = core.open_stream(request)
+    batch = core.stream_batch(streamer)
+    if not batch.done:
+        batch.cursor = cursors.add(client, streamer)
+    return batch
+
+
+def next_from_cursor(core: Any, cursors: CursorTable, cursor_id: int) -> Any:
+    """A fast path's ``stream_next``: the next batch of ``cursor_id`` (the cursor is dropped once done)."""
+    streamer = cursors.acquire(cursor_id)
+    done = True
+    try:
+        batch = core.stream_batch(streamer)
+        done = batch.done
+    finally:
+        cursors.release(cursor_id, done=done)
+    if not done:
+        batch.cursor = cursor_id
+    return batch

@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 
 from drift_engine.config import DURABILITY_MODES
-from drift_engine.engine.validate import as_filter, as_ids, as_k, as_payloads, as_query, as_vectors
+from drift_engine.engine.validate import as_filter, as_ids, as_k, as_payloads, as_query, as_vectors, finite_or_none
 from drift_engine.errors import (
     AuthenticationError,
     CancelledError,
@@ -239,7 +239,7 @@ def stream_request(
         limit=opt_int(limit, "limit") or 0,
         with_payloads=with_payloads,
     )
-    bound = cv.finite_or_none(max_distance, "max_distance")
+    bound = finite_or_none(max_distance, "max_distance")
     if bound is not None:
         req.max_distance = bound
     return req
