@@ -96,7 +96,8 @@ class Engine:
     def open(cls, path: str | os.PathLike, **settings: Any) -> Engine:
         parsed = EngineSettings.create(**settings)
         path = os.path.abspath(os.fspath(path))
-        os.makedirs(os.path.join(path, COLLECTIONS_DIR), exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)  # private, whatever the umask (new folders only)
+        os.makedirs(os.path.join(path, COLLECTIONS_DIR), mode=0o700, exist_ok=True)
         fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -126,7 +126,8 @@ class Collection(AsyncTwins):
         settings: EngineSettings,
         executor: Executor | None = None,
     ) -> Collection:
-        os.makedirs(L.segments_dir(path), exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)  # private, whatever the umask (new folders only)
+        os.makedirs(L.segments_dir(path), mode=0o700, exist_ok=True)
         kv = KV(L.kv_dir(path))
         with kv.write() as batch:
             batch.put(L.DB_META, L.KEY_CONFIG, json.dumps(config.to_dict()).encode())
