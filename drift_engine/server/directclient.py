@@ -57,6 +57,20 @@ class DirectClient:
         self.cancel_check = cancel_check
         self.connect_timeout = connect_timeout
 
+    def _connect(self) -> socket.socket:
+        """A new connection to the server (TCP without Nagle), blocking once connected."""
+        sock = socket.socket(self.family, socket.SOCK_STREAM)
+        sock.settimeout(self.connect_timeout)
+        try:
+            sock.connect(self.target)
+        except OSError as exc:
+            sock.close()
+            raise EngineUnavailableError(f"cannot connect to the fast path {self.address}: {exc}") from None
+        if self.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(None)
+        return sock
+
     def _socket(self) -> socket.socket:
         socks = getattr(_state, "socks", None)
         if socks is None or getattr(_state, "pid", None) != os.getpid():
@@ -64,16 +78,7 @@ class DirectClient:
             _state.pid = os.getpid()
         sock = socks.get(self.address)
         if sock is None:
-            sock = socket.socket(self.family, socket.SOCK_STREAM)
-            sock.settimeout(self.connect_timeout)
-            try:
-                sock.connect(self.target)
-            except OSError as exc:
-                sock.close()
-                raise EngineUnavailableError(f"cannot connect to the fast path {self.address}: {exc}") from None
-            if self.family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(None)
+            sock = self._connect()
             socks[self.address] = sock
         return sock
 
@@ -172,16 +177,7 @@ class DirectClient:
             self._drop_pipe(sock)
             sock = None
         if sock is None:
-            sock = socket.socket(self.family, socket.SOCK_STREAM)
-            sock.settimeout(self.connect_timeout)
-            try:
-                sock.connect(self.target)
-            except OSError as exc:
-                sock.close()
-                raise EngineUnavailableError(f"cannot connect to the fast path {self.address}: {exc}") from None
-            if self.family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(None)
+            sock = self._connect()
             pipes[self.address] = sock
         return sock
 
