@@ -10,14 +10,14 @@ failed job is logged, remembered in ``last_error`` and retried with backoff; it 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable
+
+from drift_engine.maintenance.loop import BackgroundLoop
 
 log = logging.getLogger(__name__)
 
 
-class Janitor:
+class Janitor(BackgroundLoop):
     def __init__(
         self,
         name: str,
@@ -26,31 +26,18 @@ class Janitor:
         *,
         interval: float = 1.0,
     ) -> None:
+        super().__init__(f"drift-janitor-{name}")
         self._flush_pending = flush_pending
         self._auto_train = auto_train
         self._interval = interval
-        self._cv = threading.Condition()
-        self._wake = False
-        self._stop = False
         self.last_error: str | None = None
         self.flushes = 0
         self.auto_trains = 0
-        self._thread = threading.Thread(target=self._run, name=f"drift-janitor-{name}", daemon=True)
-        self._thread.start()
+        self.start()
 
-    def wake(self) -> None:
-        with self._cv:
-            self._wake = True
-            self._cv.notify()
-
-    def _run(self) -> None:
+    def run(self) -> None:
         backoff = self._interval
-        while True:
-            with self._cv:
-                self._cv.wait_for(lambda: self._wake or self._stop, timeout=backoff)
-                if self._stop:
-                    return
-                self._wake = False
+        while not self.wait(backoff):
             try:
                 self.flushes += self._flush_pending()
                 if self._auto_train():
@@ -61,10 +48,3 @@ class Janitor:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("janitor job failed; retrying in %.1fs", backoff)
                 backoff = min(30.0, backoff * 2)
-                time.sleep(0)
-
-    def stop(self) -> None:
-        with self._cv:
-            self._stop = True
-            self._cv.notify()
-        self._thread.join()

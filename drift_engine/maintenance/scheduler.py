@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ import numpy as np
 
 from drift_engine.config import CollectionParams
 from drift_engine.engine.snapshot import Snapshot
+from drift_engine.maintenance.loop import BackgroundLoop
 from drift_engine.maintenance.throttle import ForegroundMonitor, LatencyThrottle
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,7 @@ def maintenance_stats(
     return out
 
 
-class Maintainer:
+class Maintainer(BackgroundLoop):
     """Background thread running maintenance jobs, paced by foreground latency (module docstring)."""
 
     def __init__(
@@ -242,41 +242,21 @@ class Maintainer:
         monitor: ForegroundMonitor | None = None,
         throttle: LatencyThrottle | None = None,
     ) -> None:
+        super().__init__(f"drift-maintainer-{name}")
         self._run_one = run_one
         self._params = get_params
         self.foreground = monitor if monitor is not None else ForegroundMonitor()
         self.throttle = throttle if throttle is not None else LatencyThrottle(self.foreground)
-        self._cv = threading.Condition()
-        self._wake = False
-        self._stop = False
         self.jobs = 0
         self.busy_seconds = 0.0
         self.paused_seconds = 0.0
         self.last_error: str | None = None
-        self._thread = threading.Thread(target=self._loop, name=f"drift-maintainer-{name}", daemon=True)
-        self._thread.start()
+        self.start()
 
-    def wake(self) -> None:
-        with self._cv:
-            self._wake = True
-            self._cv.notify()
-
-    def _sleep(self, seconds: float) -> bool:
-        """Sleep unless stopped; True when stopped."""
-        with self._cv:
-            self._cv.wait_for(lambda: self._stop, timeout=max(0.0, seconds))
-            return self._stop
-
-    def _loop(self) -> None:
+    def run(self) -> None:
         backoff = 0.0
-        while True:
-            interval = self._params().maintain_interval
-            with self._cv:
-                self._cv.wait_for(lambda: self._wake or self._stop, timeout=max(interval, backoff))
-                if self._stop:
-                    return
-                self._wake = False
-            while not self._stop:
+        while not self.wait(max(self._params().maintain_interval, backoff)):
+            while not self.stopping:
                 if self._params().maintain_duty <= 0:
                     break
                 self.throttle.wait_quiet()
@@ -299,11 +279,5 @@ class Maintainer:
                 self.busy_seconds += spent
                 pause = self.throttle.pause_after(spent)
                 self.paused_seconds += pause
-                if pause > 0 and self._sleep(pause):
+                if pause > 0 and self.sleep(pause):
                     return
-
-    def stop(self) -> None:
-        with self._cv:
-            self._stop = True
-            self._cv.notify()
-        self._thread.join()
