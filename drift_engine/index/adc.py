@@ -1,4 +1,4 @@
-"""Asymmetric distance computation (ADC) over SQ8 codes, and exact re-ranking.
+"""Asymmetric distance computation (ADC) over SQ8 codes (exact re-ranking is ``index/exact.py``, re-exported here).
 
 Contract
 --------
@@ -20,8 +20,8 @@ Contract
   filtered out) are never returned.  ``scan_into`` accumulates into a ``TopK`` across several calls (e.g.
   several segments) with a caller-chosen ``row_offset`` added to every row it stores.  Ranges must not
   overlap (a row in two ranges would be reported twice); they may come in any order.
-* ``exact_distances`` / ``rerank`` return exact float32 distances with pgvector semantics (l2 is the square
-  root), ``rerank`` gathering ``vectors[rows]`` inside the kernel (no fancy-index copy).
+* ``exact_distances`` / ``rerank`` (from ``index/exact.py``) return exact float32 distances with pgvector
+  semantics (l2 is the square root), ``rerank`` gathering ``vectors[rows]`` inside the kernel (no copy).
 * Every kernel is ``@njit(nogil=True, fastmath=True, cache=True)`` with an explicit signature whose inputs
   are read-only arrays (writable ones convert), so one compiled version serves fresh and disk-backed blocks
   and compilation happens once, at import (from numba's on-disk cache after the first run).  Kernels
@@ -55,9 +55,10 @@ from numba.extending import intrinsic
 
 from drift_engine.config import METRICS
 from drift_engine.errors import DimensionMismatchError, InvalidArgumentError
+from drift_engine.index.exact import _METRIC_CODE, exact_distances, rerank
 from drift_engine.index.topk import TopK, heap_offer, heap_sort
 
-__all__ = [
+__all__ = [  # exact_distances / rerank (and _exact_rows for the compiled search) live in index/exact.py
     "KIND_DOT",
     "KIND_L2",
     "METRICS",
@@ -75,7 +76,6 @@ __all__ = [
 KIND_L2 = 0
 KIND_DOT = 1
 
-_METRIC_CODE = {"l2": 0, "ip": 1, "cosine": 2}
 
 _PAD = 16  # codes per row are read in multiples of this many bytes (see module docstring)
 _PREFETCH_STEP = 256  # bytes of the next range prefetched per 4-row block (measured best of 128..1024)
@@ -495,81 +495,6 @@ def scan_into(
     if topk.r == 0:
         return
     _run_scan(pq, codes, starts, counts, skip_arr, has_skip, topk.dist, topk.rows, topk.size, int(row_offset), False)
-
-
-# ---------------------------------------------------------------------------------------------------
-# exact distances
-# ---------------------------------------------------------------------------------------------------
-@njit(nogil=True, fastmath=True, cache=True, inline="always")
-def _exact_one(code, q, v):
-    d = q.shape[0]
-    if code == 0:
-        acc = np.float32(0.0)
-        for j in range(d):
-            t = q[j] - v[j]
-            acc += t * t
-        return np.float32(np.sqrt(acc))
-    acc = np.float32(0.0)
-    for j in range(d):
-        acc += q[j] * v[j]
-    if code == 1:
-        return -acc
-    return np.float32(1.0) - acc
-
-
-@njit(types.void(types.int64, _RO_F32, _RO_F32_2D, _F32), nogil=True, fastmath=True, cache=True)
-def _exact_all(code, q, vectors, out):
-    for i in range(vectors.shape[0]):
-        out[i] = _exact_one(code, q, vectors[i])
-
-
-@njit(types.int64(types.int64, _RO_F32, _RO_F32_2D, _RO_I64, _F32), nogil=True, fastmath=True, cache=True)
-def _exact_rows(code, q, vectors, rows, out):
-    """Exact distances of vectors[rows]; returns -1 on success or the index of the first bad row."""
-    n = vectors.shape[0]
-    for i in range(rows.shape[0]):
-        row = rows[i]
-        if row < 0 or row >= n:
-            return i
-        out[i] = _exact_one(code, q, vectors[row])
-    return -1
-
-
-def _check_exact_args(metric: str, query: np.ndarray, vectors: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    code = _METRIC_CODE.get(metric)
-    if code is None:
-        raise InvalidArgumentError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
-    q = np.ascontiguousarray(query, dtype=np.float32)
-    if q.ndim != 1:
-        raise InvalidArgumentError(f"query must be 1-d, got shape {q.shape}")
-    if vectors.dtype != np.float32 or vectors.ndim != 2:
-        raise InvalidArgumentError(
-            f"vectors must be a float32 (n_rows, d) array, got {vectors.dtype} shape {vectors.shape}"
-        )
-    if vectors.shape[1] != q.shape[0]:
-        raise DimensionMismatchError(f"vectors have dimension {vectors.shape[1]}, query has {q.shape[0]}")
-    return code, q, np.ascontiguousarray(vectors)
-
-
-def exact_distances(metric: str, query: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """Exact float32 distances (pgvector semantics) from ``query`` to every row of ``vectors``."""
-    code, q, vectors = _check_exact_args(metric, query, vectors)
-    out = np.empty(vectors.shape[0], dtype=np.float32)
-    _exact_all(code, q, vectors, out)
-    return out
-
-
-def rerank(metric: str, query: np.ndarray, vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Exact float32 distances (pgvector semantics) from ``query`` to ``vectors[rows]``, in ``rows`` order."""
-    code, q, vectors = _check_exact_args(metric, query, vectors)
-    rows = np.ascontiguousarray(rows, dtype=np.int64)
-    if rows.ndim != 1:
-        raise InvalidArgumentError(f"rows must be 1-d, got shape {rows.shape}")
-    out = np.empty(rows.shape[0], dtype=np.float32)
-    bad = _exact_rows(code, q, vectors, rows, out)
-    if bad >= 0:
-        raise InvalidArgumentError(f"row {int(rows[bad])} is outside the {vectors.shape[0]}-row vector block")
-    return out
 
 
 def adc_throughput(codes: np.ndarray, n_queries: int = 20, *, metric: str = "l2", r: int = 40, seed: int = 0) -> float:
