@@ -40,6 +40,25 @@ SLICE_S = 0.05
 _state = threading.local()
 
 
+def _read_frame(sock: socket.socket) -> bytes:
+    """One length-prefixed reply frame; ``ConnectionError`` when the server closed the connection first."""
+    header = recv_exact(sock, HEADER.size)
+    raw = None if header is None else recv_exact(sock, HEADER.unpack(header)[0])
+    if raw is None:
+        raise ConnectionError("the server closed the connection")
+    return raw
+
+
+def _decode_reply(raw: bytes) -> pb.FastReply:
+    """The ``FastReply`` in ``raw``; one carrying ``ErrorStatus`` raises the server's ``DriftError`` class."""
+    reply = pb.FastReply()
+    reply.ParseFromString(raw)
+    if reply.WhichOneof("result") == "error":
+        err = reply.error
+        raise cv.make_error(err.code, err.error_class, err.message, err.hint)
+    return reply
+
+
 class DirectClient:
     def __init__(
         self,
@@ -107,24 +126,14 @@ class DirectClient:
                 self._raise_parting_error(sock)  # a server that refused us may have said why before closing
                 raise
             self._wait(sock, timeout)
-            header = recv_exact(sock, HEADER.size)
-            if header is None:
-                raise ConnectionError("the server closed the connection")
-            raw = recv_exact(sock, HEADER.unpack(header)[0])
-            if raw is None:
-                raise ConnectionError("the server closed the connection")
+            raw = _read_frame(sock)
         except OSError as exc:
             self._discard()
             raise EngineUnavailableError(f"fast path {self.address}: {exc}") from None
         except BaseException:
             self._discard()
             raise
-        reply = pb.FastReply()
-        reply.ParseFromString(raw)
-        if reply.WhichOneof("result") == "error":
-            err = reply.error
-            raise cv.make_error(err.code, err.error_class, err.message, err.hint)
-        return reply
+        return _decode_reply(raw)
 
     def _raise_parting_error(self, sock: socket.socket) -> None:
         """Raise the error reply a closing server left in the socket (e.g. "too many connections"), if any."""
@@ -225,24 +234,14 @@ class DirectClient:
             raise EngineUnavailableError(f"fast path {self.address}: the request was abandoned")
         try:
             self._wait(sock, timeout)
-            header = recv_exact(sock, HEADER.size)
-            if header is None:
-                raise ConnectionError("the server closed the connection")
-            raw = recv_exact(sock, HEADER.unpack(header)[0])
-            if raw is None:
-                raise ConnectionError("the server closed the connection")
+            raw = _read_frame(sock)
         except OSError as exc:
             self._drop_pipe(sock)
             raise EngineUnavailableError(f"fast path {self.address}: {exc}") from None
         except BaseException:
             self._drop_pipe(sock)
             raise
-        reply = pb.FastReply()
-        reply.ParseFromString(raw)
-        if reply.WhichOneof("result") == "error":
-            err = reply.error
-            raise cv.make_error(err.code, err.error_class, err.message, err.hint)
-        return reply
+        return _decode_reply(raw)
 
     def abandon(self, ticket: SentRequest) -> None:
         """Give up a sent request whose reply is not wanted: its connection (which would hold the unread
