@@ -15,17 +15,22 @@ Contract:
   *reserves* every id it writes: until it commits or aborts, any other write of those ids (transactional
   or not) raises ``ConflictError``. So a prepared transaction's commit cannot fail on validation. A
   transaction may be staged further after a prepare and prepared again.
-* ``commit`` validates (again), then writes ONE ``TXN_COMMIT`` record holding every collection's part to
-  the engine's transaction log (``<data>/txnlog``, a ``WriteAheadLog``) and syncs it: **that is the
-  commit point**. Then each collection logs and applies its part as one ``TXN_APPLY`` record, the
-  collections' WALs are synced, and a ``TXN_DONE`` record is synced to the transaction log. The call
-  returns (is acknowledged) after all of that. A commit that raises before the commit point changed
-  nothing. A failure after it (a WAL that cannot be written or synced) raises ``WritesStoppedError``:
-  the transaction is committed and the next open finishes applying it.
+* ``commit`` validates (again) and reserves the transaction's ids, then appends ONE ``TXN_COMMIT``
+  record holding every collection's part to the engine's transaction log (``<data>/txnlog``, a
+  ``WriteAheadLog``) and syncs it: **that is the commit point**. Then each collection logs and applies
+  its part as one ``TXN_APPLY`` record, and the call returns (is acknowledged). Syncing the collections'
+  WALs and writing the ``TXN_DONE`` record happen in the background (``engine.txn_done``: batched, never
+  before the ``TXN_APPLY`` records are durable); durability does not need them, since the commit record
+  holds the whole transaction. A commit that raises before the commit point changed nothing. A failure
+  after it (a WAL that cannot be written) raises ``WritesStoppedError``: the transaction is committed and
+  the next open finishes applying it.
 * ``abort`` drops a staged or prepared transaction and its reservations. A transaction idle longer than
   ``timeout`` seconds (no stage / prepare call) is aborted by a reaper thread (a vanished client), and
   nothing staged or prepared survives a restart: only committed transactions exist after one.
-* Commits are serialised engine-wide (one commit at a time); prepares and stages run concurrently.
+* Only validation and the append of the commit record are serialised engine-wide (the commit lock);
+  the commit point's fsync is shared by the commits waiting on it (group commit), and applying runs
+  under each collection's own write lock. The reserved ids keep concurrent commits apart, so their
+  parts commute; sequence numbers follow the log order.
 
 Recovery rule (``TxnManager.recover``, run by ``Engine.open`` after every collection has replayed its
 WAL): every ``TXN_COMMIT`` in the transaction log without a ``TXN_DONE`` is finished: each collection
@@ -51,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from drift_engine import crashpoints
+from drift_engine.engine.txn_done import CommittedTxn, TxnFinisher
 from drift_engine.engine.validate import as_ids, as_payloads, as_vectors
 from drift_engine.engine.writes import refuse_existing
 from drift_engine.errors import (
@@ -98,6 +104,18 @@ class _Txn:
     reserved: dict[str, list[int]] = field(default_factory=dict)
 
 
+@dataclass
+class _Logged:
+    """A transaction whose ``TXN_COMMIT`` record is appended: its sequence number, the record's lsn and the
+    per-collection arrays to apply."""
+
+    seq: int
+    lsn: int
+    arrays: dict[str, tuple]
+    written: int
+    deleted: int
+
+
 def check_txn_id(txn_id: Any) -> str:
     if not isinstance(txn_id, str) or not 0 < len(txn_id) <= 128 or not txn_id.isprintable():
         raise InvalidArgumentError(f"txn_id must be a printable string of 1..128 characters, got {txn_id!r}")
@@ -122,7 +140,7 @@ class TxnManager:
         self._durability = durability
         self.timeout = timeout
         self._lock = threading.Lock()  # the table of transactions
-        self._commit_lock = threading.Lock()  # one commit at a time (sequence order = log order)
+        self._commit_lock = threading.Lock()  # validate + append the commit record (sequence order = log order)
         self._txns: dict[str, _Txn] = {}
         self._closed = False
         self.wal = WriteAheadLog(
@@ -132,6 +150,7 @@ class TxnManager:
             crash_hook=crashpoints.hit if crashpoints.ENABLED else None,
         )
         self._seq = 0
+        self._finisher = TxnFinisher(self.wal, crashpoints.hit)
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap_loop, name="drift-txn-reaper", daemon=True)
 
@@ -340,21 +359,25 @@ class TxnManager:
 
     def commit(self, txn_id: str, durability: str | None = None) -> dict[str, int]:
         """Commit ``txn_id`` atomically (module docstring); returns ``{"written", "deleted", "seq"}``.
-        ``durability`` (default: the engine's) is how the records are synced before it returns."""
+        ``durability`` (default: the engine's) is how the commit record is synced before it returns."""
         if durability is not None and durability not in DURABILITY_MODES:
             raise InvalidArgumentError(f"durability must be one of {', '.join(DURABILITY_MODES)}, got {durability!r}")
         txn = self._take(txn_id)
         try:
             with self._commit_lock, self._locked(txn) as cols:
                 self._validate_locked(txn, cols)
-                return self._commit_locked(txn, cols, durability or self._durability)
+                logged = self._log_commit_locked(txn, cols)
+            if logged is None:
+                return {"written": 0, "deleted": 0, "seq": 0}
+            return self._apply_committed(txn, cols, logged, durability or self._durability)
         finally:
             self._unreserve(txn)
             self._release(txn, drop=True)
 
-    def _commit_locked(self, txn: _Txn, cols: dict[str, Any], mode: str) -> dict[str, int]:
-        self._seq = max(self._seq + 1, time.time_ns())
-        seq = self._seq
+    def _log_commit_locked(self, txn: _Txn, cols: dict[str, Any]) -> _Logged | None:
+        """Under the commit lock and every touched collection's write lock: reserve the transaction's ids
+        (so nothing else writes them until it is applied), assign its sequence number and append (not
+        sync) its ``TXN_COMMIT`` record. None when it writes nothing."""
         arrays: dict[str, tuple] = {}
         groups: list[tuple[str, bytes, bytes]] = []
         deleted = 0
@@ -368,35 +391,53 @@ class TxnManager:
             arrays[name] = (up, vecs, pays, present)
             up_body = records.encode_upsert(up, vecs, pays, True) if up.size else b""
             groups.append((name, up_body, records.encode_delete(present) if present.size else b""))
-        written = sum(len(txn.parts[n].rows) for n in arrays)
         if not groups:
-            return {"written": 0, "deleted": 0, "seq": 0}
+            return None
+        for name, part in txn.parts.items():
+            reserved = cols[name]._writes.reserved
+            ids = [*part.rows, *part.deletes]
+            for ident in ids:
+                reserved[ident] = txn.txn_id
+            txn.reserved[name] = ids
+        self._seq = max(self._seq + 1, time.time_ns())
         crashpoints.hit("txn.before_commit_record")
-        lsn = self.wal.append(records.TXN_COMMIT, records.encode_txn_commit(seq, groups))
-        self.wal.sync(lsn, mode)  # the commit point
+        self._finisher.begin()
+        lsn = None
+        try:
+            lsn = self.wal.append(records.TXN_COMMIT, records.encode_txn_commit(self._seq, groups))
+        finally:
+            self._finisher.logged(lsn)
+        written = sum(len(txn.parts[n].rows) for n in arrays)
+        return _Logged(self._seq, lsn, arrays, written, deleted)
+
+    def _apply_committed(self, txn: _Txn, cols: dict[str, Any], logged: _Logged, mode: str) -> dict[str, int]:
+        """Outside the commit lock: make the commit record durable (the commit point; concurrent commits
+        share the fsync), apply each collection's part under its write lock, hand the rest to the finisher."""
+        try:
+            self.wal.sync(logged.lsn, mode)  # the commit point
+        except BaseException:
+            self._finisher.abandon(logged.lsn)
+            raise
         crashpoints.hit("txn.after_commit_record")
         applied: list[tuple[Any, int]] = []
         try:
-            for name, (up, vecs, pays, dels) in arrays.items():
+            for name, (up, vecs, pays, dels) in logged.arrays.items():
                 writes = cols[name]._writes
-                applied.append((writes, writes.apply_txn_locked(seq, up, vecs, pays, dels)))
+                with writes.lock:
+                    applied.append((writes, writes.apply_txn_locked(logged.seq, up, vecs, pays, dels)))
                 crashpoints.hit("txn.after_apply")
-            for writes, rec_lsn in applied:
-                writes.wal.sync(rec_lsn, mode)
-            crashpoints.hit("txn.before_done")
-            self.wal.sync(self.wal.append(records.TXN_DONE, records.encode_txn_done(seq)), mode)
         except BaseException as exc:
             raise WritesStoppedError(
-                f"transaction {txn.txn_id!r} is committed (sequence {seq}) but applying it failed: {exc}; "
+                f"transaction {txn.txn_id!r} is committed (sequence {logged.seq}) but applying it failed: {exc}; "
                 "the next open of the engine finishes applying it",
                 hint="reopen the engine",
             ) from exc
-        for writes, rec_lsn in applied:
-            writes.txn_pins.discard(rec_lsn)
-        crashpoints.hit("txn.after_done")
-        with contextlib.suppress(Exception):  # housekeeping: every logged transaction is done now
-            self.wal.truncate_upto(self.wal.stats()["last_lsn"])
-        return {"written": written, "deleted": deleted, "seq": seq}
+        self._finisher.add(CommittedTxn(logged.seq, logged.lsn, applied))
+        return {"written": logged.written, "deleted": logged.deleted, "seq": logged.seq}
+
+    def finish_pending(self, timeout: float | None = None) -> bool:
+        """Wait until every acknowledged transaction so far has its ``TXN_DONE`` (or was left for recovery)."""
+        return self._finisher.drain(timeout)
 
     def abort(self, txn_id: str) -> bool:
         """Drop ``txn_id`` and its reservations; False when it was not known (already gone)."""
@@ -441,6 +482,7 @@ class TxnManager:
         self._stop.set()
         if self._reaper.is_alive():
             self._reaper.join()
+        self._finisher.close()
         self.wal.close()
 
 
