@@ -14,14 +14,20 @@ The mix, drawn per statement with a per-client seed: 60 % kNN (``WHERE query = .
 10``), 20 % filtered kNN (``AND tag = 't<i>'``, one of 50 tags), 20 % single-row ``INSERT`` (autocommit, a
 new id each). Query vectors cycle through the dataset's queries. The engine's RSS is recorded before and
 after. Targets (issue: engine integrity): every kind's p99 together <= 10 x its p50 alone, and statements/s
-together >= 4 x alone. Writes ``bench/results/mixed_<dataset>.json``; run it alone (load average recorded).
+together >= 4 x alone. The machine's busy CPU time (all processes: clients, backends, engine) is recorded per
+phase, so each phase also reports its CPU cost per statement and the throughput the cores would allow at that
+cost (``cpu_bound_ceiling``): a lone client that already keeps one of two cores busy can be outrun at most 2x.
+Writes ``bench/results/mixed_<dataset>.json``; run it alone (load average recorded).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
+import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -52,8 +58,11 @@ def _vector(v: np.ndarray) -> str:
     return "{" + ",".join(f"{x:.9g}" for x in v.tolist()) + "}"
 
 
-def client_loop(dsn: dict[str, Any], client: int, phase: int, seconds: float, queries: np.ndarray, out: Any) -> None:
-    """Run the mix for ``seconds`` on one connection; put ``{kind: [latency s, ...]}`` (or an error) on ``out``."""
+def client_loop(
+    dsn: dict[str, Any], client: int, phase: int, seconds: float, queries: np.ndarray, out: Any, start: Any
+) -> None:
+    """Connect, wait at ``start`` (a barrier shared with the parent), run the mix for ``seconds``; put
+    ``{kind: [latency s, ...]}`` (or an error) on ``out``."""
     import psycopg
 
     rng = np.random.default_rng(client)
@@ -64,6 +73,7 @@ def client_loop(dsn: dict[str, Any], client: int, phase: int, seconds: float, qu
     try:
         with psycopg.connect(**dsn, autocommit=True) as conn:
             conn.execute(f"SELECT id FROM {TABLE} WHERE query = %s ORDER BY distance LIMIT 1", (literals[0],))
+            start.wait(timeout=300)
             deadline = time.perf_counter() + seconds
             i = 0
             while time.perf_counter() < deadline:
@@ -85,20 +95,35 @@ def client_loop(dsn: dict[str, Any], client: int, phase: int, seconds: float, qu
                 i += 1
         out.put({"client": client, "latencies": lat})
     except Exception as exc:  # reported by the parent, which fails the run
+        with contextlib.suppress(Exception):
+            start.abort()
         out.put({"client": client, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def busy_cpu_s() -> float:
+    """CPU seconds this machine has spent on anything but idle and I/O wait, all cores together."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
 
 
 def run_clients(dsn: dict[str, Any], clients: int, phase: int, seconds: float, queries: np.ndarray) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=client_loop, args=(dsn, c, phase, seconds, queries, out)) for c in range(clients)]
-    t0 = time.perf_counter()
+    start = ctx.Barrier(clients + 1)
+    procs = [
+        ctx.Process(target=client_loop, args=(dsn, c, phase, seconds, queries, out, start)) for c in range(clients)
+    ]
     for p in procs:
         p.start()
+    with contextlib.suppress(threading.BrokenBarrierError):  # a client that failed to connect reports it below
+        start.wait(timeout=300)
+    t0, cpu0 = time.perf_counter(), busy_cpu_s()
     results = [out.get(timeout=seconds + 300) for _ in procs]
+    wall, cpu = time.perf_counter() - t0, busy_cpu_s() - cpu0
     for p in procs:
         p.join(60)
-    wall = time.perf_counter() - t0
     errors = [r["error"] for r in results if "error" in r]
     if errors:
         raise RuntimeError(f"{len(errors)} client(s) failed: {errors[0]}")
@@ -116,8 +141,14 @@ def run_clients(dsn: dict[str, Any], clients: int, phase: int, seconds: float, q
         }
         for kind, v in merged.items()
     }
+    cores = os.cpu_count() or 1
+    cpu_ms = 1e3 * cpu / total if total else None
     return {"clients": clients, "seconds": seconds, "wall_s": round(wall, 2), "statements": total,
-            "statements_per_s": round(total / seconds, 1), "kinds": summary}  # fmt: skip
+            "statements_per_s": round(total / seconds, 1), "kinds": summary,
+            # every process of the machine: clients, PostgreSQL backends, the engine (run it alone)
+            "cpu_busy_s": round(cpu, 2), "cpu_utilisation": round(cpu / (cores * wall), 3),
+            "cpu_ms_per_statement": round(cpu_ms, 3) if cpu_ms else None,
+            "cpu_bound_ceiling_per_s": round(1e3 * cores / cpu_ms, 1) if cpu_ms else None}  # fmt: skip
 
 
 def engine_rss_mib(stack: Any) -> float:
@@ -165,7 +196,14 @@ def main(argv: list[str] | None = None) -> int:
         for kind, _ in MIX
     }
     ratio = together["statements_per_s"] / alone["statements_per_s"]
-    result["targets"]["throughput"] = {"together_over_alone": round(ratio, 2), "met": ratio >= 4}
+    result["targets"]["throughput"] = {
+        "together_over_alone": round(ratio, 2),
+        "met": ratio >= 4,
+        # what the machine's cores allow at a lone client's CPU cost per statement
+        "cpu_bound_ceiling_over_alone": round(alone["cpu_bound_ceiling_per_s"] / alone["statements_per_s"], 2)
+        if alone["cpu_bound_ceiling_per_s"]
+        else None,
+    }
     path = write_json(f"mixed_{ds.name}", result, args.out)
     print_table(result)
     print(f"wrote {path}")
@@ -181,6 +219,10 @@ def print_table(r: dict[str, Any]) -> None:
               f"{r['targets'][kind]['p99_over_alone_p50']:>13.1f}x")  # fmt: skip
     print(f"  statements/s: alone {r['alone']['statements_per_s']}, {r['together']['clients']} clients "
           f"{r['together']['statements_per_s']} ({r['targets']['throughput']['together_over_alone']}x)")  # fmt: skip
+    print(f"  CPU per statement: alone {r['alone']['cpu_ms_per_statement']} ms "
+          f"(utilisation {r['alone']['cpu_utilisation']:.0%}), together {r['together']['cpu_ms_per_statement']} ms "
+          f"(utilisation {r['together']['cpu_utilisation']:.0%}); the cores allow at most "
+          f"{r['targets']['throughput']['cpu_bound_ceiling_over_alone']}x a lone client")  # fmt: skip
     print(f"  engine RSS {r['engine_rss_mib_before']} -> {r['engine_rss_mib_after']} MiB")
 
 
