@@ -159,7 +159,8 @@ class ServiceCore:
 
     # ------------------------------------------------------------------ transactions (engine.txn)
     def stage_txn(self, req: pb.StageTxnRequest) -> pb.TxnResponse:
-        """Stage ``req.ops`` into transaction ``req.txn_id`` (each op checked against the limits first)."""
+        """Stage ``req.ops`` into transaction ``req.txn_id`` (each op checked against the limits first); with
+        ``req.prepare``, then prepare it (``prepare_txn``) and answer with the prepared row count."""
         self._check_rows(sum(len(op.ids) for op in req.ops), "rows")
         staged = []
         for op in req.ops:
@@ -178,6 +179,8 @@ class ServiceCore:
             rows += self.engine.txn_stage(
                 req.txn_id, op.collection, op.op, cv.ids_array(op.ids), vectors, payloads, list(op.read_lsns)
             )
+        if req.prepare:
+            return self.prepare_txn(pb.TxnRequest(txn_id=req.txn_id))
         return pb.TxnResponse(rows=rows)
 
     def prepare_txn(self, req: pb.TxnRequest) -> pb.TxnResponse:
