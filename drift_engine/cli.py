@@ -3,8 +3,9 @@
 Commands (exit status 0 on success, 1 when a check fails or the server is unhealthy, 2 on a usage or
 startup error, with a one-line ``error: ...`` on stderr):
 
-* ``serve --data DIR [--listen unix:PATH | HOST:PORT] [--token-file F] [--tls-cert C --tls-key K] ...``
-  (a TCP listen needs ``--token-file``, or ``--insecure-no-token`` on loopback):
+* ``serve --data DIR [--listen unix:PATH | HOST:PORT] [--token-file F] [--tls-cert C --tls-key K
+  [--tls-client-ca CA]] ...`` (a TCP listen needs ``--token-file``, or ``--insecure-no-token`` on loopback;
+  beyond loopback also TLS, or ``--insecure-plaintext``; with TLS gRPC and the fast path are both encrypted):
   run the gRPC server (and the fast path for searches beside it) until SIGTERM / SIGINT; logs are
   JSON lines on stderr (``--log-format text`` for people).
 * ``status [--address A | --data DIR] [--token-file F]``: the server's Health as JSON.
@@ -78,6 +79,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             token=token,
             tls_cert=_read_secret(args.tls_cert, "TLS certificate"),
             tls_key=_read_secret(args.tls_key, "TLS key"),
+            tls_client_ca=_read_secret(args.tls_client_ca, "TLS client CA"),
+            insecure_plaintext=args.insecure_plaintext,
             limits=limits,
             threads=args.threads,
             fast_path="off" if args.no_fast_path else args.fast_path,
@@ -149,7 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--listen",
         help="unix:PATH (default unix:DATA/drift.sock) or HOST:PORT (needs --token-file or "
-        "--insecure-no-token; beyond loopback also TLS)",
+        "--insecure-no-token; beyond loopback --token-file and TLS, or --insecure-plaintext)",
     )
     s.add_argument(
         "--token-file", help="file holding the bearer token clients must present (required for a TCP --listen)"
@@ -160,8 +163,21 @@ def _parser() -> argparse.ArgumentParser:
         help="allow a loopback TCP --listen without --token-file (any local user can then connect; "
         "non-loopback TCP always needs TLS and a token)",
     )
-    s.add_argument("--tls-cert", help="PEM certificate chain (TCP only; with --tls-key)")
-    s.add_argument("--tls-key", help="PEM private key")
+    s.add_argument(
+        "--tls-cert",
+        help="PEM certificate chain (TCP only; with --tls-key): gRPC and the fast path (fast+tls:) use TLS",
+    )
+    s.add_argument("--tls-key", help="PEM private key (unencrypted) of --tls-cert")
+    s.add_argument(
+        "--tls-client-ca",
+        help="PEM CA certificate(s): require client certificates signed by it (mutual TLS; needs --tls-cert)",
+    )
+    s.add_argument(
+        "--insecure-plaintext",
+        action="store_true",
+        help="allow a non-loopback TCP --listen without TLS (queries, vectors and the token cross the network "
+        "in the clear; the token stays required)",
+    )
     s.add_argument("--max-message-bytes", type=int, default=64 << 20, help="cap on one message (default %(default)s)")
     s.add_argument("--max-batch", type=int, default=100_000, help="cap on rows per call (default %(default)s)")
     s.add_argument("--max-k", type=int, default=MAX_K, help="cap on k (default %(default)s)")
@@ -171,8 +187,8 @@ def _parser() -> argparse.ArgumentParser:
         "--fast-path",
         choices=("direct", "zmq", "off"),
         default="direct",
-        help="the query path beside gRPC: direct sockets (default; beside a Unix socket or a loopback TCP "
-        "listener), ZeroMQ ipc (Unix sockets only), or none",
+        help="the query path beside gRPC: direct sockets (default; beside a Unix socket or a TCP listener, "
+        "fast+tls: with TLS), ZeroMQ ipc (Unix sockets only), or none",
     )
     s.add_argument("--no-fast-path", action="store_true", help="same as --fast-path off")
     s.add_argument(

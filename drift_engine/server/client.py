@@ -17,13 +17,18 @@ Contract:
   back as the same ``DriftError`` subclass (transport failures: ``EngineUnavailableError``,
   ``DeadlineExceededError``, ...). ``*_async`` twins run the sync call on a thread, like the embedded ones;
   ``drift_engine.server.aclient.AsyncClient`` is the native asyncio client.
-* One gRPC channel per (address, TLS root) per process, shared by every ``Client`` (thread-safe); a forked
-  child opens its own. Calls have a deadline: ``timeout`` seconds (default 30) for data calls,
-  ``admin_timeout`` (default none) for train / flush / maintain / create / drop, ``stream_timeout``
-  (default none) for a whole stream.
+* One gRPC channel per (address, TLS settings) per process, shared by every ``Client`` (thread-safe); a
+  forked child opens its own. TLS (``server/tls.py``): an address ``tls:HOST:PORT``, or ``tls_ca`` (the CA's
+  PEM file or bytes) or ``tls`` (a ``ClientTLS``: CA, name to check, pin, client certificate) with
+  ``HOST:PORT``; gRPC and the fast path (``fast+tls:``) then both check the server's chain and name, and
+  its pin when one is set (gRPC through one probe handshake when the channel opens).
+* Calls have a deadline: ``timeout`` seconds (default 30) for data calls, ``admin_timeout`` (default none)
+  for train / flush / maintain / create / drop, ``stream_timeout`` (default none) for a whole stream.
 * When the server advertises a fast path reachable from here (``fast+unix:`` on this host and ours to open,
-  ``fast+tcp:``, or ZeroMQ's ``ipc://``) and ``fast_path`` is true, ``search``, ``get`` and
-  ``search_stream`` use it (same messages, same errors, the same token); everything else is gRPC.
+  ``fast+tcp:``, ``fast+tls:`` (a wildcard host in it, ``0.0.0.0`` / ``::``, stands for the host dialled,
+  which is also the name checked unless ``server_name`` says otherwise), or ZeroMQ's ``ipc://``) and
+  ``fast_path`` is true, ``search``, ``get`` and ``search_stream`` use it (same messages, same errors, the
+  same token); everything else is gRPC.
   ``cancel_check`` (called every 50 ms while waiting on the fast path or a unary gRPC call) may raise to
   abandon a call (e.g. PostgreSQL's query cancel).
 * ``search_stream`` is lazy: nothing is asked of the server before the first row is wanted; over the fast
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import threading
 import uuid
@@ -53,19 +59,29 @@ from drift_engine.server import wire
 from drift_engine.server.directclient import DirectClient
 from drift_engine.server.drift_pb2_grpc import DriftServiceStub
 from drift_engine.server.fastclient import SLICE_S, FastPathClient
+from drift_engine.server.tls import ClientTLS, client_settings
 from drift_engine.server.txnclient import RemoteTransaction
 
 _DEFAULT: Any = object()
+_WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def _host_port(target: str) -> tuple[str, int]:
+    host, _, port = target.rpartition(":")
+    return host.strip("[]"), int(port) if port.isdigit() else 0
 
 
 class _Channel:
-    def __init__(self, target: str, tls_ca: bytes | str | None) -> None:
-        creds = wire.credentials(tls_ca)
+    def __init__(self, target: str, tls: ClientTLS | None) -> None:
         options = wire.channel_options()
-        if creds is None:
+        if tls is None:
             self.channel = grpc.insecure_channel(target, options=options)
         else:
-            self.channel = grpc.secure_channel(target, creds, options=options)
+            host, port = _host_port(target)
+            if tls.pin is not None:
+                tls.probe(host, port, timeout=5.0)
+            creds, extra = tls.grpc(host)
+            self.channel = grpc.secure_channel(target, creds, options=options + extra)
         self.stub = DriftServiceStub(self.channel)
         self.refs = 0
 
@@ -93,10 +109,12 @@ class Client:
         admin_timeout: float | None = None,
         stream_timeout: float | None = None,
         tls_ca: bytes | str | None = None,
+        tls: ClientTLS | None = None,
         fast_path: bool = True,
         cancel_check: Callable[[], None] | None = None,
     ) -> None:
-        target, _ = wire.grpc_target(address)
+        plain, tls = client_settings(address, tls_ca, tls)
+        target, _ = wire.grpc_target(plain)
         self.address = address
         self.timeout = timeout
         self.admin_timeout = admin_timeout
@@ -104,11 +122,12 @@ class Client:
         self.cancel_check = cancel_check
         self._token = token
         self._metadata = wire.auth_metadata(token)
-        self._key = (target, tls_ca)
+        self._tls = tls
+        self._key = (target, tls)
         with _channels_lock:
             shared = _channels.get(self._key)
             if shared is None:
-                shared = _channels[self._key] = _Channel(target, tls_ca)
+                shared = _channels[self._key] = _Channel(target, tls)
             shared.refs += 1
         self._shared = shared
         self.stub = shared.stub
@@ -154,9 +173,25 @@ class Client:
                 self._fast = FastPathClient(
                     address, self._token, max_message_bytes=limit, cancel_check=self.cancel_check
                 )
-            elif address.startswith(("fast+unix:", "fast+tcp:")):
+            elif address.startswith("fast+unix:"):
                 self._fast = DirectClient(address, self._token, max_message_bytes=limit, cancel_check=self.cancel_check)
+            elif address.startswith(("fast+tcp:", "fast+tls:")):
+                self._fast = self._tcp_fast(address, limit)
         return self._fast or None
+
+    def _tcp_fast(self, address: str, limit: int) -> DirectClient:
+        """The direct client of an advertised ``fast+tcp:`` / ``fast+tls:`` address, as seen from here."""
+        scheme, rest = address.split(":", 1)
+        host, port = _host_port(rest)
+        dialled, _ = _host_port(self._key[0])
+        if host in _WILDCARD_HOSTS:  # bound to every interface: reach it where we reached gRPC
+            host = dialled
+        tls = None
+        if scheme == "fast+tls":
+            tls = self._tls or ClientTLS()
+            tls = tls if tls.server_name else dataclasses.replace(tls, server_name=dialled)
+        where = f"{scheme}:[{host}]:{port}" if ":" in host else f"{scheme}:{host}:{port}"
+        return DirectClient(where, self._token, max_message_bytes=limit, cancel_check=self.cancel_check, tls=tls)
 
     # ------------------------------------------------------------------ Engine's methods
     def health(self) -> dict[str, Any]:

@@ -2,21 +2,27 @@
 
 Contract:
 
-* Listens on a Unix socket (``fast+unix:PATH``, mode 0660 like the gRPC socket) or on TCP
-  (``fast+tcp:HOST:PORT``). Every accepted connection is served by its own thread, which reads a request,
+* Listens on a Unix socket (``fast+unix:PATH``, mode 0660 like the gRPC socket), on TCP
+  (``fast+tcp:HOST:PORT``) or on TCP with TLS (``fast+tls:HOST:PORT``, given the server ``SSLContext`` of
+  ``server/tls.py``). Every accepted connection is served by its own thread, which reads a request,
   calls the shared ``ServiceCore`` and writes the reply on the same thread: no proxy and no thread hop, so
   a round trip costs about what the socket costs. At most ``workers`` requests are served at once (the
   other connections' threads wait on a semaphore, not on the GIL: many busy clients then do not thrash
   it). The schema, limits, validation and error mapping are the gRPC service's (errors travel as
   ``ErrorStatus``).
+* TLS: the handshake runs on the connection's own thread, never on the accept loop, under a
+  ``HANDSHAKE_S`` timeout, so a slow or silent client holds only its own connection (and one connection
+  slot) and a failed handshake (logged with its reason) only closes that connection. A peer whose first
+  byte is not a TLS handshake record (a plaintext client) is answered, in plaintext, one error frame
+  saying the listener wants TLS, and closed.
 * A frame is a little-endian u32 length and then that many bytes. A request longer than the server's
   ``max_message_bytes``, or one that does not parse as a ``FastRequest``, gets an error reply and the
   connection is closed (a stream cannot be resynchronised after a bad length); a worker thread never dies
   of a request. A connection idle for ``idle_s`` seconds is closed. Beyond ``max_connections`` open
   connections a new one is answered ``UNAVAILABLE`` and closed.
 * The token, when the server has one, is checked on every request in constant time. A TCP listener needs
-  a token unless ``allow_no_token`` (then it must be loopback) — the runner enforces the same rules as for
-  gRPC.
+  a token unless ``allow_no_token`` (then it must be loopback), and a TCP listener beyond loopback needs
+  TLS unless ``allow_plaintext`` — the runner enforces the same rules as for gRPC.
 * Stream cursors live in a ``CursorTable`` (``server/stream.py``; the runner shares one between fast paths)
   with the connection as the client: its per-client and server-wide caps evict least recently used idle
   cursors instead of refusing, and a connection's cursors are all dropped when it closes. A plain search
@@ -29,10 +35,12 @@ Contract:
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import secrets
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -54,6 +62,9 @@ log = logging.getLogger("drift_engine.server.direct")
 HEADER = struct.Struct("<I")
 UNIX_PREFIX = "fast+unix:"
 TCP_PREFIX = "fast+tcp:"
+TLS_PREFIX = "fast+tls:"
+HANDSHAKE_S = 10.0
+_TLS_HANDSHAKE_RECORD = 0x16
 
 
 def parse_address(address: str) -> tuple[int, Any]:
@@ -63,14 +74,31 @@ def parse_address(address: str) -> tuple[int, Any]:
         if not path:
             raise InvalidArgumentError(f"fast path address {address!r} names no socket path")
         return socket.AF_UNIX, path
-    if address.startswith(TCP_PREFIX):
-        host, sep, port = address[len(TCP_PREFIX) :].rpartition(":")
-        if not sep or not port.isdigit():
-            raise InvalidArgumentError(f"fast path address {address!r} is not fast+tcp:HOST:PORT")
-        host = host.strip("[]")
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        return family, (host, int(port))
-    raise InvalidArgumentError(f"fast path address must be fast+unix:PATH or fast+tcp:HOST:PORT, got {address!r}")
+    for prefix in (TCP_PREFIX, TLS_PREFIX):
+        if address.startswith(prefix):
+            host, sep, port = address[len(prefix) :].rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise InvalidArgumentError(f"fast path address {address!r} is not {prefix}HOST:PORT")
+            host = host.strip("[]")
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            return family, (host, int(port))
+    raise InvalidArgumentError(
+        f"fast path address must be fast+unix:PATH, fast+tcp:HOST:PORT or fast+tls:HOST:PORT, got {address!r}"
+    )
+
+
+def tcp_address(prefix: str, host: str, port: int) -> str:
+    """``fast+tcp:`` / ``fast+tls:`` address of a host (an IPv6 one in brackets) and port."""
+    return f"{prefix}[{host}]:{port}" if ":" in host else f"{prefix}{host}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes | None:
@@ -115,13 +143,28 @@ class DirectServer:
         cursors: CursorTable | None = None,
         idle_s: float = 600.0,
         workers: int = 4,
+        tls: ssl.SSLContext | None = None,
+        allow_plaintext: bool = False,
     ) -> None:
         self.family, self.bind_to = parse_address(address)
-        if self.family != socket.AF_UNIX and token is None and not allow_no_token:
+        if address.startswith(TLS_PREFIX) != (tls is not None):
             raise InvalidArgumentError(
-                f"the fast path on {address} is TCP and this server has no token",
-                hint="start the server with --token-file (or serve on a Unix socket)",
+                f"the fast path on {address}: a fast+tls: address needs a TLS context and only it takes one"
             )
+        if self.family != socket.AF_UNIX:
+            loopback = is_loopback(self.bind_to[0])
+            if token is None and not (allow_no_token and loopback):
+                raise InvalidArgumentError(
+                    f"the fast path on {address} is TCP and this server has no token",
+                    hint="start the server with --token-file (or serve on a Unix socket)",
+                )
+            if tls is None and not loopback and not allow_plaintext:
+                raise InvalidArgumentError(
+                    f"the fast path on {address} is beyond loopback and has no TLS",
+                    hint="start the server with --tls-cert and --tls-key",
+                )
+        self._tls = tls
+        self._prefix = TLS_PREFIX if tls is not None else TCP_PREFIX
         self.core = core
         self.address = address
         self._token = token
@@ -154,7 +197,7 @@ class DirectServer:
             if self.bind_to[1] == 0:  # an ephemeral port: advertise the one the kernel chose
                 host, port = listener.getsockname()[:2]
                 self.bind_to = (host, port)
-                self.address = f"{TCP_PREFIX}{host}:{port}"
+                self.address = tcp_address(self._prefix, host, port)
         listener.listen(128)
         self._listener = listener
         self.serving = True
@@ -175,8 +218,8 @@ class DirectServer:
         with self._lock:
             conns = list(self._connections)
         for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError, ValueError):  # (the plain socket's shutdown: an SSLSocket's own
+                socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)  # would race the thread reading it)
         if self.family == socket.AF_UNIX:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.bind_to)
@@ -205,22 +248,64 @@ class DirectServer:
             full = len(self._connections) >= self._max_connections
             if not full:
                 self._connections.add(conn)
-        if full:
+        if full and self._tls is None:
+            self._refuse_full(conn)
+        elif full:  # the refusal must travel over TLS: handshake off the accept loop first
+            threading.Thread(target=self._refuse_full, args=(conn,), name="drift-direct-full", daemon=True).start()
+        else:
+            threading.Thread(target=self._serve, args=(conn,), name="drift-direct-conn", daemon=True).start()
+
+    def _refuse_full(self, conn: _Connection) -> None:
+        err = EngineUnavailableError(
+            f"{self._max_connections} fast path connections are open, the limit of this server",
+            hint="close idle connections, or raise the server's connection limit",
+        )
+        try:
+            if self._tls is None or self._handshake(conn):
+                with contextlib.suppress(OSError):
+                    conn.sock.settimeout(1.0)
+                    send_frame(conn.sock, pb.FastReply(error=cv.error_status(err)).SerializeToString())
+        finally:
+            conn.sock.close()
+
+    def _handshake(self, conn: _Connection) -> bool:
+        """Turn the connection into TLS (see the module docstring); False when it was refused or failed."""
+        assert self._tls is not None
+        sock = conn.sock
+        sock.settimeout(HANDSHAKE_S)
+        try:
+            first = sock.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return False
+        if not first:
+            return False
+        if first[0] != _TLS_HANDSHAKE_RECORD:
+            log.info("fast path refused a plaintext client on a TLS listener", extra={"peer": conn.peer})
             err = EngineUnavailableError(
-                f"{self._max_connections} fast path connections are open, the limit of this server",
-                hint="close idle connections, or raise the server's connection limit",
+                f"the fast path {self.address} is TLS and this client spoke plaintext",
+                hint=f"connect to {self.address} (the address the server's Health advertises) with TLS",
             )
             with contextlib.suppress(OSError):
-                sock.settimeout(1.0)
                 send_frame(sock, pb.FastReply(error=cv.error_status(err)).SerializeToString())
-            sock.close()
-            return
-        threading.Thread(target=self._serve, args=(conn,), name="drift-direct-conn", daemon=True).start()
+                sock.shutdown(socket.SHUT_WR)
+                sock.settimeout(1.0)  # read what the client sent, so closing does not reset the reply away
+                while sock.recv(65536):
+                    pass
+            return False
+        try:
+            conn.sock = self._tls.wrap_socket(sock, server_side=True)
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            log.info("fast path TLS handshake failed", extra={"peer": conn.peer, "error": reason})
+            return False
+        return True
 
     def _serve(self, conn: _Connection) -> None:
-        sock = conn.sock
         limit = self.core.limits.max_message_bytes
         try:
+            if self._tls is not None and not self._handshake(conn):
+                return
+            sock = conn.sock
             sock.settimeout(self._idle)
             while True:
                 try:
@@ -245,14 +330,14 @@ class DirectServer:
                 send_frame(sock, reply.SerializeToString())
                 if close:
                     return
-        except OSError:
+        except (OSError, ValueError):  # (ValueError: an SSLSocket shut down under us by stop)
             return
         finally:
             with self._lock:
                 self._connections.discard(conn)
             self.cursors.drop_client(conn.key)
             with contextlib.suppress(OSError):
-                sock.close()
+                conn.sock.close()
 
     # ------------------------------------------------------------------ requests
     def dispatch(self, conn: _Connection, body: bytes) -> tuple[pb.FastReply, bool]:

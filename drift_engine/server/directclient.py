@@ -2,17 +2,24 @@
 
 Contract:
 
-* ``DirectClient(address, token, cancel_check=...)`` with ``address`` ``fast+unix:PATH`` or
-  ``fast+tcp:HOST:PORT``. Each thread of each process has its own connection per address, opened on first
-  use and kept (after ``fork`` the child opens its own; the parent's sockets are never used from the child).
+* ``DirectClient(address, token, cancel_check=..., tls=...)`` with ``address`` ``fast+unix:PATH``,
+  ``fast+tcp:HOST:PORT`` or ``fast+tls:HOST:PORT``. Each thread of each process has its own connection per
+  address (and TLS settings), opened on first use and kept (after ``fork`` the child opens its own; the
+  parent's sockets are never used from the child).
+* ``fast+tls:`` connections handshake when opened (under ``connect_timeout``) and check the server as
+  ``tls`` (a ``server/tls.py`` ``ClientTLS``; ``None``: the system's trust store and the address's host
+  name) says: chain, name, pin. A failed check raises ``EngineUnavailableError`` saying what failed. ``tls``
+  with a plaintext address is refused (``InvalidArgumentError``).
 * ``call(request, timeout)`` sends one ``FastRequest`` frame and returns the ``FastReply``. The wait is one
   blocking ``poll`` on the socket, woken the moment the reply arrives; with a ``cancel_check`` (e.g.
   PostgreSQL's query cancel) the poll is cut into slices of ``SLICE_S`` so the check can raise in between —
   a slice ends early when data arrives, so it adds no latency. After a timeout, an interruption or a broken
-  connection the socket is discarded and a fresh one is used next time.
+  connection the socket is discarded and a fresh one is used next time; so is a kept socket the server has
+  closed meanwhile (seen before the request is sent).
 * A broken connection before the request was sent raises ``EngineUnavailableError``; after it was sent,
   also ``EngineUnavailableError`` (the calls on this path only read, so nothing is left half-done).
-* A reply carrying ``ErrorStatus`` raises the same ``DriftError`` subclass the server raised.
+* A reply carrying ``ErrorStatus`` raises the same ``DriftError`` subclass the server raised; an
+  ``UNAVAILABLE`` one also discards the connection (the server may be closing it).
 * Pipelining: ``send(request)`` returns a ``SentRequest`` at once and ``receive(ticket, timeout)`` reads its
   reply later (so one thread can have requests in flight to several servers); they use a second connection
   per thread and address, never the one ``call`` uses, with at most one request outstanding on it.
@@ -25,16 +32,23 @@ import contextlib
 import os
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 
 from google.protobuf.message import DecodeError
 
-from drift_engine.errors import DeadlineExceededError, EngineUnavailableError, RequestTooLargeError
+from drift_engine.errors import (
+    DeadlineExceededError,
+    EngineUnavailableError,
+    InvalidArgumentError,
+    RequestTooLargeError,
+)
 from drift_engine.server import convert as cv
 from drift_engine.server import drift_pb2 as pb
-from drift_engine.server.direct import HEADER, parse_address, recv_exact
+from drift_engine.server.direct import HEADER, TLS_PREFIX, parse_address, recv_exact
+from drift_engine.server.tls import ClientTLS
 
 SLICE_S = 0.05
 _state = threading.local()
@@ -47,6 +61,26 @@ def _read_frame(sock: socket.socket) -> bytes:
     if raw is None:
         raise ConnectionError("the server closed the connection")
     return raw
+
+
+def _stale(sock: socket.socket) -> bool:
+    """True when an idle connection has something to read: EOF or stray bytes (the server went away).
+    On TLS only application data counts: a protocol record that carries none leaves the socket usable."""
+    if not select.select([sock], [], [], 0)[0]:
+        return False
+    if not isinstance(sock, ssl.SSLSocket):
+        return True
+    sock.setblocking(False)
+    try:
+        sock.recv(1)
+        return True
+    except ssl.SSLWantReadError:
+        return False
+    except OSError:
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            sock.setblocking(True)
 
 
 def _decode_reply(raw: bytes) -> pb.FastReply:
@@ -68,8 +102,15 @@ class DirectClient:
         max_message_bytes: int = 0,
         cancel_check: Callable[[], None] | None = None,
         connect_timeout: float = 5.0,
+        tls: ClientTLS | None = None,
     ) -> None:
         self.family, self.target = parse_address(address)
+        if address.startswith(TLS_PREFIX):
+            tls = tls or ClientTLS()
+        elif tls is not None:
+            raise InvalidArgumentError(f"TLS settings were given for the plaintext fast path address {address!r}")
+        self.tls = tls
+        self._key = (address, tls)
         self.address = address
         self.token = token or ""
         self.max_message_bytes = max_message_bytes
@@ -87,6 +128,8 @@ class DirectClient:
             raise EngineUnavailableError(f"cannot connect to the fast path {self.address}: {exc}") from None
         if self.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            sock = self.tls.wrap(sock, self.target[0], f"the fast path {self.address}")
         sock.settimeout(None)
         return sock
 
@@ -95,14 +138,17 @@ class DirectClient:
         if socks is None or getattr(_state, "pid", None) != os.getpid():
             socks = _state.socks = {}
             _state.pid = os.getpid()
-        sock = socks.get(self.address)
+        sock = socks.get(self._key)
+        if sock is not None and _stale(sock):  # the server closed it meanwhile (idle timeout, a refusal, a restart)
+            self._discard()
+            sock = None
         if sock is None:
             sock = self._connect()
-            socks[self.address] = sock
+            socks[self._key] = sock
         return sock
 
     def _discard(self) -> None:
-        sock = getattr(_state, "socks", {}).pop(self.address, None)
+        sock = getattr(_state, "socks", {}).pop(self._key, None)
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
@@ -133,7 +179,11 @@ class DirectClient:
         except BaseException:
             self._discard()
             raise
-        return _decode_reply(raw)
+        try:
+            return _decode_reply(raw)
+        except EngineUnavailableError:  # the server may close after saying so (draining, full, wants TLS)
+            self._discard()
+            raise
 
     def _raise_parting_error(self, sock: socket.socket) -> None:
         """Raise the error reply a closing server left in the socket (e.g. "too many connections"), if any."""
@@ -157,6 +207,8 @@ class DirectClient:
 
     def _wait(self, sock: socket.socket, timeout: float | None) -> None:
         """Return once the reply's first byte is readable; raise on timeout or when ``cancel_check`` raises."""
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():  # decrypted bytes already wait in the buffer
+            return
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -181,20 +233,20 @@ class DirectClient:
         if pipes is None or getattr(_state, "pipe_pid", None) != os.getpid():
             pipes = _state.pipes = {}
             _state.pipe_pid = os.getpid()
-        sock = pipes.get(self.address)
-        if sock is not None and select.select([sock], [], [], 0)[0]:  # EOF or stray bytes: the server went away
+        sock = pipes.get(self._key)
+        if sock is not None and _stale(sock):
             self._drop_pipe(sock)
             sock = None
         if sock is None:
             sock = self._connect()
-            pipes[self.address] = sock
+            pipes[self._key] = sock
         return sock
 
     def _drop_pipe(self, sock: socket.socket | None = None) -> None:
         pipes = getattr(_state, "pipes", {})
-        current = pipes.get(self.address)
+        current = pipes.get(self._key)
         if current is not None and (sock is None or current is sock):
-            pipes.pop(self.address, None)
+            pipes.pop(self._key, None)
             with contextlib.suppress(OSError):
                 current.close()
 
@@ -210,7 +262,7 @@ class DirectClient:
         outstanding = getattr(_state, "outstanding", None)
         if outstanding is None:
             outstanding = _state.outstanding = {}
-        old = outstanding.pop(self.address, None)
+        old = outstanding.pop(self._key, None)
         if old is not None and not old.done:
             self.abandon(old)
         sock = self._pipe()
@@ -220,7 +272,7 @@ class DirectClient:
             self._drop_pipe(sock)
             raise EngineUnavailableError(f"fast path {self.address}: {exc}") from None
         ticket = SentRequest(self.address, sock)
-        outstanding[self.address] = ticket
+        outstanding[self._key] = ticket
         return ticket
 
     def receive(self, ticket: SentRequest, timeout: float | None) -> pb.FastReply:
@@ -230,7 +282,7 @@ class DirectClient:
             raise EngineUnavailableError(f"fast path {self.address}: this request's reply was already taken")
         ticket.done = True
         sock = ticket.sock
-        if getattr(_state, "pipes", {}).get(self.address) is not sock:
+        if getattr(_state, "pipes", {}).get(self._key) is not sock:
             raise EngineUnavailableError(f"fast path {self.address}: the request was abandoned")
         try:
             self._wait(sock, timeout)
@@ -241,7 +293,11 @@ class DirectClient:
         except BaseException:
             self._drop_pipe(sock)
             raise
-        return _decode_reply(raw)
+        try:
+            return _decode_reply(raw)
+        except EngineUnavailableError:
+            self._drop_pipe(sock)
+            raise
 
     def abandon(self, ticket: SentRequest) -> None:
         """Give up a sent request whose reply is not wanted: its connection (which would hold the unread

@@ -6,15 +6,20 @@ Contract:
   with ``DirectoryLockedError`` before anything is bound (the CLI prints it and exits non-zero).
 * Listen addresses: ``unix:PATH`` (default ``unix:<data>/drift.sock``; socket mode 0660, bound under a
   0117 umask so it is never wider) or ``HOST:PORT``. TCP needs a token (any local user can reach a loopback
-  port) unless ``insecure_no_token`` (``--insecure-no-token``) allows it; TCP on a non-loopback host is refused
-  unless TLS and a token are both configured, whatever that flag says.
+  port) unless ``insecure_no_token`` (``--insecure-no-token``) allows it on loopback; beyond loopback the token
+  is always required. TLS (``tls_cert`` + ``tls_key``, PEM; ``--tls-cert`` / ``--tls-key``) encrypts every TCP
+  listener: gRPC and the direct fast path, which is then ``fast+tls:``; ``tls_client_ca``
+  (``--tls-client-ca``) makes both require client certificates signed by that CA. TCP on a non-loopback host
+  is refused without TLS unless ``insecure_plaintext`` (``--insecure-plaintext``: queries and the token then
+  cross the network in the clear). A certificate or key that does not load stops the start with a
+  ``ServerStartupError`` before the engine opens.
   A stale socket file (nobody accepting) is replaced; one a live server
   accepts on is refused. TCP ports are bound without ``SO_REUSEPORT``.
 * The fast path for Search / SearchStream batches / Get (``fast_path``): ``"direct"`` (default,
   ``server/direct.py``: one stream socket per client connection) listens on ``fast+unix:<socket>.fast``
-  beside a Unix socket (same permissions) and on ``fast+tcp:<host>:<fast_port>`` beside a loopback TCP
-  listener (``fast_port`` 0: a free port; the same token rule as gRPC); beyond loopback there is no fast
-  path (it has no TLS), so remote clients use gRPC with TLS. ``"zmq"`` is the ZeroMQ path
+  beside a Unix socket (same permissions) and on ``fast+tcp:<host>:<fast_port>`` (``fast+tls:`` with TLS)
+  beside a TCP listener (``fast_port`` 0: a free port; the same token, TLS and loopback rules as gRPC; the TLS
+  handshake runs on each connection's own thread). ``"zmq"`` is the ZeroMQ path
   (``ipc://<socket>.fast``, Unix sockets only); ``"off"`` none. Health advertises the address.
 * Modes: the data directory is private to the server's user. ``serve`` runs under a 0077 umask (restored
   when it returns), so every directory it creates is 0700 and every file 0600 (collections, WAL, segments,
@@ -107,6 +112,7 @@ class ServeOptions:
     token: bytes | None = None
     tls_cert: bytes | None = None
     tls_key: bytes | None = None
+    tls_client_ca: bytes | None = None  # PEM CA(s) client certificates must chain to (mutual TLS); needs tls_cert
     limits: ServerLimits = field(default_factory=ServerLimits)
     threads: int = 16
     admin_threads: int = 2
@@ -120,6 +126,7 @@ class ServeOptions:
     grace: float = 10.0
     txn_timeout: float = 60.0  # an open engine transaction idle this long is aborted (a vanished client)
     insecure_no_token: bool = False  # allow TCP without a token (loopback only; the CLI's --insecure-no-token)
+    insecure_plaintext: bool = False  # allow TCP beyond loopback without TLS (the CLI's --insecure-plaintext)
     engine_settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -134,24 +141,34 @@ def fast_address(listen: Listen, opts: ServeOptions) -> str:
         if opts.fast_path == "direct":
             return f"fast+unix:{listen.path}{FAST_SUFFIX}"
         return f"ipc://{listen.path}{FAST_SUFFIX}" if opts.fast_path == "zmq" else ""
-    if opts.fast_path == "direct" and listen.loopback:
+    if opts.fast_path == "direct" and (opts.tls_cert or listen.loopback or opts.insecure_plaintext):
         if not 0 <= opts.fast_port < 65536:
             raise ServerStartupError(f"--fast-port {opts.fast_port}: out of range")
-        host = f"[{listen.host}]" if ":" in listen.host else listen.host
-        return f"fast+tcp:{host}:{opts.fast_port}"
+        from drift_engine.server.direct import TCP_PREFIX, TLS_PREFIX, tcp_address
+
+        return tcp_address(TLS_PREFIX if opts.tls_cert else TCP_PREFIX, listen.host, opts.fast_port)
     return ""
 
 
 def check_security(listen: Listen, opts: ServeOptions) -> None:
     if bool(opts.tls_cert) != bool(opts.tls_key):
         raise ServerStartupError("TLS needs both --tls-cert and --tls-key")
+    if opts.tls_client_ca and not opts.tls_cert:
+        raise ServerStartupError("--tls-client-ca needs TLS: pass --tls-cert and --tls-key too")
     if opts.tls_cert and listen.kind == "unix":
         raise ServerStartupError("TLS applies to TCP listeners only; a Unix socket is protected by its file mode")
-    if listen.kind == "tcp" and not listen.loopback and not (opts.tls_cert and opts.token):
-        raise ServerStartupError(
-            f"refusing to listen on {listen.host}:{listen.port} (not loopback) without TLS and a token: "
-            "pass --tls-cert, --tls-key and --token-file, or listen on 127.0.0.1 / a Unix socket"
-        )
+    if opts.tls_cert and opts.insecure_plaintext:
+        raise ServerStartupError("--insecure-plaintext contradicts --tls-cert: pass one or the other")
+    if listen.kind == "tcp" and not listen.loopback:
+        missing = [] if opts.tls_cert or opts.insecure_plaintext else ["TLS"]
+        missing += [] if opts.token is not None else ["a token"]
+        if missing:
+            raise ServerStartupError(
+                f"refusing to listen on {listen.host}:{listen.port} (not loopback) without {' and '.join(missing)}: "
+                "queries, vectors and the token must not cross the network in the clear, and the token is required "
+                "beyond loopback (--insecure-no-token applies to loopback only). Pass --tls-cert, --tls-key and "
+                "--token-file, listen on 127.0.0.1 / a Unix socket, or (TLS only) pass --insecure-plaintext"
+            )
     if listen.kind == "tcp" and opts.token is None and not opts.insecure_no_token:
         raise ServerStartupError(
             f"refusing to listen on TCP {listen.host}:{listen.port} without a token: any local user could connect. "
@@ -208,7 +225,21 @@ def claim_unix_path(path: str) -> None:
     raise ServerStartupError(f"{path} is in use by another server")
 
 
-def _start_fast_path(core: ServiceCore, address: str, opts: ServeOptions) -> Any:
+def tls_context(opts: ServeOptions) -> Any:
+    """The fast path's server ``SSLContext`` (None without TLS); a bad certificate or key stops the start."""
+    if not opts.tls_cert or not opts.tls_key:
+        return None
+    import ssl
+
+    from drift_engine.server.tls import server_context
+
+    try:
+        return server_context(opts.tls_cert, opts.tls_key, opts.tls_client_ca)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ServerStartupError(f"cannot use the TLS certificate / key / client CA: {exc}") from None
+
+
+def _start_fast_path(core: ServiceCore, address: str, opts: ServeOptions, tls: Any = None) -> Any:
     """Start the fast path of ``address`` (direct or ZeroMQ); returns it (``address``, ``state``, ``stop``)."""
     if address.startswith("ipc://"):
         from drift_engine.server.fastpath import FastPathServer
@@ -239,6 +270,8 @@ def _start_fast_path(core: ServiceCore, address: str, opts: ServeOptions) -> Any
             allow_no_token=opts.insecure_no_token,
             cursors=cursors,
             workers=opts.fast_workers,
+            tls=tls if address.startswith("fast+tls:") else None,
+            allow_plaintext=opts.insecure_plaintext,
         )
     fast.start()
     return fast
@@ -290,6 +323,7 @@ async def _serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     fast_addr = fast_address(listen, opts)
+    tls = tls_context(opts)
     engine = await asyncio.to_thread(engine_cls.open, opts.data, **opts.engine_settings)
     engine.txns.timeout = opts.txn_timeout
     pool = ThreadPoolExecutor(opts.threads, thread_name_prefix="drift-rpc")
@@ -314,7 +348,7 @@ async def _serve(
             if listen.kind == "unix":
                 os.chmod(listen.path, 0o660)
             if fast_addr:
-                fast = _start_fast_path(core, fast_addr, opts)
+                fast = _start_fast_path(core, fast_addr, opts, tls)
                 core.fast_path = fast.address  # a TCP port 0 is now the port it got
                 core.fast_state = fast.state
         finally:
@@ -325,6 +359,7 @@ async def _serve(
             "data": os.path.abspath(opts.data),
             "pid": os.getpid(),
             "tls": bool(opts.tls_cert),
+            "client_certs": bool(opts.tls_client_ca),
             "token": opts.token is not None,
             "collections": engine.list_collections(),
             **core.limits_dict(),
@@ -359,7 +394,11 @@ def _add_port(server: grpc.aio.Server, listen: Listen, opts: ServeOptions) -> in
     target = listen.grpc_target
     try:
         if opts.tls_cert and opts.tls_key:
-            creds = grpc.ssl_server_credentials([(opts.tls_key, opts.tls_cert)])
+            creds = grpc.ssl_server_credentials(
+                [(opts.tls_key, opts.tls_cert)],
+                root_certificates=opts.tls_client_ca,
+                require_client_auth=bool(opts.tls_client_ca),
+            )
             port = server.add_secure_port(target, creds)
         else:
             port = server.add_insecure_port(target)
