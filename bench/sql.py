@@ -3,7 +3,9 @@
 ``python -m bench.sql [--dataset glove-6b-50d] [--queries 1000] [--rows N] [--clients 8] [--quick] [--out DIR]``
 
 One private PostgreSQL cluster (over TCP) and one drift engine server (``tests/pg/stack.py``), the dataset
-loaded through SQL, then (every system in the same run; see ``bench/sql_systems.py`` for how each is timed):
+loaded through SQL (the foreign table's ``embedding`` and ``query`` columns are ``vector(n)`` where pgvector is
+installed, as the README recommends; ``--fdw-columns real[]`` measures the array form), then (every system in
+the same run; see ``bench/sql_systems.py`` for how each is timed):
 
 1. **Writes** — ``INSERT INTO <foreign table> SELECT ... FROM staging`` (multi-row INSERT: ``bulk_insert``,
    50,000 rows per transaction) and ``COPY <foreign table> FROM STDIN`` (through ``drift.enable_copy``) on a
@@ -58,6 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--clients", type=int, default=8, help="concurrent clients (default %(default)s)")
     ap.add_argument("--round-seconds", type=float, default=5.0, help="length of one concurrent round")
     ap.add_argument("--rounds", type=int, default=2, help="concurrent rounds per system and client count")
+    ap.add_argument("--fdw-columns", choices=("auto", "vector", "real[]"), default="auto",
+                    help="type of the foreign table's embedding and query columns; auto: vector(n) where pgvector "
+                    "is installed (what the README recommends), else real[]")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="smoke test: bigann-10k, 200 queries, fewer points")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
     return ap.parse_args(argv)
@@ -68,7 +73,16 @@ def lit(v: np.ndarray, pgvector: bool = False) -> str:
     return f"[{body}]" if pgvector else f"{{{body}}}"
 
 
-def load(conn: Any, stack: Any, base: np.ndarray, tags: list[str], out: dict[str, Any]) -> None:
+def vector_columns(stack: Any, choice: str) -> bool:
+    """Whether the foreign table gets ``vector(n)`` columns (``--fdw-columns``)."""
+    if choice == "auto":
+        return bool(stack.pgvector)
+    if choice == "vector" and not stack.pgvector:
+        raise SystemExit("error: --fdw-columns vector needs pgvector (make setup builds it)")
+    return choice == "vector"
+
+
+def load(conn: Any, stack: Any, base: np.ndarray, tags: list[str], out: dict[str, Any], vec_cols: bool) -> None:
     from tests.pg.stack import copy_text, stage
 
     n, dim = base.shape
@@ -79,13 +93,15 @@ def load(conn: Any, stack: Any, base: np.ndarray, tags: list[str], out: dict[str
     conn.execute(f"SELECT drift.create_collection('items', {dim}, 'l2', {server})")
     t0 = time.perf_counter()
     if stack.multicorn:
+        col_type = f"vector({dim})" if vec_cols else "real[]"
         conn.execute(
-            "CREATE FOREIGN TABLE items (id bigint, embedding real[], query real[], distance real, "
+            f"CREATE FOREIGN TABLE items (id bigint, embedding {col_type}, query {col_type}, distance real, "
             "tag text) SERVER drift OPTIONS (collection 'items')"
         )
+        embedding = f"embedding::vector({dim})" if vec_cols else "embedding"
         for s in range(0, n, 50_000):
             conn.execute(
-                "INSERT INTO items (id, embedding, tag) SELECT id, embedding, tag FROM staging "
+                f"INSERT INTO items (id, embedding, tag) SELECT id, {embedding}, tag FROM staging "
                 f"WHERE id >= {s} AND id < {s + 50_000}"
             )
         out["fdw_insert_select_rows_per_s"] = round(n / (time.perf_counter() - t0))
@@ -140,7 +156,7 @@ def load(conn: Any, stack: Any, base: np.ndarray, tags: list[str], out: dict[str
         conn.execute("ANALYZE pv_ivf")
 
 
-def systems(stack: Any, queries: np.ndarray, quick: bool) -> dict[str, System]:
+def systems(stack: Any, queries: np.ndarray, quick: bool, vec_cols: bool) -> dict[str, System]:
     def values(v: tuple[int, ...]) -> tuple[int, ...]:
         return v[::2] if quick else v
 
@@ -148,7 +164,8 @@ def systems(stack: Any, queries: np.ndarray, quick: bool) -> dict[str, System]:
     out = {}
     if stack.multicorn:
         sql = "SELECT id FROM items WHERE query = %s ORDER BY distance LIMIT 10"
-        out["drift-fdw"] = System("drift-fdw", sql, arr, "nprobe", values(NPROBES))
+        fdw_lits = [lit(q, pgvector=True) for q in queries] if vec_cols else arr
+        out["drift-fdw"] = System("drift-fdw", sql, fdw_lits, "nprobe", values(NPROBES))
     server = "'drift'" if stack.multicorn else f"'{stack.address}'"
     sql = f"SELECT id FROM drift.search('items', %s, 10, {server}, payloads => false)"
     out["drift.search"] = System("drift.search", sql, arr, "nprobe", values(NPROBES))
@@ -161,13 +178,15 @@ def systems(stack: Any, queries: np.ndarray, quick: bool) -> dict[str, System]:
     return out
 
 
-def filtered(conn: Any, stack: Any, base: np.ndarray, queries: np.ndarray, server: str) -> dict[str, Any]:
+def filtered(
+    conn: Any, stack: Any, base: np.ndarray, queries: np.ndarray, server: str, vec_cols: bool
+) -> dict[str, Any]:
     m = min(len(queries), 200)
     qs = queries[:m]
     exact = exact_top_k(base, qs, K, rows=np.arange(7, len(base), N_TAGS))
     stmts = {}
     if stack.multicorn:
-        stmts["fdw"] = ("SELECT id FROM items WHERE query = %s AND tag = 't7' ORDER BY distance LIMIT 10", False, "")
+        stmts["fdw"] = ("SELECT id FROM items WHERE query = %s AND tag = 't7' ORDER BY distance LIMIT 10", vec_cols, "")
     stmts["drift.search"] = (
         f"SELECT id FROM drift.search('items', %s, 10, {server}, filter => '{{\"tag\": \"t7\"}}', payloads => false)",
         False,
@@ -224,9 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         server = "'drift'" if stack.multicorn else f"'{stack.address}'"
         with stack.connect() as conn:
             print(f"loading {n:,} x {ds.dim} ({dataset}) through SQL ...", flush=True)
-            load(conn, stack, base, tags, result.setdefault("load", {}))
+            vec_cols = vector_columns(stack, args.fdw_columns)
+            result["fdw_columns"] = "vector(n)" if vec_cols else "real[]"
+            load(conn, stack, base, tags, result.setdefault("load", {}), vec_cols)
             print("  " + ", ".join(f"{k} {v}" for k, v in result["load"].items()), flush=True)
-            syss = systems(stack, queries, args.quick)
+            syss = systems(stack, queries, args.quick, vec_cols)
             result["sweeps"] = {name: sweep(conn, sysm, gt, server) for name, sysm in syss.items()}
             result["knobs"] = {name: sysm.knob for name, sysm in syss.items()}
             result["at_recall"] = {}
@@ -243,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["concurrent"][str(clients)] = concurrent(
                     dsn, conn, syss, chosen, server, clients=clients, rounds=args.rounds, round_s=args.round_seconds
                 )
-            result["filtered"] = filtered(conn, stack, base, queries, server)
+            result["filtered"] = filtered(conn, stack, base, queries, server, vec_cols)
     finally:
         stack.stop()
     result["ratios"] = ratios(result)
@@ -275,6 +296,7 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"\nSQL kNN, {result['dataset']} ({result['rows']:,} rows), LIMIT {K}, over TCP, "
+          f"foreign table columns {result.get('fdw_columns')}, "
           f"load average {result['machine']['load_average_1_5_15']}:")  # fmt: skip
     for target, rows in result["at_recall"].items():
         print(f"  at recall >= {target} (1 client, systems interleaved):")
