@@ -15,8 +15,11 @@ Contract of ``trigger(TD)`` (the body of ``drift.copy_trigger()``), per statemen
   PostgreSQL never calls the broken insert path. COPY therefore reports ``COPY 0``; the rows are applied
   at commit and discarded by ROLLBACK, like every other write through the FDW.
 * ``AFTER ... FOR EACH STATEMENT``: ends the COPY mode of the table.
-* Every row of INSERT, UPDATE and COPY is first checked by ``sqlapi.check_row`` (no multi-dimensional
+* Every row of INSERT, UPDATE and COPY is first checked by ``validate.check_row`` (no multi-dimensional
   arrays: Multicorn would hand them over flattened).
+* ``instance(table)`` (the table's instance, enlisted in the running (sub)transaction) and ``call(method,
+  *args)`` (an instance's write, its error re-raised with message, hint and SQLSTATE) also serve the
+  sharded view's trigger (``routing``).
 Only PostgreSQL up to 15 benefits: from 16 on, COPY asks the FDW for a batch size before any trigger
 runs, which crashes the same way; there, COPY into a staging table and ``INSERT ... SELECT``.
 """
@@ -27,7 +30,7 @@ import sys
 from typing import Any
 
 from drift_fdw import connection as conn
-from drift_fdw import fdw
+from drift_fdw import errcodes, fdw
 
 _copying: dict[int, Any] = {}  # relid -> DriftFDW instance taking COPY rows
 
@@ -45,32 +48,40 @@ def trigger(TD: dict[str, Any]) -> str | None:
     if TD["level"] == "STATEMENT":
         if TD["when"] == "BEFORE":
             _copying.pop(relid, None)
-            inst = _instance(TD)
+            inst = instance(f"{_quote(TD['table_schema'])}.{_quote(TD['table_name'])}")
             if not inst.inserting:
                 _copying[relid] = inst
         else:
             _copying.pop(relid, None)
         return None
-    from drift_fdw import sqlapi
+    from drift_fdw import validate
 
-    sqlapi.check_row(TD)
+    validate.check_row(TD)
     if TD["event"] == "UPDATE":
         return None
     inst = _copying.get(relid)
     if inst is None:
         return None  # an ordinary INSERT: the FDW takes the row itself
-    try:
-        inst.insert(TD["new"])
-    except Exception as exc:
-        if getattr(exc, "_is_multicorn_exception", False):
-            extra = {"hint": exc.hint} if getattr(exc, "hint", None) else {}
-            _plpy().error(exc.message, sqlstate=getattr(exc, "sqlstate", None) or "XX000", **extra)
-        raise
+    call(inst.insert, TD["new"])
     return "SKIP"
 
 
-def _instance(TD: dict[str, Any]) -> Any:
-    table = f"{_quote(TD['table_schema'])}.{_quote(TD['table_name'])}"
+def call(method: Any, *args: Any) -> Any:
+    """``method(*args)`` of a ``DriftFDW`` instance from a trigger: the FDW's error is raised again as
+    ``plpy.error`` with its message, hint and SQLSTATE."""
+    try:
+        return method(*args)
+    except Exception as exc:
+        if getattr(exc, "_is_multicorn_exception", False):
+            errcodes.claim(exc.message)  # reported here with its code: no longer pending for the log hook
+            extra = {"hint": exc.hint} if getattr(exc, "hint", None) else {}
+            _plpy().error(exc.message, sqlstate=getattr(exc, "sqlstate", None) or "XX000", **extra)
+        raise
+
+
+def instance(table: str) -> Any:
+    """The ``DriftFDW`` instance of the foreign table ``table`` (a quoted, qualified name), enlisted by
+    Multicorn in the running (sub)transaction: planning a scan of it makes Multicorn hand it over."""
     fdw.LAST_PLANNED = None
     try:
         _plpy().execute(f"SELECT 1 FROM ONLY {table} LIMIT 0")

@@ -9,10 +9,11 @@
   ``name``), ``dim``, ``metric``, ``shard_of`` (the public name, schema-qualified) and ``shard`` (the
   partition's name). Reads of the parent are answered by PostgreSQL as ``Limit -> Merge Append ->`` one
   distance-ordered scan per shard (``fanout`` sends every shard's first search at once).
-* ``<name>``: a view ``SELECT * FROM <name>_shards`` whose ``INSTEAD OF INSERT / UPDATE / DELETE`` row
-  trigger (function ``<name>_route``) sends each row to the partition PostgreSQL's hash picks
-  (``satisfies_hash_partition``), so every write names its partition: INSERT (also COPY and ``RETURNING``),
-  UPDATE (one that changes ``id`` moves the row: DELETE on the old shard, INSERT on the new one) and DELETE.
+* ``<name>``: a view ``SELECT * FROM <name>_shards`` whose triggers (``drift.route``, see ``routing``) put
+  each written row straight into the write buffer of the partition PostgreSQL's hash picks for its id (the
+  partition ``satisfies_hash_partition`` and ``WHERE id = x`` name), with no SQL statement per row: INSERT
+  (also COPY and ``RETURNING``), UPDATE (one that changes ``id`` to another partition's moves the row:
+  delete on the old shard, insert on the new one) and DELETE.
 * Guards on the parent: ``drift.shard_guard`` refuses INSERT / COPY into ``<name>_shards`` (0A000) before
   any row is routed (Multicorn2 3.2 crashes the backend, signal 11, on a row PostgreSQL routes into a
   foreign partition: ``multicornGetForeignModifyBatchSize`` finds no ``ri_FdwState``), and
@@ -57,7 +58,6 @@ from typing import Any
 from drift_engine.errors import CollectionNotFoundError
 from drift_fdw import sqlapi
 
-PSEUDO = ("query", "distance", "k", "nprobe", "ef", "rerank")
 BASE_COLUMNS = (
     "id bigint NOT NULL, embedding real[], query real[], distance real, k integer, nprobe integer, ef integer, "
     "rerank integer"
@@ -244,44 +244,6 @@ def _servers(servers: list[str] | None) -> list[dict[str, Any]]:
     return rows
 
 
-def _route_function(fn: str, view: str, parent_oid: int, parts: list[str], columns: list[str]) -> str:
-    cols = ", ".join(_ident(c) for c in columns)
-    new = ", ".join(f"NEW.{_ident(c)}" for c in columns)
-    sets = ", ".join(f"{_ident(c)} = NEW.{_ident(c)}" for c in columns if c != "id")
-    n = len(parts)
-    ins, upd, dele = [], [], []
-    for i, part in enumerate(parts):
-        kw = "IF" if i == 0 else "ELSIF"
-        ins.append(f"    {kw} satisfies_hash_partition({parent_oid}, {n}, {i}, NEW.id) THEN\n"
-                   f"        INSERT INTO {part} ({cols}) VALUES ({new});")  # fmt: skip
-        upd.append(f"        {kw} satisfies_hash_partition({parent_oid}, {n}, {i}, OLD.id) THEN\n"
-                   f"            UPDATE {part} SET {sets} WHERE id = OLD.id;")  # fmt: skip
-        dele.append(f"        {kw} satisfies_hash_partition({parent_oid}, {n}, {i}, OLD.id) THEN\n"
-                    f"            DELETE FROM {part} WHERE id = OLD.id;")  # fmt: skip
-    nl = "\n"
-    return f"""CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $drift$
-BEGIN
-    IF TG_OP = 'UPDATE' AND NEW.id IS NOT DISTINCT FROM OLD.id THEN
-{nl.join(upd)}
-        END IF;
-        RETURN NEW;
-    END IF;
-    IF TG_OP IN ('UPDATE', 'DELETE') THEN  -- a DELETE, or the first half of an UPDATE that moves the row
-{nl.join(dele)}
-        END IF;
-        IF TG_OP = 'DELETE' THEN
-            RETURN OLD;
-        END IF;
-    END IF;
-    IF NEW.id IS NULL THEN
-        RAISE EXCEPTION 'null value in column "id" of relation %', {_lit(view)} USING ERRCODE = '23502';
-    END IF;
-{nl.join(ins)}
-    END IF;
-    RETURN NEW;
-END $drift$"""
-
-
 def create_sharded_table(
     name: str, dim: int, metric: str | None, servers: list[str] | None, fields: str | None,
     collection: str | None, if_not_exists: bool,
@@ -298,7 +260,7 @@ def create_sharded_table(
     rows = _servers(servers)
     n = len(rows)
     q = _ident(schema)
-    parent, view, fn = f"{q}.{_ident(rel + '_shards')}", f"{q}.{_ident(rel)}", f"{q}.{_ident(rel + '_route')}"
+    parent, view = f"{q}.{_ident(rel + '_shards')}", f"{q}.{_ident(rel)}"
     columns = BASE_COLUMNS + (f", {fields}" if fields else "")
     plpy.execute(f"CREATE TABLE {parent} ({columns}) PARTITION BY HASH (id)")
     parts = []
@@ -312,19 +274,12 @@ def create_sharded_table(
             f"SERVER {_ident(r['srvname'])} OPTIONS ({opts})"
         )
         parts.append(part)
-    parent_oid = plpy.execute(f"SELECT {_lit(parent)}::regclass::oid AS o")[0]["o"]
-    cols = [
-        r["attname"]
-        for r in plpy.execute(
-            f"SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = {parent_oid} AND attnum > 0 "
-            "AND NOT attisdropped ORDER BY attnum"
-        )
-        if r["attname"] not in PSEUDO
-    ]
     plpy.execute(f"CREATE VIEW {view} AS SELECT * FROM {parent}")
-    plpy.execute(_route_function(fn, public, parent_oid, parts, cols))
+    route = ", ".join(_lit(a) for a in (public, str(n), *parts))
     plpy.execute(f"CREATE TRIGGER drift_route INSTEAD OF INSERT OR UPDATE OR DELETE ON {view} "
-                 f"FOR EACH ROW EXECUTE FUNCTION {fn}()")  # fmt: skip
+                 f"FOR EACH ROW EXECUTE FUNCTION drift.route({route})")  # fmt: skip
+    plpy.execute(f"CREATE TRIGGER drift_route_statement BEFORE INSERT OR UPDATE OR DELETE ON {view} "
+                 f"FOR EACH STATEMENT EXECUTE FUNCTION drift.route({route})")  # fmt: skip
     plpy.execute(f"CREATE TRIGGER drift_shard_guard BEFORE INSERT ON {parent} FOR EACH STATEMENT "
                  f"EXECUTE FUNCTION drift.shard_guard({_lit(public)})")  # fmt: skip
     plpy.execute(f"CREATE TRIGGER drift_shard_key_guard BEFORE UPDATE ON {parent} FOR EACH ROW "
@@ -374,7 +329,7 @@ def drop_sharded_table(name: str, drop_collections: bool) -> str:
     schema, rel = group.public.split(".", 1)
     q = _ident(schema)
     plpy.execute(f"DROP VIEW IF EXISTS {q}.{_ident(rel)}")
-    plpy.execute(f"DROP FUNCTION IF EXISTS {q}.{_ident(rel + '_route')}()")
+    plpy.execute(f"DROP FUNCTION IF EXISTS {q}.{_ident(rel + '_route')}()")  # the routing of earlier versions
     plpy.execute(f"DROP TABLE {group.parent} CASCADE")
     dropped = []
     if drop_collections:

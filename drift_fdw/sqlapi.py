@@ -1,4 +1,5 @@
-"""The bodies of the ``drift.*`` SQL functions (PL/Python; installed by ``sql/drift--0.1.0.sql``).
+"""The bodies of the ``drift.*`` SQL functions (PL/Python; installed by ``sql/drift--0.1.0.sql``); those of
+``drift.validate_table`` are in ``validate``, of the sharded tables' functions in ``shards`` and ``routing``.
 
 Contract:
 
@@ -552,55 +553,3 @@ def delete(target: str | None, ids: list[int] | None, server: str | None = None,
         if not clean:
             return 0
         return int(_with_collection(t, lambda col: col.delete(clean)))
-
-
-_COLUMNS_SQL = """
-SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) AS type_name,
-       pg_catalog.format_type(a.atttypid, NULL) AS base_type_name, a.atttypmod AS typmod, a.attfdwoptions
-FROM pg_catalog.pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY a.attnum"""
-
-
-@dataclass(frozen=True)
-class _Column:
-    type_name: str
-    base_type_name: str
-    typmod: int
-    options: dict[str, str]
-
-
-def validate_table(table: str) -> None:
-    """Check a drift foreign table's options and columns as ``DriftFDW`` will (``TableSpec.parse``), so a
-    bad definition fails at CREATE / ALTER FOREIGN TABLE (run by the event trigger) instead of at first use.
-    Multicorn2 has no validator hook for the wrapper class, hence the event trigger."""
-    from drift_fdw.options import ConfigError, TableSpec
-
-    with _errors():
-        rows = _query(_TABLE_SQL, ["text"], [table])
-        if not rows:
-            return
-        options = {**_options(rows[0]["srvoptions"]), **_options(rows[0]["ftoptions"])}
-        options.pop("wrapper", None)
-        token_rows = _query(_TOKEN_SQL, ["oid"], [rows[0]["srvid"]])
-        if token_rows:
-            options.update(_options(token_rows[0]["umoptions"]))
-        columns = {
-            r["attname"]: _Column(r["type_name"], r["base_type_name"], int(r["typmod"]), _options(r["attfdwoptions"]))
-            for r in _query(_COLUMNS_SQL, ["text"], [table])
-        }
-        try:
-            TableSpec.parse(options, columns)
-        except ConfigError as exc:
-            raise _Fail(f"{exc.message} (foreign table {table})", exc.hint) from None
-
-
-def check_row(TD: dict[str, Any]) -> None:
-    """Refuse values the FDW would change silently: arrays of more than one dimension (Multicorn flattens
-    them, so a 2-D embedding or payload array would be stored flat). Called by the row trigger (``copyin``)."""
-    for name, value in (TD.get("new") or {}).items():
-        if isinstance(value, list) and any(isinstance(v, list) for v in value):
-            _plpy().error(
-                f"drift: column {name!r} holds a multi-dimensional array, which drift would flatten",
-                hint="store a 1-D array (an embedding is always 1-D); use jsonb for nested lists",
-                sqlstate="22023",
-            )

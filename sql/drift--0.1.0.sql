@@ -255,8 +255,8 @@ COMMENT ON FUNCTION drift.copy_guard() IS
 
 CREATE FUNCTION drift.validate_table(tbl regclass)
 RETURNS void LANGUAGE plpython3u AS $$
-from drift_fdw import sqlapi
-sqlapi.validate_table(tbl)
+from drift_fdw import validate
+validate.validate_table(tbl)
 $$;
 COMMENT ON FUNCTION drift.validate_table(regclass) IS
 'Check a drift foreign table''s options and columns (unknown options, roles, types drift cannot store exactly such as bytea and numeric); ERROR 22023 with a hint. Run at CREATE / ALTER FOREIGN TABLE by the event trigger.';
@@ -300,9 +300,9 @@ COMMENT ON FUNCTION drift.delete(regclass, bigint[]) IS 'Delete vectors by id fr
 
 -- ------------------------------------------------------------------------------------ sharded tables (DESIGN §14)
 -- One public name over drift collections on several engine servers: a PARTITION BY HASH (id) parent of
--- drift foreign partitions (one per foreign server) and a view with INSTEAD OF triggers that send each
+-- drift foreign partitions (one per foreign server) and a view whose trigger (drift.route) sends each
 -- written row to its partition. COMMIT applies each shard's writes separately (atomic per shard, not across
--- shards). See drift_fdw/shards.py and drift_fdw/fanout.py.
+-- shards). See drift_fdw/shards.py, drift_fdw/routing.py and drift_fdw/fanout.py.
 CREATE FUNCTION drift.shard_guard()
 RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -327,6 +327,14 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION drift.shard_key_guard() IS
 'Row trigger on the parent of a sharded table (and so on its partitions): refuses an UPDATE that changes id, which PostgreSQL would route into another foreign partition.';
+
+CREATE FUNCTION drift.route()
+RETURNS trigger LANGUAGE plpython3u AS $$
+from drift_fdw import routing
+return routing.trigger(TD)
+$$;
+COMMENT ON FUNCTION drift.route() IS
+'Trigger function of a sharded table''s view (arguments: public name, modulus, one partition per remainder): each written row goes straight into the transaction buffer of the partition its id hashes to (no SQL statement per row); an UPDATE that changes id moves the row.';
 
 CREATE FUNCTION drift.create_sharded_table(
     name text, dim integer, metric text DEFAULT 'l2', servers text[] DEFAULT NULL, fields text DEFAULT NULL,

@@ -342,3 +342,223 @@ def test_admin_functions_act_on_every_shard(sql: Any, sharded: dict[str, Any], d
     assert len(sql.execute("SELECT drift.maintain(%s)", (name,)).fetchone()[0]) == 3
     for q in data["queries"][:3]:  # trained, every bucket probed: still exact
         same(knn(sql, name, q, where="AND nprobe = 8"), ref_knn(ref, q))
+
+
+# ------------------------------------------------------------------------------------------ routing (drift.route)
+EXTREMES = [0, 1, -1, 2, -2, 2**31 - 1, -(2**31), 2**31, 2**32 - 1, 2**32, -(2**32), 2**32 + 1, -(2**32) - 1,
+            2**62, -(2**62), 2**63 - 2, 2**63 - 1, -(2**63) + 1, -(2**63)]  # fmt: skip
+
+
+def shard_ids(sharded: dict[str, Any], ids: list[int]) -> list[set[int]]:
+    """For each remainder, the ids of ``ids`` its shard's engine holds (read from the engines, not SQL)."""
+    out = []
+    for eng in sharded["engines"].values():
+        kw = {"token": eng.token} if isinstance(eng, TcpEngine) else {}
+        with eng.client(**kw) as c:
+            col = c.collection(sharded["name"])
+            held: set[int] = set()
+            for s in range(0, len(ids), 2000):
+                held |= set(col.get(ids[s : s + 2000]).ids.tolist())
+            out.append(held)
+    return out
+
+
+def expected(ids: list[int]) -> list[set[int]]:
+    from drift_fdw import routing
+
+    rem = routing.remainders(ids, 3).tolist()
+    return [{i for i, r in zip(ids, rem, strict=True) if r == part} for part in range(3)]
+
+
+def test_the_python_hash_is_postgresqls(sql: Any):
+    from drift_fdw import routing
+
+    rng = np.random.default_rng(5)
+    ids = sorted({*EXTREMES, *range(-1500, 1500), *rng.integers(-(2**63), 2**63 - 1, 20_000, dtype=np.int64).tolist(),
+                  *(rng.integers(-(2**40), 2**40, 5_000)).tolist()})  # fmt: skip
+    sql.execute("DROP TABLE IF EXISTS route_hash")
+    sql.execute("CREATE TABLE route_hash (id bigint NOT NULL) PARTITION BY HASH (id)")
+    try:
+        for m in (1, 2, 3, 4, 7, 16):
+            got = sql.execute(
+                "SELECT array_agg(r ORDER BY o) FROM unnest(%s::bigint[]) WITH ORDINALITY u(i, o), "
+                "generate_series(0, %s - 1) r WHERE satisfies_hash_partition('route_hash'::regclass, %s, r, i)",
+                (ids, m, m),
+            ).fetchone()[0]
+            assert len(got) == len(ids)  # exactly one remainder per id
+            assert routing.remainders(ids, m).tolist() == got, m
+            assert [routing.remainder(i, m) for i in ids] == got, m
+        for r in range(3):  # and where PostgreSQL's tuple routing puts a row
+            bound = f"FOR VALUES WITH (MODULUS 3, REMAINDER {r})"
+            sql.execute(f"CREATE TABLE route_hash_{r} PARTITION OF route_hash {bound}")
+        sql.execute("INSERT INTO route_hash SELECT unnest(%s::bigint[])", (ids,))
+        placed = dict(sql.execute("SELECT id, right(tableoid::regclass::text, 1)::int FROM route_hash").fetchall())
+        assert [placed[i] for i in ids] == routing.remainders(ids, 3).tolist()
+    finally:
+        sql.execute("DROP TABLE route_hash")
+
+
+def test_insert_and_copy_through_the_view_land_where_where_id_reads(sql: Any, sharded: dict[str, Any]):
+    from tests.pg.stack import copy_text
+
+    name = sharded["name"]
+    rng = np.random.default_rng(8)
+    big = [i for i in EXTREMES if i not in range(N)]  # ids 0..N-1 exist already
+    by_insert = list(dict.fromkeys([*big, *range(-400, 0), *range(1_000_000, 1_000_400)]))
+    by_copy = list(range(2_000_000, 2_000_500))
+    vecs = rng.standard_normal((len(by_insert) + len(by_copy), DIM)).astype(np.float32)
+    lits = [lit(v) for v in vecs[: len(by_insert)]]
+    try:
+        back = sql.execute(
+            f"INSERT INTO {name} (id, embedding, tag) SELECT i, e::real[], 'ins' FROM unnest(%s::bigint[], %s::text[]) "
+            "u(i, e) RETURNING id, tag",
+            (by_insert, lits),
+        ).fetchall()
+        assert sorted(back) == sorted((i, "ins") for i in by_insert)
+        with sql.cursor() as cur:
+            with cur.copy(f"COPY {name} (id, embedding, tag) FROM STDIN") as cp:
+                cp.write(copy_text(vecs[len(by_insert) :], ["cp"] * len(by_copy), start=by_copy[0]))
+            assert cur.rowcount == len(by_copy)  # COPY counts the rows through the view
+        ids = by_insert + by_copy
+        assert shard_ids(sharded, ids) == expected(ids)  # on the engine of the partition the hash picks
+        for ident in [*big, -400, -1, 1_000_000, 1_000_399, 2_000_000, 2_000_499]:
+            want = f"{name}_shard_{next(p for p, s in enumerate(expected([ident])) if s)}"
+            assert partition_of(sql, name, ident) == want  # the partition WHERE id = x reads
+        got = dict(sql.execute(f"SELECT id, embedding FROM {name} WHERE id = ANY(%s)", (ids,)).fetchall())
+        assert len(got) == len(ids)
+        np.testing.assert_array_equal(np.array([got[i] for i in ids], dtype=np.float32), vecs)
+        assert sql.execute(f"SELECT count(*) FROM {name} WHERE tag = 'cp'").fetchone()[0] == len(by_copy)
+    finally:
+        sql.execute(f"DELETE FROM {name} WHERE id = ANY(%s)", (by_insert + by_copy,))
+    assert shard_ids(sharded, by_insert + by_copy) == [set(), set(), set()]
+
+
+def test_rollback_and_savepoints_through_the_view(drift_sql: Any, sharded: dict[str, Any]):
+    from tests.pg.stack import copy_text
+
+    name = sharded["name"]
+    vecs = np.full((300, DIM), 3.0, dtype=np.float32)
+    first, second, third = list(range(3_000_000, 3_000_100)), list(range(3_000_100, 3_000_200)), []
+    with drift_sql.connect() as conn:
+        conn.autocommit = False
+        conn.execute(f"INSERT INTO {name} (id, embedding, tag) SELECT i, %s, 'rb' FROM unnest(%s::bigint[]) i",
+                     (lit(vecs[0]), first))  # fmt: skip
+        with conn.cursor() as cur, cur.copy(f"COPY {name} (id, embedding, tag) FROM STDIN") as cp:
+            cp.write(copy_text(vecs[:100], ["rb"] * 100, start=second[0]))
+        seen = conn.execute(f"SELECT count(*) FROM {name} WHERE id = ANY(%s)", (first + second,)).fetchone()[0]
+        assert seen == 200  # the transaction reads its own rows (the overlay of every shard)
+        assert {partition_of(conn, name, i) for i in first} == {f"{name}_shard_{p}" for p in range(3)}
+        conn.rollback()
+        assert shard_ids(sharded, first + second) == [set(), set(), set()]
+        # savepoints: rows of a rolled-back savepoint go, those of a released one and after it stay
+        conn.execute(f"INSERT INTO {name} (id, embedding, tag) SELECT i, %s, 'sp' FROM unnest(%s::bigint[]) i",
+                     (lit(vecs[0]), first))  # fmt: skip
+        conn.execute("SAVEPOINT a")
+        conn.execute(f"INSERT INTO {name} (id, embedding, tag) SELECT i, %s, 'sp' FROM unnest(%s::bigint[]) i",
+                     (lit(vecs[0]), second[:50]))  # fmt: skip
+        conn.execute("RELEASE SAVEPOINT a")
+        conn.execute("SAVEPOINT b")  # a new subtransaction at the same level as a
+        conn.execute(f"INSERT INTO {name} (id, embedding, tag) SELECT i, %s, 'sp' FROM unnest(%s::bigint[]) i",
+                     (lit(vecs[0]), second[50:]))  # fmt: skip
+        conn.execute(f"DELETE FROM {name} WHERE id = ANY(%s)", (first[:10],))
+        conn.execute("ROLLBACK TO SAVEPOINT b")
+        third = list(range(3_000_200, 3_000_230))
+        conn.execute(f"INSERT INTO {name} (id, embedding, tag) SELECT i, %s, 'sp' FROM unnest(%s::bigint[]) i",
+                     (lit(vecs[0]), third))  # fmt: skip
+        conn.commit()
+        kept = first + second[:50] + third
+        assert shard_ids(sharded, first + second + third) == expected(kept)
+        conn.execute(f"DELETE FROM {name} WHERE id = ANY(%s)", (kept,))
+        conn.commit()
+    assert shard_ids(sharded, kept) == [set(), set(), set()]
+
+
+def test_updates_through_the_view_move_rows_that_change_shard(drift_sql: Any, sharded: dict[str, Any]):
+    name = sharded["name"]
+    ids = list(range(4_000_000, 4_000_120))
+    moved = [i + 7_000_000 for i in ids]
+    vec = lit(np.full(DIM, 4.0))
+    with drift_sql.connect() as conn:
+        conn.autocommit = True
+        conn.execute(f"INSERT INTO {name} (id, embedding, tag) SELECT i, %s, 'u' FROM unnest(%s::bigint[]) i",
+                     (vec, ids))  # fmt: skip
+        updated = conn.execute(f"UPDATE {name} SET id = id + 7000000, tag = 'm' WHERE id = ANY(%s)", (ids,))
+        assert updated.rowcount == 120
+        assert shard_ids(sharded, ids + moved) == expected(moved)
+        assert sorted(r[0] for r in conn.execute(f"SELECT id FROM {name} WHERE tag = 'm'").fetchall()) == moved
+        # in one transaction: insert, move, update in place and delete rows not committed yet
+        conn.autocommit = False
+        fresh = list(range(4_100_000, 4_100_060))
+        conn.execute(f"INSERT INTO {name} (id, embedding, tag) SELECT i, %s, 'f' FROM unnest(%s::bigint[]) i",
+                     (vec, fresh))  # fmt: skip
+        conn.execute(f"UPDATE {name} SET id = id + 1000, tag = 'f2' WHERE id = ANY(%s)", (fresh[:30],))
+        conn.execute(f"UPDATE {name} SET tag = 'f3' WHERE id = ANY(%s)", (fresh[30:],))
+        conn.execute(f"DELETE FROM {name} WHERE id = ANY(%s)", (moved[:20],))
+        conn.commit()
+        final = [i + 1000 for i in fresh[:30]] + fresh[30:] + moved[20:]
+        assert shard_ids(sharded, ids + moved + fresh + final) == expected(final)
+        tags = dict(conn.execute(f"SELECT id, tag FROM {name} WHERE id = ANY(%s)", (final,)).fetchall())
+        assert tags == {**{i + 1000: "f2" for i in fresh[:30]}, **{i: "f3" for i in fresh[30:]},
+                        **{i: "m" for i in moved[20:]}}  # fmt: skip
+        conn.execute(f"DELETE FROM {name} WHERE id = ANY(%s)", (final,))
+        conn.commit()
+    assert shard_ids(sharded, final) == [set(), set(), set()]
+
+
+def test_errors_through_the_view_keep_their_sqlstate(sql: Any, sharded: dict[str, Any]):
+    name = sharded["name"]
+    vec = lit(np.ones(DIM))
+    with pytest.raises(psycopg.errors.NotNullViolation, match='column "id"'):
+        sql.execute(f"INSERT INTO {name} (id, embedding) VALUES (NULL, %s)", (vec,))
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="dimensions"):
+        sql.execute(f"INSERT INTO {name} (id, embedding) VALUES (5000000, '{{1,2}}')")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="multi-dimensional"):
+        sql.execute(f"INSERT INTO {name} (id, embedding) VALUES (5000000, '{{{{1,2}},{{3,4}}}}')")
+    with pytest.raises(psycopg.errors.UniqueViolation):  # twice in one statement: refused at once
+        sql.execute(f"INSERT INTO {name} (id, embedding) VALUES (5000001, %s), (5000001, %s)", (vec, vec))
+    assert shard_ids(sharded, [5000000, 5000001]) == [set(), set(), set()]
+
+
+def test_20k_rows_through_the_view_equal_the_same_loaded_directly(sql: Any, sharded: dict[str, Any]):
+    from tests.pg.stack import copy_text, stage
+
+    name = sharded["name"]
+    n, base = 20_000, 6_000_000
+    rng = np.random.default_rng(20)
+    vecs = rng.standard_normal((n, DIM)).astype(np.float32)
+    tags = [f"t{i % 7}" for i in range(n)]
+    ids = list(range(base, base + n))
+    direct = f"{name}_direct"
+    stage(sql, f"{name}_batch", vecs[: n // 2], tags[: n // 2])
+    sql.execute(f"CREATE FOREIGN TABLE {direct} (id bigint, embedding real[], tag text) SERVER shard_a "
+                f"OPTIONS (collection '{direct}', dim '{DIM}', create 'true')")  # fmt: skip
+    try:
+        for table in (name, direct):  # half by INSERT ... SELECT, half by COPY, one transaction each
+            with sql.transaction():
+                sql.execute(f"INSERT INTO {table} (id, embedding, tag) SELECT id + {base}, embedding, tag "
+                            f"FROM {name}_batch")  # fmt: skip
+                with sql.cursor() as cur, cur.copy(f"COPY {table} (id, embedding, tag) FROM STDIN") as cp:
+                    cp.write(copy_text(vecs[n // 2 :], tags[n // 2 :], start=base + n // 2))
+        held = shard_ids(sharded, ids)
+        assert held == expected(ids) and sum(map(len, held)) == n
+        with sharded["engines"]["shard_a"].client() as c:
+            want = c.collection(direct).get(ids)
+            assert sorted(want.ids.tolist()) == ids
+        got: dict[int, tuple[Any, Any]] = {}
+        for eng in sharded["engines"].values():
+            kw = {"token": eng.token} if isinstance(eng, TcpEngine) else {}
+            with eng.client(**kw) as c:
+                col = c.collection(name)
+                for s in range(0, n, 2000):
+                    part = col.get(ids[s : s + 2000])
+                    got.update(zip(part.ids.tolist(), zip(part.vectors, part.payloads, strict=True), strict=True))
+        assert sorted(got) == ids
+        for i, ident in enumerate(want.ids.tolist()):
+            np.testing.assert_array_equal(got[ident][0], want.vectors[i])
+            assert got[ident][1] == want.payloads[i] == {"tag": tags[ident - base]}
+    finally:
+        sql.execute(f"DELETE FROM {name} WHERE id >= {base} AND id < {base + n}")
+        sql.execute(f"SELECT drift.drop_collection('{direct}'::regclass)")
+        sql.execute(f"DROP FOREIGN TABLE {direct}")
+        sql.execute(f"DROP TABLE {name}_batch")
+    assert sum(map(len, shard_ids(sharded, ids))) == 0
