@@ -2,11 +2,18 @@
 
 Contract:
 
-* ``client(address, token, timeout)`` returns this backend's ``Client`` for that server, made on first use
-  and cached module-wide (the FDW and the ``drift.*`` SQL functions share it: Multicorn and PL/Python run
-  in one interpreter per backend). Search and get go over the ZeroMQ fast path when the server offers it
-  (the client decides). ``forget(address)`` drops a client after a transport failure so the next call
-  reconnects from scratch (a fresh gRPC channel, no inherited back-off).
+* ``client(address, token, timeout, tls=None)`` returns this backend's ``Client`` for that server, made on
+  first use and cached module-wide per (address, token, timeout, TLS settings) (the FDW and the ``drift.*``
+  SQL functions share it: Multicorn and PL/Python run in one interpreter per backend). Search and get go
+  over the fast path when the server offers it (the client decides). ``forget(address)`` drops a client
+  after a transport failure so the next call reconnects from scratch (a fresh gRPC channel, no inherited
+  back-off).
+* TLS settings (``drift_engine.server.tls.ClientTLS``) of an address, first found wins: the ``tls``
+  argument; those ``set_tls(address, tls)`` recorded (``TableSpec.parse`` records a foreign server's
+  ``tls_*`` options); for a ``tls:HOST:PORT`` address, when called from a PL/Python function (the
+  ``drift.*`` SQL functions: SPI is usable only there), the ``tls_*`` options of a foreign server whose
+  ``address`` is this one, read from ``pg_foreign_server`` (kept ``TLS_TTL_S`` seconds); else none: a
+  ``tls:`` address then trusts the system's CAs, and any other address is plaintext.
 * Waiting on the engine honours PostgreSQL's query cancel and ``statement_timeout``: ``cancel_check``
   reads the backend's ``QueryCancelPending`` / ``ProcDiePending`` flags (without servicing them; PostgreSQL
   does that when the error reaches it) and raises ``QueryCancelled``. While a call waits, it also probes the
@@ -27,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +45,7 @@ from drift_engine.errors import DriftError
 from drift_fdw import errcodes
 
 PROBE_EVERY_S = 1.0
+TLS_TTL_S = 30.0
 COUNTERS: dict[str, int] = {
     "clients": 0,
     "knn_queries": 0,
@@ -52,7 +61,10 @@ COUNTERS: dict[str, int] = {
     "rows_written": 0,
 }
 
-_clients: dict[tuple[str, str | None, float], Any] = {}
+_clients: dict[tuple[str, str | None, float, Any], Any] = {}
+_tls: dict[str, Any] = {}  # address -> ClientTLS, from set_tls
+_catalog_tls: dict[str, tuple[float, Any]] = {}  # address -> (when read, ClientTLS or None)
+_TLS_SQL = "SELECT srvoptions FROM pg_catalog.pg_foreign_server WHERE $1 = ANY (srvoptions)"
 
 
 class QueryCancelled(Exception):
@@ -132,15 +144,55 @@ class _Waiter:
 
 
 # ------------------------------------------------------------------------------------------ clients
-def client(address: str, token: str | None = None, timeout: float = 30.0) -> Any:
-    key = (address, token, timeout)
+def set_tls(address: str, tls: Any) -> None:
+    """Use ``tls`` (a ``ClientTLS``) for every later client of ``address`` in this backend."""
+    _tls[address] = tls
+
+
+def _in_plpython() -> bool:
+    """True when a PL/Python function is running on this thread's stack (so ``plpy.execute`` may be used)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name.startswith("__plpython_procedure_"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _tls_from_catalog(address: str) -> Any:
+    if not address.startswith("tls:"):
+        return None
+    seen = _catalog_tls.get(address)
+    if seen is not None and time.monotonic() - seen[0] < TLS_TTL_S:
+        return seen[1]
+    plpy = sys.modules.get("plpy")
+    if plpy is None or not _in_plpython():
+        return None
+    from drift_fdw.options import tls_settings
+
+    found = None
+    for row in plpy.execute(plpy.prepare(_TLS_SQL, ["text"]), [f"address={address}"]):
+        opts = dict(o.split("=", 1) for o in row["srvoptions"] or [] if "=" in o)
+        found = tls_settings(opts)
+        if found is not None:
+            break
+    _catalog_tls[address] = (time.monotonic(), found)
+    return found
+
+
+def client(address: str, token: str | None = None, timeout: float = 30.0, tls: Any = None) -> Any:
+    if tls is None:
+        tls = _tls.get(address) or _tls_from_catalog(address)
+    key = (address, token, timeout, tls)
     cli = _clients.get(key)
     if cli is None:
         from drift_engine.server import wire
         from drift_engine.server.client import Client
+        from drift_engine.server.tls import client_settings
 
-        _, unix_path = wire.grpc_target(address)
-        cli = Client(address, token=token, timeout=timeout, cancel_check=_Waiter(unix_path))
+        plain, _ = client_settings(address)
+        _, unix_path = wire.grpc_target(plain)
+        cli = Client(address, token=token, timeout=timeout, tls=tls, cancel_check=_Waiter(unix_path))
         _clients[key] = cli
         COUNTERS["clients"] += 1
     return cli
@@ -163,6 +215,14 @@ def _hint(exc: DriftError, address: str) -> str | None:
         return "INSERT refuses ids that exist; use UPDATE, or DELETE the row first (nothing was written)"
     if exc.hint:
         return exc.hint
+    if isinstance(exc, de.EngineUnavailableError) and any(
+        mark in exc.message for mark in ("CERTIFICATE_VERIFY_FAILED", "Tls handshake", "Ssl handshake")
+    ):
+        return (
+            f"the engine at {address} did not pass this server's TLS checks: set the foreign server options "
+            "tls_ca (the CA that signed the engine's certificate) and, when the certificate names another "
+            "host, tls_server_name"
+        )
     if isinstance(exc, de.EngineUnavailableError):
         return (
             f"is the drift engine running at {address}?  Start it with  "

@@ -18,6 +18,16 @@ Contract:
   partition belongs to: partitions with the same value are siblings) and ``shard`` (this shard's name, used
   in errors); server option ``allow_partial`` (``true``: a shard on this server that cannot be reached is
   skipped with a WARNING instead of failing the statement).
+  TLS (an engine on another host; ``drift_engine.server.tls``): the ``address`` ``tls:HOST:PORT`` (gRPC and
+  the fast path over TLS) with the server options ``tls_ca`` (absolute path of the PEM CA the engine's
+  certificate must chain to; without it, the system's trust store), ``tls_server_name`` (the name the
+  certificate must carry, when it is not the address's host), ``tls_pin`` (SHA-256 of the engine's
+  certificate, which must then be exactly that one), ``tls_cert`` + ``tls_key`` (absolute paths of a client
+  certificate, for an engine started with ``--tls-client-ca``); ``tls_*`` options on any other address are
+  refused. The files are read by the PostgreSQL server's OS user when the first connection opens.
+  ``tls_settings(options)`` turns them into a ``ClientTLS`` (``None`` for other addresses); ``TableSpec.parse``
+  also hands it to ``connection.set_tls`` so this backend's client of that address uses it (``connection``
+  reads the options from the catalog for the ``drift.*`` functions).
 * Column roles, by name unless a column option ``role`` says otherwise: ``id`` (integer types; the rowid),
   ``embedding`` (``real[]``, ``double precision[]`` or pgvector ``vector(n)``), ``query`` (same types; the
   query-vector input, echoed back), ``distance`` (``real``, ``double precision`` or ``numeric``),
@@ -36,7 +46,8 @@ from typing import Any
 from drift_engine.config import DURABILITY_MODES, METRICS
 
 TABLE_OPTIONS = ("collection", "dim", "metric", "create", "shard_of", "shard")
-SERVER_OPTIONS = ("address", "timeout", "durability", "allow_partial")
+TLS_OPTIONS = ("tls_ca", "tls_server_name", "tls_pin", "tls_cert", "tls_key")
+SERVER_OPTIONS = ("address", "timeout", "durability", "allow_partial", *TLS_OPTIONS)
 USER_OPTIONS = ("token",)
 KNOWN_OPTIONS = (*TABLE_OPTIONS, *SERVER_OPTIONS, *USER_OPTIONS)
 KNOB_ROLES = ("k", "nprobe", "ef", "rerank")
@@ -123,6 +134,7 @@ class TableSpec:
     shard_of: str | None = None  # the sharded table this partition belongs to (siblings share it)
     shard: str | None = None  # this shard's name, for errors
     allow_partial: bool = False  # server option: skip this shard with a WARNING when it is unreachable
+    tls: Any = None  # drift_engine.server.tls.ClientTLS from the tls_* server options (None: as the address says)
 
     def column(self, role: str) -> ColumnSpec | None:
         name = self.roles.get(role)
@@ -195,8 +207,13 @@ class TableSpec:
             shard_of=options.get("shard_of", "").strip() or None,
             shard=options.get("shard", "").strip() or None,
             allow_partial=_bool(options.get("allow_partial", "false"), "allow_partial"),
+            tls=tls_settings(options),
         )
         spec._check_dims()
+        if spec.tls is not None:
+            from drift_fdw import connection
+
+            connection.set_tls(address, spec.tls)
         return spec
 
     def _check_dims(self) -> None:
@@ -213,6 +230,41 @@ class TableSpec:
                 "drift: create 'true' needs the dimension",
                 hint="add the table option dim 'N' or declare the embedding as vector(N)",
             )
+
+
+def tls_settings(options: dict[str, str]) -> Any:
+    """The ``ClientTLS`` of a foreign server whose address is ``tls:HOST:PORT`` (from its ``tls_*`` options),
+    or ``None`` for any other address (see the module docstring); ``ConfigError`` for ``tls_*`` options on
+    another address, a relative path, half a client certificate or a bad pin."""
+    given = {name: options[name].strip() for name in TLS_OPTIONS if options.get(name, "").strip()}
+    address = options.get("address", "").strip()
+    if not address.startswith("tls:"):
+        if given:
+            raise ConfigError(
+                f"drift: the options {', '.join(sorted(given))} need an address 'tls:HOST:PORT', not {address!r}",
+                hint="ALTER SERVER ... OPTIONS (SET address 'tls:HOST:PORT'); a Unix socket is guarded by its mode",
+            )
+        return None
+    for name in ("tls_ca", "tls_cert", "tls_key"):
+        if name in given and not given[name].startswith("/"):
+            raise ConfigError(
+                f"drift: option {name} {given[name]!r} is not an absolute path",
+                hint="give the full path of a PEM file the PostgreSQL server's OS user can read",
+            )
+    from drift_engine.errors import InvalidArgumentError
+    from drift_engine.server.tls import ClientTLS
+
+    try:
+        return ClientTLS(
+            ca=given.get("tls_ca"),
+            server_name=given.get("tls_server_name"),
+            pin=given.get("tls_pin"),
+            cert=given.get("tls_cert"),
+            key=given.get("tls_key"),
+        )
+    except InvalidArgumentError as exc:
+        hint = exc.hint or "set both tls_cert and tls_key (a client certificate and its key), or neither"
+        raise ConfigError(f"drift: {exc.message}", hint=hint) from None
 
 
 def _column(name: str, definition: Any) -> ColumnSpec:
