@@ -54,12 +54,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _vector(v: np.ndarray) -> str:
-    return "{" + ",".join(f"{x:.9g}" for x in v.tolist()) + "}"
+def _vector(v: np.ndarray, pgvector: bool) -> str:
+    body = ",".join(f"{x:.9g}" for x in v.tolist())
+    return f"[{body}]" if pgvector else "{" + body + "}"
 
 
 def client_loop(
-    dsn: dict[str, Any], client: int, phase: int, seconds: float, queries: np.ndarray, out: Any, start: Any
+    dsn: dict[str, Any], client: int, phase: int, seconds: float, queries: np.ndarray, out: Any, start: Any,
+    pgvector: bool,
 ) -> None:
     """Connect, wait at ``start`` (a barrier shared with the parent), run the mix for ``seconds``; put
     ``{kind: [latency s, ...]}`` (or an error) on ``out``."""
@@ -69,7 +71,7 @@ def client_loop(
     kinds = [k for k, _ in MIX]
     weights = np.array([w for _, w in MIX])
     lat: dict[str, list[float]] = {k: [] for k in kinds}
-    literals = [_vector(q) for q in queries]
+    literals = [_vector(q, pgvector) for q in queries]
     try:
         with psycopg.connect(**dsn, autocommit=True) as conn:
             conn.execute(f"SELECT id FROM {TABLE} WHERE query = %s ORDER BY distance LIMIT 1", (literals[0],))
@@ -108,12 +110,15 @@ def busy_cpu_s() -> float:
     return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
 
 
-def run_clients(dsn: dict[str, Any], clients: int, phase: int, seconds: float, queries: np.ndarray) -> dict[str, Any]:
+def run_clients(
+    dsn: dict[str, Any], clients: int, phase: int, seconds: float, queries: np.ndarray, pgvector: bool
+) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     start = ctx.Barrier(clients + 1)
     procs = [
-        ctx.Process(target=client_loop, args=(dsn, c, phase, seconds, queries, out, start)) for c in range(clients)
+        ctx.Process(target=client_loop, args=(dsn, c, phase, seconds, queries, out, start, pgvector))
+        for c in range(clients)
     ]
     for p in procs:
         p.start()
@@ -175,17 +180,20 @@ def main(argv: list[str] | None = None) -> int:
         with stack.connect() as conn:
             stage(conn, "staging", base, tags)
             conn.execute(f"SELECT drift.create_collection('{TABLE}', {ds.dim}, 'l2', 'drift')")
+            col_type = f"vector({ds.dim})" if stack.pgvector else "real[]"  # vector(n) where pgvector exists
             conn.execute(
-                f"CREATE FOREIGN TABLE {TABLE} (id bigint, embedding real[], query real[], distance real, "
+                f"CREATE FOREIGN TABLE {TABLE} (id bigint, embedding {col_type}, query {col_type}, distance real, "
                 f"tag text) SERVER drift OPTIONS (collection '{TABLE}')"
             )
-            conn.execute(f"INSERT INTO {TABLE} (id, embedding, tag) SELECT id, embedding, tag FROM staging")
+            embedding = f"embedding::vector({ds.dim})" if stack.pgvector else "embedding"
+            conn.execute(f"INSERT INTO {TABLE} (id, embedding, tag) SELECT id, {embedding}, tag FROM staging")
             if not args.no_train:
                 conn.execute(f"SELECT drift.train('{TABLE}', 'drift')")
         dsn = {"host": stack.cluster.host, "port": stack.cluster.port, "user": "postgres", "dbname": "postgres"}
         result["engine_rss_mib_before"] = engine_rss_mib(stack)
-        result["alone"] = run_clients(dsn, 1, 0, args.seconds / 4, ds.queries)
-        result["together"] = run_clients(dsn, args.clients, 1, args.seconds, ds.queries)
+        result["fdw_columns"] = "vector(n)" if stack.pgvector else "real[]"
+        result["alone"] = run_clients(dsn, 1, 0, args.seconds / 4, ds.queries, stack.pgvector)
+        result["together"] = run_clients(dsn, args.clients, 1, args.seconds, ds.queries, stack.pgvector)
         result["engine_rss_mib_after"] = engine_rss_mib(stack)
     alone, together = result["alone"], result["together"]
     result["targets"] = {
