@@ -1,18 +1,14 @@
 """Sharded tables (``drift_fdw.shards``, ``drift_fdw.fanout``) on real PostgreSQL and three engine servers.
 
 Shards: ``shard_a`` is the session's engine (Unix socket), ``shard_b`` a second one (Unix socket, its own
-data directory; the one killed and restarted), ``shard_c`` a third over TCP on 127.0.0.1 with a token (in
-a USER MAPPING), so its fast path is ``fast+tcp:``. The reference is one collection on one engine holding
+data directory; the one killed and restarted), ``shard_c`` a third over TCP with TLS on 127.0.0.1 and a
+token (in a USER MAPPING), so its fast path is ``fast+tls:``. The reference is one collection on one engine holding
 the same rows; searches are exact (untrained, or every bucket probed), so ids and distances must be equal.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
-import subprocess
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,8 +16,8 @@ import numpy as np
 import psycopg
 import pytest
 
-from tests import reaper
-from tests.pg.engine import EngineError, EngineServer
+from tests.pg.engine import EngineServer
+from tests.pg.tlsengine import TlsEngine
 
 DIM = 16
 N = 2000
@@ -32,64 +28,9 @@ def lit(v: Any) -> str:
     return "{" + ",".join(f"{x:.9g}" for x in np.asarray(v, dtype=np.float32).tolist()) + "}"
 
 
-class TcpEngine(EngineServer):
-    """An engine server listening on 127.0.0.1 (gRPC and the direct fast path), token required."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.token = secrets.token_hex(16)
-        self.grpc = ""
-        self.port = 0
-        self.fast_port = 0
-
-    @property
-    def address(self) -> str:
-        return self.grpc
-
-    def _spawn(self) -> None:
-        assert self.tmp is not None and self._logfile is not None
-        token_file = self.tmp / "token"
-        token_file.write_text(self.token + "\n")
-        token_file.chmod(0o600)
-        argv = [self.python, "-m", "drift_engine.cli", "serve", "--data", str(self.data), "--listen",
-                f"127.0.0.1:{self.port}", "--token-file", str(token_file), "--log-format", "json"]  # fmt: skip
-        if self.fast_port:
-            argv += ["--fast-port", str(self.fast_port)]
-        self._log_start = self._logfile.stat().st_size if self._logfile.exists() else 0
-        with open(self._logfile, "ab") as log:
-            self.proc = subprocess.Popen(argv, env={**os.environ, "PYTHONPATH": str(self.python_root())},
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)  # fmt: skip
-        self._reaper_token = reaper.register_process(self.proc.pid)
-
-    @staticmethod
-    def python_root() -> Any:
-        from tests.pg.cluster import REPO_ROOT
-
-        return REPO_ROOT
-
-    def _wait_ready(self, timeout: float) -> None:
-        from drift_engine.server.client import Client
-
-        assert self._logfile is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise EngineError(f"the TCP engine exited with status {self.proc.returncode}:\n{self.log()}")
-            with open(self._logfile, "rb") as f:
-                f.seek(self._log_start)
-                lines = f.read().decode(errors="replace").splitlines()
-            for line in lines:
-                if '"msg": "serving"' in line:
-                    info = json.loads(line)
-                    self.grpc = info["listen"]
-                    self.port = int(self.grpc.rsplit(":", 1)[1])
-                    self.fast_port = int(info["fast_path"].rsplit(":", 1)[1])
-                    with Client(self.grpc, token=self.token, timeout=5) as c:
-                        assert c.health()["status"] == "SERVING"
-                    return
-            time.sleep(0.05)
-        self.stop()
-        raise EngineError(f"the TCP engine did not start within {timeout} s:\n{self.log()}")
+class TcpEngine(TlsEngine):
+    """``shard_c``: an engine server on 127.0.0.1 with TLS (gRPC and the ``fast+tls:`` fast path), token required;
+    its foreign server names ``tls:localhost:PORT`` and the CA (``tls_ca``)."""
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +39,7 @@ def engines(engine_server: EngineServer) -> Iterator[dict[str, EngineServer]]:
     try:
         b.start()
         c.start()
-        assert c.client(token=c.token).health()["fast_path"].startswith("fast+tcp:127.0.0.1:")
+        assert c.client(token=c.token).health()["fast_path"].startswith("fast+tls:127.0.0.1:")
         yield {"shard_a": engine_server, "shard_b": b, "shard_c": c}
     finally:
         try:
@@ -124,9 +65,10 @@ def sharded(fdw_server: str, drift_sql: Any, engines: dict[str, EngineServer], d
     ref_name = f"{name}_ref"
     with drift_sql.connect() as conn:
         for srv, eng in engines.items():
+            tls = f", tls_ca '{eng.ca}'" if isinstance(eng, TlsEngine) else ""
             conn.execute(f"DROP SERVER IF EXISTS {srv} CASCADE")
             conn.execute(f"CREATE SERVER {srv} FOREIGN DATA WRAPPER multicorn "
-                         f"OPTIONS (wrapper 'drift_fdw.DriftFDW', address '{eng.address}')")  # fmt: skip
+                         f"OPTIONS (wrapper 'drift_fdw.DriftFDW', address '{eng.address}'{tls})")  # fmt: skip
         conn.execute(f"CREATE USER MAPPING FOR PUBLIC SERVER shard_c OPTIONS (token '{engines['shard_c'].token}')")
         conn.execute(
             "SELECT drift.create_sharded_table(%s, %s, 'l2', servers => ARRAY['shard_a', 'shard_b', 'shard_c'], "
