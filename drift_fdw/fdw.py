@@ -45,12 +45,12 @@ from drift_fdw.options import ConfigError, TableSpec
 from drift_fdw.quals import ScanPlan, plan_scan
 from drift_fdw.rows import (
     NULL_VALUE,
+    RowMaker,
     ValueProblem,
     array_literal,
     parse_int,
     parse_vector,
     payload_value,
-    pg_value,
     vector_literal,
 )
 from drift_fdw.schema import import_tables
@@ -137,6 +137,8 @@ class DriftFDW(ForeignDataWrapper):
         if plan.mode == "lookup":
             return (max(1, len(plan.ids or [])), width)
         if plan.mode == "knn":
+            if self.spec.roles.get("query") in columns:  # every kNN row carries the query vector back
+                width += 4 * (self._dim or 128) + 24
             return (plan.knobs.get("k", 10), width)
         return (1_000_000, width)
 
@@ -214,7 +216,7 @@ class DriftFDW(ForeignDataWrapper):
         sortkeys: list[SortKey] | None = None,
         limit: int | None = None,
         offset: int | None = None,
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Iterator[list[Any]]:
         if limit == 0:  # nothing to read (drift.enable_copy's triggers plan such a scan to find this instance)
             return iter(())
         address = self.spec.address
@@ -242,12 +244,12 @@ class DriftFDW(ForeignDataWrapper):
             )
         if plan.mode == "empty":
             return iter(())
-        rows = self._rows(col, plan, set(columns), bool(sortkeys))
+        rows = self._rows(col, plan, set(own), bool(sortkeys))
         if limit is not None or offset is not None:
             rows = _window(rows, limit, offset or 0)
         return rows
 
-    def _rows(self, col: Any, plan: ScanPlan, columns: set[str], sort: bool) -> Iterator[dict[str, Any]]:
+    def _rows(self, col: Any, plan: ScanPlan, columns: set[str], sort: bool) -> Iterator[list[Any]]:
         try:
             if plan.mode == "lookup":
                 yield from self._lookup(col, plan, columns, sort)
@@ -262,32 +264,6 @@ class DriftFDW(ForeignDataWrapper):
             if not fanout.skip_shard(self.spec, exc, plan.mode):
                 errcodes.fail(fanout.shard_problem(self.spec, exc))
 
-    def _row(
-        self, columns: set[str], ident: int, distance: float | None, vector: Any, payload: Any, plan: ScanPlan | None
-    ) -> dict[str, Any]:
-        spec = self.spec
-        row: dict[str, Any] = {}
-        for name in columns:
-            c = spec.columns.get(name)
-            if c is None:
-                continue
-            role = c.role
-            if role == "id":
-                row[name] = ident
-            elif role == "distance":
-                row[name] = None if distance is None else repr(float(distance))
-            elif role == "field":
-                row[name] = pg_value(payload.get(c.key), c, ident) if payload else None
-            elif role == "embedding":
-                row[name] = None if vector is None else vector_literal(vector, c.pgvector)
-            elif role == "query":
-                row[name] = plan.query_echo if plan is not None else None
-            elif role == "payload":
-                row[name] = None if payload is None else pg_value(payload, c, ident)
-            else:  # knobs
-                row[name] = plan.knobs.get(role) if plan is not None else None
-        return row
-
     def _wants(self, columns: set[str]) -> tuple[bool, bool]:
         """(needs payloads, needs vectors) for these columns."""
         spec = self.spec
@@ -295,16 +271,17 @@ class DriftFDW(ForeignDataWrapper):
         emb = spec.roles.get("embedding")
         return payloads, emb is not None and emb in columns
 
-    def _knn(self, col: Any, plan: ScanPlan, columns: set[str]) -> Iterator[dict[str, Any]]:
+    def _knn(self, col: Any, plan: ScanPlan, columns: set[str]) -> Iterator[list[Any]]:
         want_payloads, want_vectors = self._wants(columns)
         first = fanout.first_answer(self, plan, want_payloads)  # siblings' searches sent at once (shards)
         hits = knn_hits(col, plan, self.spec.address, want_payloads, want_vectors, self._streams, first)
         if len(self._writes):
             hits = overlay.knn(hits, self._writes, plan, lambda v: _distances(v, plan.query, col.metric))
+        make = RowMaker(self.spec, columns, plan.query_echo, plan.knobs).make
         for hit in hits:
-            yield self._row(columns, hit.id, hit.distance, hit.vector, hit.payload, plan)
+            yield make(hit.id, hit.distance, hit.vector, hit.payload)
 
-    def _lookup(self, col: Any, plan: ScanPlan, columns: set[str], sort: bool) -> Iterator[dict[str, Any]]:
+    def _lookup(self, col: Any, plan: ScanPlan, columns: set[str], sort: bool) -> Iterator[list[Any]]:
         address = self.spec.address
         with conn.engine_call(address):
             got = None
@@ -324,14 +301,16 @@ class DriftFDW(ForeignDataWrapper):
             if sort:
                 order = np.argsort(d, kind="stable").tolist()
                 rows, dists = [rows[i] for i in order], [dists[i] for i in order]
+        make = RowMaker(self.spec, columns, plan.query_echo, plan.knobs).make
         for (ident, vec, payload), dist in zip(rows, dists, strict=True):
-            yield self._row(columns, ident, dist, vec, payload, plan)
+            yield make(ident, dist, vec, payload)
 
-    def _scan(self, col: Any, columns: set[str]) -> Iterator[dict[str, Any]]:
+    def _scan(self, col: Any, columns: set[str]) -> Iterator[list[Any]]:
         want_payloads, want_vectors = self._wants(columns)
         address = self.spec.address
         conn.COUNTERS["scans"] += 1
         buffered = len(self._writes) > 0
+        make = RowMaker(self.spec, columns, None, {}).make
         with conn.engine_call(address):
             batches = col.scan(SCAN_BATCH, vectors=want_vectors, payloads=want_payloads)
         try:
@@ -348,11 +327,11 @@ class DriftFDW(ForeignDataWrapper):
                     self._writes.note_read(ident, read_lsn)
                     vec = got.vectors[i] if want_vectors else None
                     payload = got.payloads[i] if want_payloads else None
-                    yield self._row(columns, ident, None, vec, payload, None)
+                    yield make(ident, None, vec, payload)
         finally:
             batches.close()
         for ident, vec, payload in overlay.scan_extra(self._writes) if buffered else []:
-            yield self._row(columns, ident, None, vec, payload, None)
+            yield make(ident, None, vec, payload)
 
     def end_scan(self) -> None:
         pass  # each scan's generator closes its own stream when PostgreSQL drops it
@@ -562,7 +541,7 @@ def _mode(quals: list[Any], spec: TableSpec) -> str:
         return "scan"
 
 
-def _window(rows: Iterator[dict[str, Any]], limit: int | None, offset: int) -> Iterator[dict[str, Any]]:
+def _window(rows: Iterator[list[Any]], limit: int | None, offset: int) -> Iterator[list[Any]]:
     """Apply an accepted LIMIT / OFFSET exactly (PostgreSQL will not apply it again)."""
     if limit is not None and limit <= 0:
         return

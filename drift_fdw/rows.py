@@ -13,6 +13,10 @@ Contract:
 * Output: every value is returned in a form PostgreSQL's input function for the column accepts: ints,
   floats (``repr``: round-trips exactly), ``'t'``/``'f'``, JSON text, and array literals (``'{1,2}'``;
   ``'[1,2]'`` for pgvector). Never a numpy value or a Python list (a list is str()'d for partitions).
+* Rows: ``RowMaker(spec, columns, echo, knobs)`` builds a scan's rows as lists with one entry per column
+  of the table, in the table's column order (Multicorn then reads them by position instead of looking up
+  every column by name in a dict); columns the statement does not read are None, ``query`` and the knobs
+  are filled in once per scan.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from drift_fdw.options import ColumnSpec
+from drift_fdw.options import ColumnSpec, TableSpec
 
 
 class ValueProblem(Exception):
@@ -96,11 +100,13 @@ def vector_items(value: Any, col: ColumnSpec) -> list[Any]:
 def parse_vector(value: Any, col: ColumnSpec, dim: int | None) -> np.ndarray:
     """float32[dim] from a vector value; refuses NULL elements, NaN/Inf, nesting and a wrong length."""
     items = vector_items(value, col)
-    if any(v is None for v in items):
-        raise ValueProblem(f"drift: the vector in column {col.name!r} has a NULL element", sqlstate=NULL_VALUE)
-    try:
-        arr = np.array([float(v) for v in items], dtype=np.float32)
+    try:  # each element to a Python float, then float32 (a NULL element fails here too: checked below)
+        arr = np.array(list(map(float, items)), dtype=np.float32)
     except (TypeError, ValueError):
+        if any(v is None for v in items):
+            raise ValueProblem(
+                f"drift: the vector in column {col.name!r} has a NULL element", sqlstate=NULL_VALUE
+            ) from None
         raise ValueProblem(
             f"drift: the vector in column {col.name!r} has an element that is not a number",
             hint="a vector is a flat list of numbers, e.g. '{0.1,0.2}'",
@@ -113,7 +119,7 @@ def parse_vector(value: Any, col: ColumnSpec, dim: int | None) -> np.ndarray:
             f"drift: the vector in column {col.name!r} has {arr.size} dimensions; the collection has {dim}",
             hint=f"pass exactly {dim} numbers",
         )
-    if not np.all(np.isfinite(arr)):
+    if not np.isfinite(arr).all():
         raise ValueProblem(
             f"drift: the vector in column {col.name!r} contains NaN or Infinity",
             hint="every element must be a finite number",
@@ -125,7 +131,10 @@ def echo_vector(value: Any, col: ColumnSpec) -> str:
     """The literal of a query value exactly as PostgreSQL gave it, so its re-check of ``query = ...`` passes."""
     if isinstance(value, str):
         return value
-    return "{" + ",".join(str(v) for v in value) + "}"
+    try:
+        return "{" + ",".join(value) + "}"  # Multicorn hands array elements over as their text
+    except TypeError:  # other values (NULL elements: refused when the vector is parsed)
+        return "{" + ",".join(str(v) for v in value) + "}"
 
 
 def payload_value(value: Any, col: ColumnSpec) -> Any:
@@ -254,3 +263,47 @@ def filter_value(value: Any, col: ColumnSpec) -> tuple[bool, Any]:
         return True, payload_value(value, col)
     except ValueProblem:
         return False, None
+
+
+class RowMaker:
+    """A scan's rows as lists in the table's column order (see the module docstring).
+
+    ``make(ident, distance, vector, payload)`` gives one row: ``distance`` None for scans without a query,
+    ``vector`` / ``payload`` None when the columns that show them are not read.
+    """
+
+    def __init__(self, spec: TableSpec, columns: set[str], echo: str | None, knobs: dict[str, int]) -> None:
+        self.template: list[Any] = [None] * len(spec.columns)
+        self.id_at: list[int] = []
+        self.distance_at: list[int] = []
+        self.others: list[tuple[int, ColumnSpec]] = []  # embedding, field and payload columns
+        for i, (name, c) in enumerate(spec.columns.items()):
+            if name not in columns:
+                continue
+            if c.role == "id":
+                self.id_at.append(i)
+            elif c.role == "distance":
+                self.distance_at.append(i)
+            elif c.role == "query":
+                self.template[i] = echo
+            elif c.role in ("field", "embedding", "payload"):
+                self.others.append((i, c))
+            else:  # knobs
+                self.template[i] = knobs.get(c.role)
+
+    def make(self, ident: int, distance: float | None, vector: Any, payload: Any) -> list[Any]:
+        row = self.template.copy()
+        for i in self.id_at:
+            row[i] = ident
+        if distance is not None:
+            text = repr(float(distance))
+            for i in self.distance_at:
+                row[i] = text
+        for i, c in self.others:
+            if c.role == "field":
+                row[i] = pg_value(payload.get(c.key), c, ident) if payload else None
+            elif c.role == "embedding":
+                row[i] = None if vector is None else vector_literal(vector, c.pgvector)
+            else:
+                row[i] = None if payload is None else pg_value(payload, c, ident)
+        return row
