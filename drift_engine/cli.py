@@ -8,8 +8,10 @@ startup error, with a one-line ``error: ...`` on stderr):
   beyond loopback also TLS, or ``--insecure-plaintext``; with TLS gRPC and the fast path are both encrypted):
   run the gRPC server (and the fast path for searches beside it) until SIGTERM / SIGINT; logs are
   JSON lines on stderr (``--log-format text`` for people).
-* ``status [--address A | --data DIR] [--token-file F]``: the server's Health as JSON.
-* ``stats [--address A | --data DIR] [--token-file F] [COLLECTION ...]``: per-collection stats as JSON.
+* ``status [--address A | --data DIR] [--token-file F] [--tls-ca CA]``: the server's Health as JSON
+  (``--address tls:HOST:PORT`` for a TLS server, checked against ``--tls-ca`` or the system's CAs).
+* ``stats [--address A | --data DIR] [--token-file F] [--tls-ca CA] [COLLECTION ...]``: per-collection stats
+  as JSON.
 * ``inspect --data DIR [--collection NAME] [--quick]``: offline consistency check of segment files against
   LMDB, with the CRC32C of every LMDB value (see ``drift_engine.server.inspect``), as JSON.
 """
@@ -106,7 +108,13 @@ def _client(args: argparse.Namespace) -> Any:
     from drift_engine.server.client import Client
 
     token = _read_secret(args.token_file, "token file")
-    return Client(_address(args), token=token.decode() if token else None, timeout=args.timeout, fast_path=False)
+    return Client(
+        _address(args),
+        token=token.decode() if token else None,
+        timeout=args.timeout,
+        tls_ca=args.tls_ca,
+        fast_path=False,
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -237,6 +245,7 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--address", help="server address (default unix:DATA/drift.sock)")
         c.add_argument("--data", help="data directory whose socket to use")
         c.add_argument("--token-file", help="file holding the bearer token")
+        c.add_argument("--tls-ca", help="PEM CA file to check a TLS server against (address tls:HOST:PORT)")
         c.add_argument("--timeout", type=float, default=10.0, help="seconds (default %(default)s)")
         if name == "stats":
             c.add_argument("collections", nargs="*", help="collection names (default: all)")

@@ -325,3 +325,15 @@ def test_direct_server_rules(tmp_path: Path, pki: Pki) -> None:
             DirectClient("fast+tcp:127.0.0.1:1", None, tls=ClientTLS())
     finally:
         engine.close()
+
+
+def test_cli_status_over_tls(tls_server: TlsServer, pki: Pki, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    base = [*serve_cmd(tmp_path / "unused")[:3], "status", "--address", f"tls:localhost:{tls_server.grpc_port}",
+            "--token-file", str(token_file), "--timeout", "10"]  # fmt: skip
+    ok = subprocess.run([*base, "--tls-ca", str(pki.ca)], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert json.loads(ok.stdout)["fast_path"] == tls_server.fast_path
+    wrong = subprocess.run([*base, "--tls-ca", str(pki.other_ca)], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in wrong.stderr
