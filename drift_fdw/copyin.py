@@ -92,6 +92,7 @@ def instance(table: str) -> Any:
     inst = fdw.LAST_PLANNED
     if inst is None:
         _plpy().error(
-            f"drift: {table} is not a drift foreign table", hint="drift.enable_copy() is for drift foreign tables"
+            f"drift: {table} is not a drift foreign table",
+            hint="drift.enable_copy() and the partitions of a sharded table need drift foreign tables",
         )
     return inst
