@@ -20,7 +20,7 @@
   ``drift.shard_key_guard`` refuses an UPDATE of the parent that changes ``id`` (it would be routed too).
 * The collections on the engines (``if_not_exists``: reuse ones of the same dimension and metric).
 
-``drift.drop_sharded_table(name)`` drops view, trigger function and parent (with its partitions), then the
+``drift.drop_sharded_table(name)`` drops the view (with its triggers) and the parent (with its partitions), then the
 collections (``drop_collections => false`` keeps them; missing ones are ignored, so a retry finishes).
 
 ``drift.train``, ``set_params``, ``stats``, ``flush`` and ``maintain`` given the public name or the parent

@@ -352,4 +352,4 @@ from drift_fdw import shards
 return shards.drop_sharded_table(name, drop_collections)
 $$;
 COMMENT ON FUNCTION drift.drop_sharded_table(text, boolean) IS
-'Drop a sharded table: its view, routing function, partitioned table and partitions, and (unless drop_collections is false) the collections on the engines.';
+'Drop a sharded table: its view (with its routing triggers), partitioned table and partitions, and (unless drop_collections is false) the collections on the engines.';
