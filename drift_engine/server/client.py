@@ -80,7 +80,7 @@ class _Channel:
             host, port = _host_port(target)
             if tls.pin is not None:
                 tls.probe(host, port, timeout=5.0)
-            creds, extra = tls.grpc(host)
+            creds, extra = tls.grpc()
             self.channel = grpc.secure_channel(target, creds, options=options + extra)
         self.stub = DriftServiceStub(self.channel)
         self.refs = 0

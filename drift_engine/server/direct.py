@@ -174,6 +174,7 @@ class DirectServer:
         self.cursors = cursors
         self._idle = idle_s
         self._workers = threading.BoundedSemaphore(max(1, workers))
+        self._refusers = threading.BoundedSemaphore(8)  # TLS connections being refused at the connection cap
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
         self._busy = 0
@@ -250,6 +251,8 @@ class DirectServer:
                 self._connections.add(conn)
         if full and self._tls is None:
             self._refuse_full(conn)
+        elif full and not self._refusers.acquire(blocking=False):
+            sock.close()  # a flood: no thread per refusal beyond a few
         elif full:  # the refusal must travel over TLS: handshake off the accept loop first
             threading.Thread(target=self._refuse_full, args=(conn,), name="drift-direct-full", daemon=True).start()
         else:
@@ -267,6 +270,8 @@ class DirectServer:
                     send_frame(conn.sock, pb.FastReply(error=cv.error_status(err)).SerializeToString())
         finally:
             conn.sock.close()
+            if self._tls is not None:
+                self._refusers.release()
 
     def _handshake(self, conn: _Connection) -> bool:
         """Turn the connection into TLS (see the module docstring); False when it was refused or failed."""
@@ -288,8 +293,9 @@ class DirectServer:
             with contextlib.suppress(OSError):
                 send_frame(sock, pb.FastReply(error=cv.error_status(err)).SerializeToString())
                 sock.shutdown(socket.SHUT_WR)
-                sock.settimeout(1.0)  # read what the client sent, so closing does not reset the reply away
-                while sock.recv(65536):
+                sock.settimeout(0.5)  # read what the client sent (for up to a second), so closing does not
+                until = time.monotonic() + 1.0  # reset the reply away before the client has read it
+                while sock.recv(65536) and time.monotonic() < until:
                     pass
             return False
         try:

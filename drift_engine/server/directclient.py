@@ -175,7 +175,7 @@ class DirectClient:
             raw = _read_frame(sock)
         except OSError as exc:
             self._discard()
-            raise EngineUnavailableError(f"fast path {self.address}: {exc}") from None
+            raise self._broken(exc) from None
         except BaseException:
             self._discard()
             raise
@@ -184,6 +184,17 @@ class DirectClient:
         except EngineUnavailableError:  # the server may close after saying so (draining, full, wants TLS)
             self._discard()
             raise
+
+    def _broken(self, exc: OSError) -> EngineUnavailableError:
+        """The error for a connection that broke under a call (a TLS one may have been refused a client
+        certificate: TLS 1.3 says so only after the handshake, as the session is cut)."""
+        hint = None
+        if self.tls is not None and not self.tls.cert:
+            hint = (
+                "if the server was started with --tls-client-ca, it cuts TLS sessions of clients without a "
+                "certificate its CA signed (give cert and key: tls_cert / tls_key)"
+            )
+        return EngineUnavailableError(f"fast path {self.address}: {exc}", hint=hint)
 
     def _raise_parting_error(self, sock: socket.socket) -> None:
         """Raise the error reply a closing server left in the socket (e.g. "too many connections"), if any."""
@@ -270,7 +281,7 @@ class DirectClient:
             sock.sendall(HEADER.pack(len(body)) + body)
         except OSError as exc:
             self._drop_pipe(sock)
-            raise EngineUnavailableError(f"fast path {self.address}: {exc}") from None
+            raise self._broken(exc) from None
         ticket = SentRequest(self.address, sock)
         outstanding[self._key] = ticket
         return ticket
@@ -289,7 +300,7 @@ class DirectClient:
             raw = _read_frame(sock)
         except OSError as exc:
             self._drop_pipe(sock)
-            raise EngineUnavailableError(f"fast path {self.address}: {exc}") from None
+            raise self._broken(exc) from None
         except BaseException:
             self._drop_pipe(sock)
             raise

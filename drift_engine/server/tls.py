@@ -15,7 +15,7 @@ Contract:
   failed (untrusted certificate, wrong name, pin mismatch, a plaintext or silent peer) with a hint, and
   the socket is closed. ``probe(host, port, timeout)`` does the same on a fresh connection (gRPC cannot
   check a pin itself: a pinned ``Client`` probes once when it opens its channel).
-* ``ClientTLS.grpc(host)`` gives gRPC's channel credentials and the extra channel options (the name
+* ``ClientTLS.grpc()`` gives gRPC's channel credentials and the extra channel options (the name
   override) for the same checks. An unreadable ``ca`` / ``cert`` / ``key`` file raises
   ``InvalidArgumentError`` naming it.
 * ``client_settings(address, tls_ca, tls)`` reads an engine address: ``tls:HOST:PORT`` (or a plain
@@ -169,7 +169,7 @@ class ClientTLS:
         self.wrap(sock, host, what).close()
 
     # ------------------------------------------------------------------ gRPC
-    def grpc(self, host: str) -> tuple[grpc.ChannelCredentials, list[tuple[str, Any]]]:
+    def grpc(self) -> tuple[grpc.ChannelCredentials, list[tuple[str, Any]]]:
         """gRPC channel credentials and extra channel options with the same chain and name checks."""
         root = _read(self.ca, "CA") if self.ca is not None else None
         key = _read(self.key, "client key") if self.key else None

@@ -337,3 +337,45 @@ def test_cli_status_over_tls(tls_server: TlsServer, pki: Pki, tmp_path: Path) ->
     assert json.loads(ok.stdout)["fast_path"] == tls_server.fast_path
     wrong = subprocess.run([*base, "--tls-ca", str(pki.other_ca)], capture_output=True, text=True, timeout=60)
     assert wrong.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in wrong.stderr
+
+
+def test_tls_connections_beyond_the_cap_are_told_so_over_tls(tmp_path: Path, pki: Pki) -> None:
+    from drift_engine.server.core import ServerLimits, ServiceCore
+    from drift_engine.server.direct import HEADER
+    from drift_engine.server.tls import server_context
+
+    engine = Engine.open(tmp_path / "data")
+    try:
+        engine.create_collection("items", dim=DIM).upsert(np.arange(N), VECTORS)
+        ctx = server_context(pki.server_cert.read_bytes(), pki.server_key.read_bytes())
+        srv = DirectServer(ServiceCore(engine, ServerLimits()), "fast+tls:127.0.0.1:0", token=b"t", tls=ctx,
+                           max_connections=2)  # fmt: skip
+        srv.start()
+        tls = ClientTLS(ca=str(pki.ca), server_name="localhost")
+        held = []
+        try:
+            body = pb.FastRequest(token="t", search=pb.SearchRequest(collection="items", query=QUERIES[0].tobytes(),
+                                                                     k=3)).SerializeToString()  # fmt: skip
+            for _ in range(2):  # two admitted connections, each answered once
+                s = tls.wrap(socket.create_connection(srv.bind_to, timeout=10), "127.0.0.1", "cap test")
+                s.sendall(HEADER.pack(len(body)) + body)
+                assert s.recv(65536)
+                held.append(s)
+            with pytest.raises(EngineUnavailableError, match="the limit of this server"):
+                fast_search(DirectClient(srv.address, "t", tls=tls), QUERIES[0])
+            held.pop().close()
+            deadline = time.monotonic() + 10
+            while True:  # the freed slot is taken again once the server has noticed the close
+                try:
+                    assert len(fast_search(DirectClient(srv.address, "t", tls=tls), QUERIES[0], k=3).ids) == 3
+                    break
+                except EngineUnavailableError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        finally:
+            for s in held:
+                s.close()
+            srv.stop(1)
+    finally:
+        engine.close()
