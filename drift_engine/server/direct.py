@@ -9,7 +9,8 @@ Contract:
   a round trip costs about what the socket costs. At most ``workers`` requests are served at once (the
   other connections' threads wait on a semaphore, not on the GIL: many busy clients then do not thrash
   it). The schema, limits, validation and error mapping are the gRPC service's (errors travel as
-  ``ErrorStatus``).
+  ``ErrorStatus``). Calls: search, get, search streams, and the transaction RPCs (stage, optionally with
+  prepare, prepare, commit, abort: what the FDW's writes use).
 * TLS: the handshake runs on the connection's own thread, never on the accept loop, under a
   ``HANDSHAKE_S`` timeout, so a slow or silent client holds only its own connection (and one connection
   slot) and a failed handshake (logged with its reason) only closes that connection. A peer whose first
@@ -59,6 +60,13 @@ from drift_engine.server.service import check_token, parse_request
 from drift_engine.server.stream import CursorTable, next_from_cursor, open_cursor
 
 log = logging.getLogger("drift_engine.server.direct")
+# the transaction RPCs over the fast path: FastRequest field -> ServiceCore method (same semantics as gRPC)
+_TXN_CALLS = {
+    "txn_stage": "stage_txn",
+    "txn_prepare": "prepare_txn",
+    "txn_commit": "commit_txn",
+    "txn_abort": "abort_txn",
+}
 HEADER = struct.Struct("<I")
 UNIX_PREFIX = "fast+unix:"
 TCP_PREFIX = "fast+tcp:"
@@ -374,6 +382,8 @@ class DirectServer:
             if call == "stream_close":
                 self.cursors.drop(req.stream_close.cursor)
                 return pb.FastReply(closed=pb.StreamCursor(cursor=req.stream_close.cursor)), False
+            if call in _TXN_CALLS:
+                return pb.FastReply(txn=getattr(self.core, _TXN_CALLS[call])(getattr(req, call))), False
             raise InvalidArgumentError("fast path request names no call")
         except DriftError as err:
             ms = round((time.perf_counter() - t0) * 1e3, 3)

@@ -1,0 +1,105 @@
+"""The transaction RPCs over the direct fast path (server/direct.py, Client.txn_*): stage with prepare in one
+call, commit, abort and their errors, against an in-process server and a real server process whose gRPC
+transaction RPCs are never used when a fast path is offered."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drift_engine.api import Engine
+from drift_engine.errors import ConflictError, DuplicateIdError, TransactionNotFoundError
+from drift_engine.server import drift_pb2 as pb
+from drift_engine.server.core import ServerLimits, ServiceCore
+from drift_engine.server.direct import DirectServer
+from drift_engine.server.directclient import DirectClient
+from drift_engine.server.txnclient import txn_op
+from tests.integration.harness import start_server
+
+DIM = 8
+
+
+def vecs(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Engine, DirectClient]]:
+    engine = Engine.open(tmp_path / "data")
+    engine.create_collection("a", dim=DIM)
+    engine.create_collection("b", dim=DIM)
+    core = ServiceCore(engine, ServerLimits(max_message_bytes=1 << 20))
+    srv = DirectServer(core, f"fast+unix:{tmp_path / 's'}", token=None)
+    srv.start()
+    try:
+        yield engine, DirectClient(srv.address, None)
+    finally:
+        srv.stop(1)
+        engine.close()
+
+
+def _stage(txn_id: str, ops: list[pb.TxnOp], prepare: bool = False) -> pb.FastRequest:
+    return pb.FastRequest(txn_stage=pb.StageTxnRequest(txn_id=txn_id, ops=ops, prepare=prepare))
+
+
+def test_stage_with_prepare_then_commit_in_two_round_trips(served) -> None:
+    engine, fast = served
+    ops = [txn_op("a", "insert", [1, 2], vecs(2), dim=DIM), txn_op("b", "upsert", [3], vecs(1, 1), dim=DIM)]
+    assert fast.call(_stage("t1", ops, prepare=True), 5).txn.rows == 3  # the prepared rows
+    assert engine.txns.pending()[0]["prepared"]
+    with pytest.raises(ConflictError):  # prepared: its ids are reserved
+        engine.collection("a").insert([1], vecs(1, 2))
+    done = fast.call(pb.FastRequest(txn_commit=pb.TxnRequest(txn_id="t1")), 5).txn
+    assert (done.written, done.deleted) == (3, 0) and done.seq > 0
+    np.testing.assert_allclose(engine.collection("b").get([3]).vectors, vecs(1, 1), rtol=1e-6)
+    assert len(engine.collection("a")) == 2 and not engine.txns.pending()
+
+
+def test_a_failing_prepare_in_the_stage_call_writes_nothing_and_drops_the_transaction(served) -> None:
+    engine, fast = served
+    engine.collection("a").insert([7], vecs(1))
+    ops = [txn_op("a", "insert", [6, 7], vecs(2), dim=DIM)]
+    with pytest.raises(DuplicateIdError):
+        fast.call(_stage("t2", ops, prepare=True), 5)
+    assert len(engine.collection("a")) == 1 and not engine.txns.pending()
+    with pytest.raises(TransactionNotFoundError):
+        fast.call(pb.FastRequest(txn_commit=pb.TxnRequest(txn_id="t2")), 5)
+
+
+def test_abort_over_the_fast_path(served) -> None:
+    engine, fast = served
+    fast.call(_stage("t3", [txn_op("a", "insert", [9], vecs(1), dim=DIM)]), 5)
+    assert fast.call(pb.FastRequest(txn_abort=pb.TxnRequest(txn_id="t3")), 5).txn.found
+    assert not fast.call(pb.FastRequest(txn_abort=pb.TxnRequest(txn_id="t3")), 5).txn.found
+    assert len(engine.collection("a")) == 0
+
+
+def test_the_client_sends_transactions_over_the_fast_path_when_offered(tmp_path: Path) -> None:
+    srv = start_server(tmp_path / "data")
+    try:
+        with srv.client() as client:
+            client.create_collection("a", dim=DIM)
+            assert client.fast() is not None
+
+            def no_grpc(rpc, *args, **kwargs):
+                if rpc.endswith("Txn"):
+                    raise AssertionError(f"{rpc} went over gRPC although the server offers a fast path")
+                return real_invoke(rpc, *args, **kwargs)
+
+            real_invoke, client.invoke = client.invoke, no_grpc
+            assert client.txn_stage("x", [txn_op("a", "insert", [1, 2], vecs(2), dim=DIM)], prepare=True) == 2
+            assert client.txn_commit("x")["written"] == 2
+            tx = client.transaction()
+            tx.upsert("a", [2], vecs(1, 5))
+            tx.commit()
+            client.invoke = real_invoke
+            np.testing.assert_allclose(client.collection("a").get([2]).vectors, vecs(1, 5), rtol=1e-6)
+        with srv.client(fast_path=False) as grpc_only:  # and the gRPC RPCs still answer the same
+            assert grpc_only.txn_stage("y", [txn_op("a", "insert", [3], vecs(1), dim=DIM)], prepare=True) == 1
+            assert grpc_only.txn_commit("y")["written"] == 1
+            assert len(grpc_only.collection("a")) == 3
+    finally:
+        srv.stop()
