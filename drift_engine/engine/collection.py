@@ -39,23 +39,23 @@ import numpy as np
 
 from drift_engine import crashpoints
 from drift_engine.config import DURABILITY_MODES, CollectionConfig, EngineSettings
-from drift_engine.engine import layout as L
 from drift_engine.engine.async_api import AsyncTwins
 from drift_engine.engine.fastsearch import query_vector, search_fast
-from drift_engine.engine.hydrate import load_snapshot, next_counter, remove_unreferenced_segments
-from drift_engine.engine.l1_apply import L1Applier, build_routing
-from drift_engine.engine.l1_writer import remove_files
 from drift_engine.engine.payload_index import PayloadIndex
 from drift_engine.engine.reads import PointReads
 from drift_engine.engine.results import GetResult, SearchResult
 from drift_engine.engine.search import search_hybrid
-from drift_engine.engine.snapshot import OpenSegment, Snapshot, SnapshotManager
 from drift_engine.engine.stats import collection_stats
 from drift_engine.engine.stream import StreamHit, search_stream
-from drift_engine.engine.trainer import train_layout
 from drift_engine.engine.validate import as_filter, as_ids, as_k, as_payloads, as_positive_int, as_vectors
 from drift_engine.engine.writes import KEY_TRAIN_LSN, WritePath
 from drift_engine.errors import CorruptionError, EngineClosedError, InvalidArgumentError, InvalidParameterError
+from drift_engine.l1 import layout as L
+from drift_engine.l1.batch import L1Applier, build_routing
+from drift_engine.l1.hydrate import load_snapshot, next_counter, remove_unreferenced_segments
+from drift_engine.l1.segments import remove_files
+from drift_engine.l1.snapshot import OpenSegment, Snapshot, SnapshotManager
+from drift_engine.l1.train import train_layout
 from drift_engine.maintenance.janitor import Janitor
 from drift_engine.maintenance.runner import MaintenanceRunner
 from drift_engine.maintenance.scheduler import Maintainer, bucket_stats

@@ -37,12 +37,12 @@ import numpy as np
 from numba import njit, typed, types
 
 from drift_engine.engine import search as ref
-from drift_engine.engine.snapshot import Snapshot
 from drift_engine.engine.validate import as_query
 from drift_engine.index.adc import _prepare, _scan_dot, _scan_l2
 from drift_engine.index.exact import _exact_rows
 from drift_engine.index.routing import _route_one
 from drift_engine.index.topk import heap_offer, heap_sort
+from drift_engine.l1.snapshot import Snapshot
 
 __all__ = ["Prepared", "ivf_fast", "prepare", "query_vector", "search_fast"]
 

@@ -30,10 +30,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from drift_engine.engine import layout as L
 from drift_engine.engine.results import GetResult
-from drift_engine.engine.snapshot import NOT_IN_L1, Snapshot, SnapshotManager
 from drift_engine.errors import CorruptionError
+from drift_engine.l1 import layout as L
+from drift_engine.l1.snapshot import NOT_IN_L1, Snapshot, SnapshotManager
 from drift_engine.storage.kv import KV, encode_i64
 
 _MISSING = object()

@@ -21,10 +21,10 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from drift_engine.engine.snapshot import Snapshot
 from drift_engine.engine.validate import canonical_value
 from drift_engine.index import adc
 from drift_engine.index.routing import route
+from drift_engine.l1.snapshot import Snapshot
 
 MAX_INTERNAL_K = 100_000
 _EMPTY_IDS = np.empty(0, dtype=np.int64)

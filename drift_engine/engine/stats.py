@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from drift_engine.engine import layout as L
+from drift_engine.l1 import layout as L
 from drift_engine.maintenance.scheduler import maintenance_stats
 
 

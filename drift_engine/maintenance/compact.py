@@ -13,8 +13,8 @@ bucket's sums are re-derived exactly from its rows (``resync``).
 
 from __future__ import annotations
 
-from drift_engine.engine.snapshot import Snapshot
-from drift_engine.maintenance.rewrite import Plan, Rows, bucket_rows, segment_rows
+from drift_engine.l1.rewrite import Plan, Rows, bucket_rows, segment_rows
+from drift_engine.l1.snapshot import Snapshot
 
 
 def plan_compact_bucket(snap: Snapshot, bucket_id: int) -> Plan | None:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from drift_engine.engine.snapshot import Snapshot
 from drift_engine.index.routing import route_batch
-from drift_engine.maintenance.rewrite import Plan, bucket_rows
+from drift_engine.l1.rewrite import Plan, bucket_rows
+from drift_engine.l1.snapshot import Snapshot
 
 
 def plan_merge(snap: Snapshot, bucket_id: int, metric: str) -> Plan | None:

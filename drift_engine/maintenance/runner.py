@@ -31,9 +31,9 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from drift_engine.config import CollectionConfig
-from drift_engine.engine.l1_apply import L1Applier
-from drift_engine.engine.snapshot import Snapshot, SnapshotManager
-from drift_engine.maintenance import rewrite
+from drift_engine.l1 import rewrite
+from drift_engine.l1.batch import L1Applier
+from drift_engine.l1.snapshot import Snapshot, SnapshotManager
 from drift_engine.maintenance.compact import plan_compact_bucket, plan_compact_segments
 from drift_engine.maintenance.merge import plan_merge, plan_reassign
 from drift_engine.maintenance.scheduler import Job, pending_jobs

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from drift_engine.config import CollectionParams
-from drift_engine.engine.snapshot import Snapshot
+from drift_engine.l1.snapshot import Snapshot
 from drift_engine.maintenance.loop import BackgroundLoop
 from drift_engine.maintenance.throttle import ForegroundMonitor, LatencyThrottle
 

@@ -30,11 +30,11 @@ from collections.abc import Callable
 import numpy as np
 
 from drift_engine.config import CollectionParams
-from drift_engine.engine.snapshot import Snapshot
 from drift_engine.index.buckets import BucketHeader, routing_table
 from drift_engine.index.routing import RoutingTable, route_batch
 from drift_engine.index.train import assign, kmeans
-from drift_engine.maintenance.rewrite import Plan, Rows, bucket_rows
+from drift_engine.l1.rewrite import Plan, Rows, bucket_rows
+from drift_engine.l1.snapshot import Snapshot
 
 SPLIT_KMEANS_ITERS = 10
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from drift_engine.engine import layout as L
-from drift_engine.engine.hydrate import referenced_segments
-from drift_engine.engine.snapshot import Snapshot
 from drift_engine.index.buckets import BucketHeader
+from drift_engine.l1 import layout as L
+from drift_engine.l1.hydrate import referenced_segments
+from drift_engine.l1.snapshot import Snapshot
 from drift_engine.storage.kv import KV, decode_i64, encode_i64
 
 

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from drift_engine.engine import layout as L
 from drift_engine.index.buckets import BucketHeader
+from drift_engine.l1 import layout as L
 from drift_engine.storage.kv import decode_i64, encode_i64
 from tests.crash.driver import DIM, WRITE_KINDS, centers, expected_result, payload_for, vector_for, vectors_for
 

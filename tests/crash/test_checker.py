@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from drift_engine import Engine
-from drift_engine.engine import layout as L
+from drift_engine.l1 import layout as L
 from drift_engine.storage.kv import encode_i64
 from tests.crash.check import (
     CrashCheckError,

@@ -11,7 +11,7 @@ import pytest
 
 from drift_engine import Engine
 from drift_engine.errors import InvalidParameterError
-from drift_engine.maintenance import rewrite
+from drift_engine.l1 import rewrite
 from drift_engine.maintenance.scheduler import pending_jobs
 from drift_engine.maintenance.verify import check_l1
 from tests.unit.threadcheck import ThreadGroup

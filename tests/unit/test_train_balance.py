@@ -8,9 +8,9 @@ import pytest
 
 from drift_engine import Engine
 from drift_engine.datasets import DatasetNotFoundError, exact_top_k, find_dataset, load_dataset, recall_at_k
-from drift_engine.engine import trainer
 from drift_engine.errors import InvalidArgumentError
 from drift_engine.index.train import assign, balance, kmeans
+from drift_engine.l1 import train as trainer
 from drift_engine.maintenance.scheduler import pending_jobs
 
 

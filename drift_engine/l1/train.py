@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from drift_engine.config import CollectionConfig
-from drift_engine.engine import layout as L
-from drift_engine.engine.l1_writer import WrittenSegment, write_bucketed_segments
-from drift_engine.engine.snapshot import Snapshot
 from drift_engine.errors import InvalidArgumentError
 from drift_engine.index.buckets import BucketHeader
 from drift_engine.index.train import assign, balance, kmeans
+from drift_engine.l1 import layout as L
+from drift_engine.l1.segments import WrittenSegment, write_bucketed_segments
+from drift_engine.l1.snapshot import Snapshot
 from drift_engine.storage import sq8 as sq8_codec
 from drift_engine.storage.kv import encode_i64
 from drift_engine.storage.sq8 import SQ8Params

@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 
 from drift_engine import crashpoints
-from drift_engine.engine import layout as L
-from drift_engine.engine.hydrate import Counter
-from drift_engine.engine.l1_writer import remove_files, write_bucketed_segments
-from drift_engine.engine.snapshot import NOT_IN_L1, OpenSegment, Snapshot, SnapshotManager
 from drift_engine.index.buckets import BucketHeader, routing_table
 from drift_engine.index.routing import route_batch
+from drift_engine.l1 import layout as L
+from drift_engine.l1.hydrate import Counter
+from drift_engine.l1.segments import remove_files, write_bucketed_segments
+from drift_engine.l1.snapshot import NOT_IN_L1, OpenSegment, Snapshot, SnapshotManager
 from drift_engine.storage import sq8 as sq8_codec
 from drift_engine.storage.cache import S3FIFOCache
 from drift_engine.storage.kv import KV, encode_i64

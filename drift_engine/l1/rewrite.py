@@ -44,11 +44,11 @@ from typing import Any
 import numpy as np
 
 from drift_engine import crashpoints
-from drift_engine.engine import layout as L
-from drift_engine.engine.l1_apply import L1Applier, build_routing
-from drift_engine.engine.l1_writer import remove_files, write_bucketed_segments
-from drift_engine.engine.snapshot import OpenSegment, Snapshot, SnapshotManager
 from drift_engine.index.buckets import BucketHeader
+from drift_engine.l1 import layout as L
+from drift_engine.l1.batch import L1Applier, build_routing
+from drift_engine.l1.segments import remove_files, write_bucketed_segments
+from drift_engine.l1.snapshot import OpenSegment, Snapshot, SnapshotManager
 from drift_engine.storage.kv import KV, encode_i64
 
 _EMPTY_I64 = np.empty(0, dtype=np.int64)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drift_engine.engine.layout import segment_file_name
-from drift_engine.engine.snapshot import BLOCK_CODES, BLOCK_IDS, BLOCK_VECTORS
 from drift_engine.index.buckets import Extent
+from drift_engine.l1.layout import segment_file_name
+from drift_engine.l1.snapshot import BLOCK_CODES, BLOCK_IDS, BLOCK_VECTORS
 from drift_engine.storage import sq8 as sq8_codec
 from drift_engine.storage.segment import SegmentWriter
 from drift_engine.storage.sq8 import SQ8Params
