@@ -8,6 +8,10 @@ Contract:
 * Collections live in ``<path>/collections/<name>/``. Creating one writes it under a hidden temporary
   name and renames it into place (all or nothing); dropping one renames it away first, then deletes it.
 * The engine is thread-safe: reads run concurrently with one writer per collection.
+* Every collection it opens gets its background workers here (``background``): a Janitor (flushes frozen
+  memtables, auto-train), a ``MaintenanceRunner`` (split / merge / compaction under the L1 lock) and a
+  rate-limited Maintainer thread. This module is where ``engine`` and ``maintenance`` meet: neither imports
+  the other (``engine.background`` is the interface).
 * Transactions (``engine.txn``): ``transaction()`` (or ``txn_stage`` / ``txn_prepare`` / ``txn_commit`` /
   ``txn_abort`` by id, as the server uses them) write to several collections as ONE atomic operation,
   with write-write conflict detection (``expect``). The transaction log lives in ``<path>/txnlog``;
@@ -43,6 +47,7 @@ from drift_engine.config import (
     validate_dim,
     validate_metric,
 )
+from drift_engine.engine.background import Background
 from drift_engine.engine.collection import Collection
 from drift_engine.engine.txn import TxnManager
 from drift_engine.errors import (
@@ -52,6 +57,9 @@ from drift_engine.errors import (
     EngineClosedError,
 )
 from drift_engine.index import adc
+from drift_engine.maintenance.janitor import Janitor
+from drift_engine.maintenance.runner import MaintenanceRunner
+from drift_engine.maintenance.scheduler import Maintainer
 from drift_engine.storage.cache import S3FIFOCache
 from drift_engine.storage.pages import fsync_dir
 
@@ -59,6 +67,16 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = "LOCK"
 COLLECTIONS_DIR = "collections"
+
+
+def background(col: Collection) -> Background:
+    """The background workers of ``col`` (its ``BackgroundFactory``): the maintenance runner over its L1, the
+    Janitor (flush + auto-train) and the Maintainer (runs the runner's most urgent job, paced by foreground
+    latency). Each thread starts here; ``Collection.close`` stops them."""
+    runner = MaintenanceRunner(col.l1, lambda: col.config, lambda: col.closed)
+    janitor = Janitor(col.name, col.flush_pending, col.auto_train)
+    maintainer = Maintainer(col.name, runner.run_one, lambda: col.config.params)
+    return Background(janitor, runner, maintainer)
 
 
 class Engine:
@@ -80,7 +98,7 @@ class Engine:
                 if name.startswith("."):
                     shutil.rmtree(full, ignore_errors=True)  # an unfinished create or drop
                     continue
-                self._collections[name] = Collection.open(full, self.cache, self.settings, self.executor)
+                self._collections[name] = self._open_collection(full)
             self.txns = TxnManager(path, self.collection, self.list_collections, durability=settings.durability)
             self.txns.recover()
         except BaseException:
@@ -111,6 +129,9 @@ class Engine:
         adc.warmup()
         return cls(path, parsed, fd)
 
+    def _open_collection(self, path: str) -> Collection:
+        return Collection.open(path, self.cache, self.settings, self.executor, background=background)
+
     def __enter__(self) -> Engine:
         return self
 
@@ -135,11 +156,11 @@ class Engine:
             final = os.path.join(self._root, name)
             staging = os.path.join(self._root, f".{name}.creating")
             shutil.rmtree(staging, ignore_errors=True)
-            col = Collection.create(staging, config, self.cache, self.settings, self.executor)
+            col = Collection.create(staging, config, self.cache, self.settings, self.executor, background=background)
             col.close()
             os.rename(staging, final)
             fsync_dir(self._root)
-            col = Collection.open(final, self.cache, self.settings, self.executor)
+            col = self._open_collection(final)
             self._collections[name] = col
             return col
 

@@ -8,10 +8,11 @@ Contract:
   after a reopen (a failed apply is cancelled by a durable ``ABORT`` WAL record before the error is
   raised); only ``WritesStoppedError`` (the WAL itself failed) leaves the outcome to the next open.
   Large batches (``bulk_min``) go WAL -> L1 directly, in one LMDB commit (``_bulk_write``).
-* **L1 changes** (Janitor flush, ``train``, maintenance) run under the L1 lock, never the write lock,
-  and follow DESIGN §7: segment files -> one LMDB transaction (commit point, with ``applied_lsn``) ->
-  publish one snapshot (L1 + memtables together, so a vector is never in neither and never twice) ->
-  truncate the WAL -> retire files once no reader can see them.
+* **L1 changes** (Janitor flush, bulk write, ``train``, maintenance) run under the L1 lock, never the write
+  lock, and all go through the one commit protocol of DESIGN §7 (``l1.commit``): segment files -> one LMDB
+  transaction (commit point, with ``applied_lsn``) -> publish one snapshot (a flush publishes L1 + memtables
+  together, so a vector is never in neither and never twice) -> retire files once no reader can see them;
+  after a flush this module truncates the WAL.
 * **Reads** (``search``, ``search_batch``, ``get``, ``scan``, ``search_stream``) pin the current snapshot
   and never wait for writers; L0 and L1 results are merged by distance and the newest version of an id
   wins. ``get`` and ``scan`` answer entirely from their pinned snapshot (``engine.reads``): a concurrent
@@ -20,6 +21,8 @@ Contract:
   streaming search (``engine.stream``).
 * Before the first ``train`` L1 is flat (one bucket, searched exactly); ``auto_train_threshold`` trains
   it in the background once the collection is large enough.
+* **Background workers** (Janitor, maintenance runner, Maintainer) are built by the ``BackgroundFactory``
+  the collection is opened with (``drift_engine.api`` wires ``maintenance`` in; ``engine.background``).
 * Sync methods have ``*_async`` twins that run them on the engine's thread pool (kernels release the GIL).
 """
 
@@ -40,25 +43,22 @@ import numpy as np
 from drift_engine import crashpoints
 from drift_engine.config import DURABILITY_MODES, CollectionConfig, EngineSettings
 from drift_engine.engine.async_api import AsyncTwins
+from drift_engine.engine.background import BackgroundFactory, JanitorHandle, MaintainerHandle, MaintenanceHandle
 from drift_engine.engine.fastsearch import query_vector, search_fast
 from drift_engine.engine.payload_index import PayloadIndex
 from drift_engine.engine.reads import PointReads
 from drift_engine.engine.results import GetResult, SearchResult
-from drift_engine.engine.search import search_hybrid
+from drift_engine.engine.search import auto_nprobe, search_hybrid
 from drift_engine.engine.stats import collection_stats
 from drift_engine.engine.stream import StreamHit, search_stream
 from drift_engine.engine.validate import as_filter, as_ids, as_k, as_payloads, as_positive_int, as_vectors
 from drift_engine.engine.writes import KEY_TRAIN_LSN, WritePath
 from drift_engine.errors import CorruptionError, EngineClosedError, InvalidArgumentError, InvalidParameterError
 from drift_engine.l1 import layout as L
-from drift_engine.l1.batch import L1Applier, build_routing
-from drift_engine.l1.hydrate import load_snapshot, next_counter, remove_unreferenced_segments
-from drift_engine.l1.segments import remove_files
-from drift_engine.l1.snapshot import OpenSegment, Snapshot, SnapshotManager
-from drift_engine.l1.train import train_layout
-from drift_engine.maintenance.janitor import Janitor
-from drift_engine.maintenance.runner import MaintenanceRunner
-from drift_engine.maintenance.scheduler import Maintainer, bucket_stats
+from drift_engine.l1.batch import commit_batch
+from drift_engine.l1.commit import L1Store
+from drift_engine.l1.snapshot import Snapshot, build_routing
+from drift_engine.l1.train import commit_train
 from drift_engine.storage.cache import S3FIFOCache
 from drift_engine.storage.kv import KV, decode_i64
 from drift_engine.storage.pages import fsync_dir
@@ -78,6 +78,8 @@ class Collection(AsyncTwins):
         cache: S3FIFOCache,
         settings: EngineSettings,
         executor: Executor | None = None,
+        *,
+        background: BackgroundFactory,
     ) -> None:
         self.path = path
         self._kv = kv
@@ -85,21 +87,19 @@ class Collection(AsyncTwins):
         self._cache = cache
         self._executor = executor
         self._seg_dir = L.segments_dir(path)
-        self._l1_lock = threading.RLock()
         self._closed = False
         self._payloads = PayloadIndex()
-        self._next_segment = next_counter(kv, L.KEY_NEXT_SEGMENT)
-        remove_unreferenced_segments(kv, self._seg_dir)
-        self._snapshots = SnapshotManager(load_snapshot(kv, self._seg_dir, cache, collection_key=path, config=config))
+        self._l1 = L1Store.open(kv, self._seg_dir, cache, cache_key=path, config=config)
+        self._l1_lock = self._l1.lock  # every L1 change holds it (``l1.commit``)
+        self._snapshots = self._l1.snapshots
         for key, value in kv.iterate(L.DB_PAYLOAD):
             self._payloads.add(decode_i64(key), value)
-        self._l1 = L1Applier(kv, self._seg_dir, cache, self._next_segment, path, snapshots=self._snapshots)
         self._writes = WritePath(
             path, lambda: self._config, settings, kv, self._snapshots, self._payloads, on_frozen=self._wake_janitor
         )
         self._reads = PointReads(kv, self._snapshots, config.dim, self._writes.lock)
-        self._janitor: Janitor | None = None
-        self._maintainer: Maintainer | None = None
+        self._janitor: JanitorHandle | None = None
+        self._maintainer: MaintainerHandle | None = None
         try:
             self._writes.install_first_memtable()
             self._writes.replay(self._snapshots.current.l1_lsn)
@@ -108,13 +108,12 @@ class Collection(AsyncTwins):
             for seg in self._snapshots.current.segments.values():
                 seg.close()
             raise
-        self._maintenance = MaintenanceRunner(
-            self._l1, self._snapshots, lambda: self._config, self._l1_lock, lambda: self._closed
-        )
-        self._janitor = Janitor(config.name, self.flush_pending, self._auto_train)
+        workers = background(self)
+        self._maintenance: MaintenanceHandle = workers.maintenance
+        self._janitor = workers.janitor
+        self._maintainer = workers.maintainer
         if len(self._snapshots.current.memtables) > 1:
             self._janitor.wake()
-        self._maintainer = Maintainer(config.name, self._maintenance.run_one, lambda: self._config.params)
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -125,6 +124,8 @@ class Collection(AsyncTwins):
         cache: S3FIFOCache,
         settings: EngineSettings,
         executor: Executor | None = None,
+        *,
+        background: BackgroundFactory,
     ) -> Collection:
         os.makedirs(path, mode=0o700, exist_ok=True)  # private, whatever the umask (new folders only)
         os.makedirs(L.segments_dir(path), mode=0o700, exist_ok=True)
@@ -133,11 +134,17 @@ class Collection(AsyncTwins):
             batch.put(L.DB_META, L.KEY_CONFIG, json.dumps(config.to_dict()).encode())
             batch.put(L.DB_META, L.KEY_TRAINED, b"0")
         fsync_dir(path)
-        return cls(path, kv, config, cache, settings, executor)
+        return cls(path, kv, config, cache, settings, executor, background=background)
 
     @classmethod
     def open(
-        cls, path: str, cache: S3FIFOCache, settings: EngineSettings, executor: Executor | None = None
+        cls,
+        path: str,
+        cache: S3FIFOCache,
+        settings: EngineSettings,
+        executor: Executor | None = None,
+        *,
+        background: BackgroundFactory,
     ) -> Collection:
         kv = KV(L.kv_dir(path))
         raw = kv.get(L.DB_META, L.KEY_CONFIG)
@@ -145,7 +152,8 @@ class Collection(AsyncTwins):
             kv.close()
             raise CorruptionError(f"{L.kv_dir(path)}: collection has no config record")
         try:
-            return cls(path, kv, CollectionConfig.from_dict(json.loads(raw)), cache, settings, executor)
+            config = CollectionConfig.from_dict(json.loads(raw))
+            return cls(path, kv, config, cache, settings, executor, background=background)
         except BaseException:
             kv.close()
             raise
@@ -166,6 +174,20 @@ class Collection(AsyncTwins):
     @property
     def snapshot(self) -> Snapshot:
         return self._snapshots.current
+
+    @property
+    def config(self) -> CollectionConfig:
+        """The current configuration (``set_params`` replaces it)."""
+        return self._config
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def l1(self) -> L1Store:
+        """The collection's L1 (``l1.commit``): what its maintenance runner changes, under ``l1.lock``."""
+        return self._l1
 
     def __len__(self) -> int:
         return self._writes.count
@@ -238,7 +260,8 @@ class Collection(AsyncTwins):
 
                 def apply(lsn: int) -> Callable[[], None]:
                     params = self._config.params
-                    fields = self._l1.apply_batch(
+                    committed = commit_batch(
+                        self._l1,
                         self._snapshots.current,
                         ids,
                         vec,
@@ -249,11 +272,9 @@ class Collection(AsyncTwins):
                         lam=params.lam,
                         tau=params.tau,
                         rows_per_segment=params.rows_per_segment,
+                        publish=False,  # once the write path has counted the write (``WritePath.bulk_locked``)
                     )
-                    changes = fields.as_changes()
-                    return lambda: self._snapshots.update(
-                        lambda cur: dataclasses.replace(cur, version=cur.version + 1, **changes)
-                    )
+                    return committed.publish
 
                 lsn = self._writes.bulk_locked(ids, vec, pay, replace=replace, apply=apply)
                 self._after_commit(lsn)
@@ -309,9 +330,9 @@ class Collection(AsyncTwins):
         applied = mt.max_lsn
         # LMDB must never claim an lsn the WAL could lose (batch/off modes): make it durable first
         self._writes.wal.sync(applied, "sync")
-        snap = self._snapshots.current
-        fields = self._l1.apply_batch(
-            snap,
+        commit_batch(
+            self._l1,
+            self._snapshots.current,
             ids,
             vectors,
             payloads,
@@ -322,8 +343,8 @@ class Collection(AsyncTwins):
             tau=params.tau,
             rows_per_segment=params.rows_per_segment,
             row_lsns=row_lsns,
+            install=lambda fields: self._writes.drop_flushed(mt, fields),  # L1 and memtables in one snapshot
         )
-        self._writes.drop_flushed(mt, fields.as_changes())
         crashpoints.hit("flush.after_publish")
         self._writes.wal.truncate_upto(self._truncatable_lsn(applied))
         crashpoints.hit("flush.after_truncate")
@@ -334,9 +355,10 @@ class Collection(AsyncTwins):
         pending += list(self._writes.txn_pins)  # TXN_APPLY records the engine's recovery may still need
         return min([applied, *(p - 1 for p in pending)])
 
-    def _auto_train(self) -> bool:
-        """Train an untrained collection once it passes the threshold and writes pause (AUTO_TRAIN_IDLE s), or
-        once it holds 4x the threshold: a bulk load then trains once, at its end, not midway and again."""
+    def auto_train(self) -> bool:
+        """The Janitor's hook: train an untrained collection once it passes the threshold and writes pause
+        (AUTO_TRAIN_IDLE s), or once it holds 4x the threshold: a bulk load then trains once, at its end, not
+        midway and again. True when it trained."""
         threshold = self._config.params.auto_train_threshold
         if self._closed or threshold <= 0 or self._snapshots.current.trained or len(self) < threshold:
             return False
@@ -365,39 +387,13 @@ class Collection(AsyncTwins):
             self.flush_pending()
             self._check_open()
             t0 = time.perf_counter()
-            snap = self._snapshots.current
-            result = train_layout(
-                snap, self._config, self._seg_dir, self._next_segment.take, n_buckets=n_buckets, progress=progress
-            )
-            try:
-                crashpoints.hit("train.after_segments")
-                with self._kv.write() as batch:
-                    for db in (L.DB_BUCKET, L.DB_DEAD, L.DB_SEGMENT):
-                        batch.drop(db)
-                    result.stage(batch)
-                    batch.put(L.DB_META, L.KEY_SQ8, result.sq8.to_bytes())
-                    batch.put(L.DB_META, L.KEY_TRAINED, b"1")
-                    batch.put(L.DB_META, KEY_TRAIN_LSN, L.int_bytes(max(1, snap.l1_lsn)))  # versions of its rows
-                    batch.put(L.DB_META, L.KEY_NEXT_SEGMENT, L.int_bytes(self._next_segment.peek()))
-            except BaseException:
-                remove_files([w.path for w in result.written])
-                raise
-            crashpoints.hit("train.after_commit")
-            params = self._config.params
-            changes = {
-                "trained": True,
-                "sq8": result.sq8,
-                "buckets": result.buckets,
-                "routing": build_routing(True, result.buckets, params.lam, params.tau),
-                "segments": {
-                    w.segment_id: OpenSegment(w.path, self._cache, collection_key=self.path) for w in result.written
-                },
-                "dead": {w.segment_id: _frozen_zeros(w.n_rows) for w in result.written},
-                "live_count": result.n_vectors,
-            }
-            self._snapshots.update(
-                lambda cur: dataclasses.replace(cur, version=cur.version + 1, **changes),
-                retired=list(snap.segments.values()),
+            result = commit_train(
+                self._l1,
+                self._snapshots.current,
+                self._config,
+                n_buckets=n_buckets,
+                progress=progress,
+                lsn_key=KEY_TRAIN_LSN,
             )
             seconds = time.perf_counter() - t0
         log.info("trained %s: %d vectors, %d buckets, %.2fs", self.name, result.n_vectors, len(result.buckets), seconds)
@@ -414,8 +410,8 @@ class Collection(AsyncTwins):
         return self._maintenance.run(max_jobs)
 
     def bucket_stats(self) -> list[dict[str, Any]]:
-        """Per-bucket drift statistics of the current snapshot (``scheduler.bucket_stats``)."""
-        return bucket_stats(self._snapshots.current, self._config.params)
+        """Per-bucket drift statistics of the current snapshot (``maintenance.scheduler.bucket_stats``)."""
+        return self._maintenance.bucket_stats(self._snapshots.current)
 
     # ------------------------------------------------------------------ reads
     def _search_args(self, k: Any, nprobe: Any, rerank: Any, ef: Any) -> tuple[int, int, int, int]:
@@ -596,17 +592,3 @@ class Collection(AsyncTwins):
             for seg in self._snapshots.current.segments.values():
                 seg.close()
             self._kv.close()
-
-
-def auto_nprobe(n_buckets: int) -> int:
-    """Buckets probed when the ``nprobe`` parameter is 0 (auto): about 1.2 sqrt(buckets), at least 8.
-
-    On glove-6b-50d (1,523 buckets) this probes 47 buckets for recall@10 ~0.96 (bench/README.md).
-    """
-    return int(max(1, min(n_buckets, max(8, round(1.2 * n_buckets**0.5)))))
-
-
-def _frozen_zeros(n: int) -> np.ndarray:
-    mask = np.zeros(n, dtype=np.uint8)
-    mask.setflags(write=False)
-    return mask

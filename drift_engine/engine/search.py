@@ -10,6 +10,8 @@ segment (one numba call per segment), keep the best ``rerank * k`` approximate c
 overall (every candidate tied with the overall ``rerank * k``-th stays), re-rank them exactly with the float32
 vectors. Untrained collections: exact scan of every live row.
 
+``auto_nprobe`` is the number of buckets probed when a collection's ``nprobe`` parameter is 0 (auto).
+
 This is the reference path. ``engine.fastsearch`` runs the same steps as one compiled call over arrays
 prepared per snapshot and passes it in as ``ivf``; both give identical ids and distances.
 """
@@ -29,6 +31,14 @@ from drift_engine.l1.snapshot import Snapshot
 MAX_INTERNAL_K = 100_000
 _EMPTY_IDS = np.empty(0, dtype=np.int64)
 _EMPTY_DIST = np.empty(0, dtype=np.float32)
+
+
+def auto_nprobe(n_buckets: int) -> int:
+    """Buckets probed when the ``nprobe`` parameter is 0 (auto): about 1.2 sqrt(buckets), at least 8.
+
+    On glove-6b-50d (1,523 buckets) this probes 47 buckets for recall@10 ~0.96 (bench/README.md).
+    """
+    return int(max(1, min(n_buckets, max(8, round(1.2 * n_buckets**0.5)))))
 
 
 def _top_k(ids: np.ndarray, dists: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,8 @@
 """Collection statistics: one dict describing a collection's current snapshot, WAL, cache and maintenance.
 
 Contract: ``collection_stats(col, buckets)`` reads the current snapshot once (no pin: only in-memory
-headers and file sizes are read) and never blocks writers. ``buckets=True`` adds ``bucket_stats``.
+headers and file sizes are read) and never blocks writers. ``buckets=True`` adds ``bucket_stats``. The
+maintenance part comes from the collection's maintenance runner (``engine.background``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from drift_engine.l1 import layout as L
-from drift_engine.maintenance.scheduler import maintenance_stats
 
 
 def collection_stats(col: Any, buckets: bool = False) -> dict[str, Any]:
@@ -49,12 +49,5 @@ def collection_stats(col: Any, buckets: bool = False) -> dict[str, Any]:
         "janitor_flushes": col._janitor.flushes if col._janitor else 0,
         "janitor_error": col._janitor.last_error if col._janitor else None,
         "version": snap.version,
-        **maintenance_stats(
-            snap,
-            col._config.params,
-            col._maintenance.totals,
-            col._maintainer.last_error if col._maintainer else None,
-            pending=len(col._maintenance.pending()),
-            with_buckets=buckets,
-        ),
+        **col._maintenance.stats(snap, col._maintainer.last_error if col._maintainer else None, with_buckets=buckets),
     }

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from drift_engine.config import MAX_K
+from drift_engine.engine.search import auto_nprobe
 from drift_engine.engine.validate import finite_or_none
 from drift_engine.errors import InvalidArgumentError
 from drift_engine.results import StreamBatch, StreamHit
@@ -109,8 +110,6 @@ class SearchStreamer:
 
     def _widen(self) -> None:
         if self._nprobe is None or self._ef is None:  # the first round used the collection's parameters
-            from drift_engine.engine.collection import auto_nprobe  # late: collection imports this module
-
             params = self._col.params()
             if self._nprobe is None:
                 self._nprobe = int(params["nprobe"]) or auto_nprobe(len(self._col.snapshot.buckets))

@@ -1,10 +1,12 @@
-"""The one L1 rewrite primitive behind split, merge and compaction (DESIGN §7, §9).
+"""The one L1 rewrite primitive behind split, merge and compaction (DESIGN §7, §9; ``l1.commit``, kind
+``MAINTAIN``).
 
 Contract
 --------
 * A ``Plan`` lists rows to move — id, vector, the location the job read them at (bucket, segment, row) and a
   destination bucket — plus buckets to create (id -> centroid), buckets to drop and existing buckets to
-  re-derive exactly ("resync": every live row of such a bucket is in the plan).
+  re-derive exactly ("resync": every live row of such a bucket is in the plan). ``bucket_rows`` and
+  ``segment_rows`` read the live rows of a bucket or a segment from a snapshot, for the planners.
 * ``commit`` runs with the collection's L1 lock held. Every writer of the LMDB ``loc`` records (flush,
   bulk write, train, maintenance) holds that lock, so the check of step 0 and the commit of step 2 are atomic
   with respect to all of them, exactly as if the check ran inside the write transaction:
@@ -17,13 +19,13 @@ Contract
      (``write_bucketed_segments``) — crash point ``maintain.after_segments``;
   2. one LMDB transaction: the new locations (original lsn kept), bucket headers, dead masks of the superseded
      rows, the new segment records, removal of dropped buckets and of segments left without any live row,
-     ``next_segment`` and ``next_bucket`` — crash point ``maintain.after_commit``.
+     ``next_segment`` and ``next_bucket`` — crash point ``maintain.after_commit``;
+  3. one snapshot with the routing table rebuilt is published, and
+  4. the segments that no longer hold a live row go to epoch-based reclamation.
 
-  ``publish`` (step 3) then installs one snapshot with the routing table rebuilt and hands the segments that
-  no longer hold a live row to epoch-based reclamation (step 4). If anything fails before the LMDB commit
-  the new files are removed and nothing changed; a crash leaves at most unreferenced files, which the next
-  open removes. ``applied_lsn`` and the WAL are not involved: maintenance never changes what is stored,
-  only where.
+  If anything fails before the LMDB commit the new files are removed and nothing changed; a crash leaves at
+  most unreferenced files, which the next open removes. ``applied_lsn`` and the WAL are not involved:
+  maintenance never changes what is stored, only where.
 * Statistics stay exact. A created bucket's count, running_sum and running_sq are computed from the rows it
   holds, with inserts_since_centroid = 0. A resynced bucket is recomputed the same way, keeping its centroid
   and adding the rows that came from other buckets to its inserts_since_centroid. Any other bucket is updated
@@ -36,20 +38,16 @@ Contract
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from drift_engine import crashpoints
 from drift_engine.index.buckets import BucketHeader
 from drift_engine.l1 import layout as L
-from drift_engine.l1.batch import L1Applier, build_routing
-from drift_engine.l1.segments import remove_files, write_bucketed_segments
-from drift_engine.l1.snapshot import OpenSegment, Snapshot, SnapshotManager
-from drift_engine.storage.kv import KV, encode_i64
+from drift_engine.l1.commit import MAINTAIN, L1Store
+from drift_engine.l1.snapshot import Snapshot, build_routing
+from drift_engine.storage.kv import KV, WriteBatch, encode_i64
 
 _EMPTY_I64 = np.empty(0, dtype=np.int64)
 
@@ -153,13 +151,9 @@ class Plan:
 
 @dataclass
 class Outcome:
-    """A committed plan: the new L1 fields (not yet published) and what it did."""
+    """What a committed and published plan did."""
 
     kind: str
-    buckets: dict[int, BucketHeader]
-    segments: dict[int, OpenSegment]
-    dead: dict[int, np.ndarray]
-    retired: list[OpenSegment]
     moved: int  # rows that changed bucket
     rewritten: int  # rows written into the new segment(s)
     skipped: int  # rows left alone by the compare-and-set
@@ -265,9 +259,11 @@ def _strip_dead_extents(
             header.extents = keep
 
 
-def commit(io: L1Applier, snap: Snapshot, plan: Plan, *, next_bucket: int, rows_per_segment: int) -> Outcome | None:
-    """Steps 0-2 of the module docstring. Call with the L1 lock held; ``None`` when the plan is stale."""
-    checked = check_locations(io.kv, plan)
+def commit(
+    store: L1Store, snap: Snapshot, plan: Plan, *, next_bucket: int, rows_per_segment: int, lam: float, tau: float
+) -> Outcome | None:
+    """Steps 0-4 of the module docstring. Call with the L1 lock held; ``None`` when the plan is stale."""
+    checked = check_locations(store.kv, plan)
     if checked is None:
         return None
     skipped = plan.rows.size - checked[0].rows.size
@@ -276,14 +272,13 @@ def commit(io: L1Applier, snap: Snapshot, plan: Plan, *, next_bucket: int, rows_
     headers, changed = _new_headers(snap, plan)  # raises PlanConflict before any file is written
     if r.size == 0 and not plan.drop:
         return None
-    written: list = []
-    seg_of = row_of = _EMPTY_I64
-    if r.size:
-        written, seg_of, row_of = write_bucketed_segments(
-            io.seg_dir, io.next_segment.take, snap.sq8, r.ids, r.vectors, plan.dst, rows_per_segment=rows_per_segment
-        )
-    try:
-        crashpoints.hit("maintain.after_segments")
+    with store.change(MAINTAIN) as change:
+        seg_of = row_of = _EMPTY_I64
+        written: list = []
+        if r.size:
+            written, seg_of, row_of = change.write_segments(
+                snap.sq8, r.ids, r.vectors, plan.dst, rows_per_segment=rows_per_segment
+            )
         dead = dict(snap.dead)
         touched: set[int] = set()
         for s in np.unique(r.segment).tolist():
@@ -297,7 +292,8 @@ def commit(io: L1Applier, snap: Snapshot, plan: Plan, *, next_bucket: int, rows_
                 headers[b].extents.append(ext)
         empty = {s for s, mask in dead.items() if mask.size == 0 or mask.all()}
         _strip_dead_extents(headers, changed, dead, touched | empty)
-        with io.kv.write() as batch:
+
+        def stage(batch: WriteBatch) -> None:
             for j, key in enumerate(encode_i64(i) for i in r.ids.tolist()):
                 loc = L.Location(int(plan.dst[j]), int(seg_of[j]), int(row_of[j]), int(lsns[j]))
                 batch.put(L.DB_LOC, key, loc.pack())
@@ -310,43 +306,23 @@ def commit(io: L1Applier, snap: Snapshot, plan: Plan, *, next_bucket: int, rows_
             for s in empty:
                 batch.delete(L.DB_DEAD, encode_i64(s))
                 batch.delete(L.DB_SEGMENT, encode_i64(s))
-            for w in written:
-                info = {"file": os.path.basename(w.path), "rows": w.n_rows}
-                batch.put(L.DB_SEGMENT, encode_i64(w.segment_id), json.dumps(info).encode())
-            batch.put(L.DB_META, L.KEY_NEXT_SEGMENT, L.int_bytes(io.next_segment.peek()))
             batch.put(L.DB_META, L.KEY_NEXT_BUCKET, L.int_bytes(next_bucket))
-    except BaseException:
-        remove_files([w.path for w in written])
-        raise
-    crashpoints.hit("maintain.after_commit")
-    segments = {s: seg for s, seg in snap.segments.items() if s not in empty}
-    for w in written:
-        segments[w.segment_id] = OpenSegment(w.path, io.cache, collection_key=io.cache_key)
-    for s in empty:
-        dead.pop(s, None)
-    for mask in dead.values():
-        mask.setflags(write=False)
+
+        fields = {
+            "buckets": headers,
+            "routing": build_routing(True, headers, lam, tau),
+            "segments": {s: seg for s, seg in snap.segments.items() if s not in empty},
+            "dead": {s: mask for s, mask in dead.items() if s not in empty},
+        }
+        change.commit(stage, fields, retired=[snap.segments[s] for s in empty if s in snap.segments])
     return Outcome(
         kind=plan.kind,
-        buckets=headers,
-        segments=segments,
-        dead=dead,
-        retired=[snap.segments[s] for s in empty if s in snap.segments],
         moved=int(np.count_nonzero(r.bucket != plan.dst)),
         rewritten=int(r.size),
         skipped=int(skipped),
         created=sorted(b for b in plan.new_buckets if b in headers),
         dropped=sorted(plan.drop),
         info=plan.info,
-    )
-
-
-def publish(snapshots: SnapshotManager, outcome: Outcome, *, lam: float, tau: float) -> Snapshot:
-    """Step 3: one new snapshot with the outcome's L1 fields (routing rebuilt); retire emptied segments."""
-    routing = build_routing(True, outcome.buckets, lam, tau)
-    changes = {"buckets": outcome.buckets, "routing": routing, "segments": outcome.segments, "dead": outcome.dead}
-    return snapshots.update(
-        lambda cur: dataclasses.replace(cur, version=cur.version + 1, **changes), retired=outcome.retired
     )
 
 

@@ -101,21 +101,3 @@ def remove_files(paths: list[str]) -> None:
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-
-
-def bucket_sums(labels: np.ndarray, vectors: np.ndarray) -> dict[int, tuple[int, np.ndarray, float]]:
-    """Per label: (count, float64 sum of vectors, float64 sum of squared norms)."""
-    out: dict[int, tuple[int, np.ndarray, float]] = {}
-    if labels.size == 0:
-        return out
-    order = np.argsort(labels, kind="stable")
-    sorted_labels = labels[order]
-    cuts = np.flatnonzero(np.diff(sorted_labels)) + 1
-    starts = np.concatenate(([0], cuts))
-    v64 = vectors[order].astype(np.float64)
-    sums = np.add.reduceat(v64, starts, axis=0)
-    sq = np.add.reduceat(np.einsum("ij,ij->i", v64, v64), starts)
-    counts = np.diff(np.concatenate((starts, [labels.size])))
-    for j, s in enumerate(starts):
-        out[int(sorted_labels[s])] = (int(counts[j]), sums[j], float(sq[j]))
-    return out

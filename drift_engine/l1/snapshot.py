@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from drift_engine import crashpoints
-from drift_engine.index.buckets import BucketHeader
+from drift_engine.index.buckets import BucketHeader, routing_table
 from drift_engine.index.routing import RoutingTable
 from drift_engine.storage.cache import S3FIFOCache
 from drift_engine.storage.segment import SegmentReader
@@ -126,6 +126,11 @@ class Snapshot:
 
     def skip_mask(self, segment_id: int) -> np.ndarray:
         return self.dead[segment_id]
+
+
+def build_routing(trained: bool, buckets: Mapping[int, BucketHeader], lam: float, tau: float) -> RoutingTable | None:
+    """A snapshot's routing table over ``buckets`` (None before the first train: L1 is one flat bucket)."""
+    return routing_table(buckets.values(), lam=lam, tau=tau) if trained and buckets else None
 
 
 NOT_IN_L1 = object()  # payload history: the id had no L1 version before that commit

@@ -1,9 +1,12 @@
-"""Training: cluster every live vector into buckets and lay L1 out anew.
+"""Training: cluster every live vector into buckets and lay L1 out anew, in one L1 commit (DESIGN §7).
 
-Contract: ``train_layout`` reads one pinned snapshot, runs k-means and SQ8 training, and writes new
-segment files (step 1 of the commit order). It returns a ``TrainResult`` whose ``stage`` puts every
-LMDB record of the new layout into the caller's write batch; the caller commits, publishes and retires
-the old segments. Nothing visible changes until that commit.
+Contract: ``commit_train`` is called with the L1 lock held. It reads one snapshot (its live rows), runs k-means
+and SQ8 training, writes the new layout's segment files (step 1) — crash point ``train.after_segments`` — and
+commits one LMDB transaction that replaces every bucket, dead mask and segment record, rewrites every location
+(lsn 0: the rows' version is the one recorded under ``lsn_key``, ``max(1, l1_lsn)``), and stores the new SQ8
+ranges and ``trained`` — crash point ``train.after_commit`` (``l1.commit``, kind ``TRAIN``). It then publishes
+one snapshot with the new L1 (``l1_lsn`` unchanged: a train changes where rows are, not what is stored) and
+retires every old segment. Nothing visible changes until that commit; if it raises, nothing changed.
 
 Each bucket's centroid is the plain mean of the rows finally assigned to it (for every metric: a cosine
 centroid is a mean of unit vectors, inside the sphere), the same quantity as its running mean, so every drift
@@ -15,8 +18,6 @@ split before the layout is written (``index.train.balance``), so no split is pen
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,10 +28,11 @@ from drift_engine.errors import InvalidArgumentError
 from drift_engine.index.buckets import BucketHeader
 from drift_engine.index.train import assign, balance, kmeans
 from drift_engine.l1 import layout as L
-from drift_engine.l1.segments import WrittenSegment, write_bucketed_segments
-from drift_engine.l1.snapshot import Snapshot
+from drift_engine.l1.commit import TRAIN, L1Store
+from drift_engine.l1.segments import WrittenSegment
+from drift_engine.l1.snapshot import Snapshot, build_routing
 from drift_engine.storage import sq8 as sq8_codec
-from drift_engine.storage.kv import encode_i64
+from drift_engine.storage.kv import WriteBatch, encode_i64
 from drift_engine.storage.sq8 import SQ8Params
 
 SQ8_SAMPLE = 200_000
@@ -50,7 +52,8 @@ class TrainResult:
     def n_vectors(self) -> int:
         return int(self.ids.size)
 
-    def stage(self, batch) -> None:
+    def stage(self, batch: WriteBatch) -> None:
+        """The new layout's locations and bucket headers (the segment records are the commit's)."""
         pack = L.Location
         for ident, label, seg, row in zip(
             self.ids.tolist(),
@@ -62,9 +65,6 @@ class TrainResult:
             batch.put(L.DB_LOC, encode_i64(ident), pack(label, seg, row, 0).pack())
         for b, header in self.buckets.items():
             batch.put(L.DB_BUCKET, encode_i64(b), header.to_bytes())
-        for w in self.written:
-            info = {"file": os.path.basename(w.path), "rows": w.n_rows}
-            batch.put(L.DB_SEGMENT, encode_i64(w.segment_id), json.dumps(info).encode())
 
 
 def live_vectors(snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
@@ -84,15 +84,71 @@ def default_bucket_count(n: int, target_bucket_size: int) -> int:
     return int(max(1, min(n, round(n / target_bucket_size))))
 
 
-def train_layout(
+def commit_train(
+    store: L1Store,
     snap: Snapshot,
     config: CollectionConfig,
-    seg_dir: str,
-    next_segment_id: Callable[[], int],
     *,
     n_buckets: int | None,
     progress: Callable[[str, float], None] | None,
+    lsn_key: bytes,
 ) -> TrainResult:
+    """Retrain L1 from ``snap``'s live rows and commit the new layout (module docstring); call with the L1 lock
+    held. ``lsn_key``: the meta record that holds the version of the rows a train rewrote."""
+    params = config.params
+    ids, vectors, labels, sq8 = cluster(snap, config, n_buckets=n_buckets, progress=progress)
+    with store.change(TRAIN) as change:
+        written, segment_of, row_of = change.write_segments(
+            sq8, ids, vectors, labels, rows_per_segment=params.rows_per_segment
+        )
+        buckets: dict[int, BucketHeader] = {}
+        order = np.argsort(labels, kind="stable")
+        cuts = np.flatnonzero(np.diff(labels[order])) + 1
+        for part in np.split(order, cuts):
+            b = int(labels[part[0]])
+            members = vectors[part]
+            # the centroid is the mean of the rows the bucket finally holds (one Lloyd update after the last
+            # assignment), in the same space as the running mean, so drift starts at exactly 0 for every metric
+            header = BucketHeader.new(b, members.astype(np.float64).mean(axis=0).astype(np.float32))
+            header.add(members)
+            header.inserts_since_centroid = 0
+            buckets[b] = header
+        for w in written:
+            for b, ext in w.extents.items():
+                buckets[b].extents.append(ext)
+        if progress is not None:
+            progress("written", 1.0)
+        result = TrainResult(sq8, buckets, written, ids, labels, segment_of, row_of)
+
+        def stage(batch: WriteBatch) -> None:
+            for db in (L.DB_BUCKET, L.DB_DEAD, L.DB_SEGMENT):
+                batch.drop(db)
+            result.stage(batch)
+            batch.put(L.DB_META, L.KEY_SQ8, sq8.to_bytes())
+            batch.put(L.DB_META, L.KEY_TRAINED, b"1")
+            batch.put(L.DB_META, lsn_key, L.int_bytes(max(1, snap.l1_lsn)))  # the version of its rows
+
+        fields = {
+            "trained": True,
+            "sq8": sq8,
+            "buckets": buckets,
+            "routing": build_routing(True, buckets, params.lam, params.tau),
+            "segments": {},
+            "dead": {w.segment_id: np.zeros(w.n_rows, dtype=np.uint8) for w in written},
+            "live_count": result.n_vectors,
+        }
+        change.commit(stage, fields, retired=list(snap.segments.values()))
+    return result
+
+
+def cluster(
+    snap: Snapshot,
+    config: CollectionConfig,
+    *,
+    n_buckets: int | None,
+    progress: Callable[[str, float], None] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, SQ8Params]:
+    """(ids, vectors, bucket labels 0..k'-1, SQ8 ranges) of the new layout of ``snap``'s live rows."""
     params = config.params
     ids, vectors = live_vectors(snap)
     n = int(ids.size)
@@ -124,25 +180,4 @@ def train_layout(
     else:
         labels, _ = assign(vectors, centroids)
     _, labels = np.unique(labels, return_inverse=True)  # bucket ids 0..k'-1 (a centroid may have lost every row)
-    labels = labels.astype(np.int64)
-    written, segment_of, row_of = write_bucketed_segments(
-        seg_dir, next_segment_id, sq8, ids, vectors, labels, rows_per_segment=params.rows_per_segment
-    )
-    buckets: dict[int, BucketHeader] = {}
-    order = np.argsort(labels, kind="stable")
-    cuts = np.flatnonzero(np.diff(labels[order])) + 1
-    for part in np.split(order, cuts):
-        b = int(labels[part[0]])
-        members = vectors[part]
-        # the centroid is the mean of the rows the bucket finally holds (one Lloyd update after the last
-        # assignment), in the same space as the running mean, so drift starts at exactly 0 for every metric
-        header = BucketHeader.new(b, members.astype(np.float64).mean(axis=0).astype(np.float32))
-        header.add(members)
-        header.inserts_since_centroid = 0
-        buckets[b] = header
-    for w in written:
-        for b, ext in w.extents.items():
-            buckets[b].extents.append(ext)
-    if progress is not None:
-        progress("written", 1.0)
-    return TrainResult(sq8, buckets, written, ids, labels, segment_of, row_of)
+    return ids, vectors, labels.astype(np.int64), sq8

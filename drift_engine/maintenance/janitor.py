@@ -1,8 +1,8 @@
 """The Janitor: a background thread per collection that flushes frozen memtables into L1.
 
 Contract: it wakes when a memtable is frozen (``wake``) or every ``interval`` seconds, flushes frozen
-memtables oldest first (each flush is one commit: DESIGN §7 steps 1-4, done by the collection's
-``flush_one``), and runs an automatic ``train`` once an untrained collection passes its threshold. A
+memtables oldest first (each flush is one commit: DESIGN §7 steps 1-4, done by the ``flush_pending`` it is
+given), and runs an automatic ``train`` (``auto_train``) once an untrained collection passes its threshold. A
 failed job is logged, remembered in ``last_error`` and retried with backoff; it never loses data
 (the WAL still holds everything not yet committed to L1). ``stop`` joins the thread.
 """

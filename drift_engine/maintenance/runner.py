@@ -1,16 +1,16 @@
 """Running maintenance jobs against a collection's L1 (used by ``Collection.maintain``, the Maintainer and the
-write path).
+write path; wired into a collection by ``drift_engine.api``).
 
 Contract:
 
 * ``run(max_jobs)`` takes jobs from ``scheduler.pending_jobs`` most urgent first and runs each one entirely under
   the collection's L1 lock — read the snapshot, plan (``split`` / ``drift`` re-split or re-centre / ``merge`` /
-  ``compact`` / ``segments``), ``rewrite.commit`` (segment, one LMDB transaction with compare-and-set),
-  ``rewrite.publish`` — then releases the lock before the next job, so flushes interleave between jobs and each
-  hold is one job long (milliseconds for buckets of a few hundred vectors). It stops when nothing is pending,
-  after ``max_jobs`` jobs, or when the collection closes, and returns a summary of what it did. A job that cannot
-  make progress (a bucket k-means cannot divide, a stale plan) is remembered by its bucket's identity and not
-  retried until that bucket changes; a call runs at most ``4 · buckets + 64`` jobs, so a pathological
+  ``compact`` / ``segments``), ``l1.rewrite.commit`` (compare-and-set, then the L1 commit protocol: segment, one
+  LMDB transaction, publish, retire) — then releases the lock before the next job, so flushes interleave between
+  jobs and each hold is one job long (milliseconds for buckets of a few hundred vectors). It stops when nothing is
+  pending, after ``max_jobs`` jobs, or when the collection closes, and returns a summary of what it did. A job
+  that cannot make progress (a bucket k-means cannot divide, a stale plan) is remembered by its bucket's identity
+  and not retried until that bucket changes; a call runs at most ``4 · buckets + 64`` jobs, so a pathological
   ping-pong cannot spin forever.
 * ``split_oversized()`` is called by the write path after a flush or bulk write commits (L1 lock held): it splits
   at once every bucket over the hard cap ``max(split_size, 2 × target_bucket_size)``, so one large write never
@@ -19,6 +19,9 @@ Contract:
   vectors whose best bucket is another one — a Lloyd assignment step).
 * ``busy`` / ``generation`` tell whether a job is running and how many started (read-only, for benchmarks);
   ``totals`` accumulates the summaries since open (thread-safe).
+* ``bucket_stats(snap)`` and ``stats(snap, last_error, with_buckets=)`` are the maintenance part of
+  ``Collection.bucket_stats`` / ``Collection.stats`` for one snapshot (``scheduler.bucket_stats`` /
+  ``scheduler.maintenance_stats``).
 """
 
 from __future__ import annotations
@@ -27,16 +30,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
 from drift_engine.config import CollectionConfig
 from drift_engine.l1 import rewrite
-from drift_engine.l1.batch import L1Applier
-from drift_engine.l1.snapshot import Snapshot, SnapshotManager
+from drift_engine.l1.commit import L1Store
+from drift_engine.l1.snapshot import Snapshot
 from drift_engine.maintenance.compact import plan_compact_bucket, plan_compact_segments
 from drift_engine.maintenance.merge import plan_merge, plan_reassign
-from drift_engine.maintenance.scheduler import Job, pending_jobs
+from drift_engine.maintenance.scheduler import Job, bucket_stats, maintenance_stats, pending_jobs
 from drift_engine.maintenance.split import plan_split
 
 log = logging.getLogger(__name__)
@@ -66,16 +68,14 @@ class _Ids:
 class MaintenanceRunner:
     def __init__(
         self,
-        io: L1Applier,
-        snapshots: SnapshotManager,
+        store: L1Store,
         get_config: Callable[[], CollectionConfig],
-        l1_lock: AbstractContextManager,
         is_closed: Callable[[], bool],
     ) -> None:
-        self._io = io
-        self._snapshots = snapshots
+        self._store = store
+        self._snapshots = store.snapshots
         self._config = get_config
-        self._lock = l1_lock
+        self._lock = store.lock
         self._closed = is_closed
         self._skip: set[tuple] = set()
         self.busy = False  # a job is running now (read by benchmarks to class foreground latencies)
@@ -107,23 +107,26 @@ class MaintenanceRunner:
         raise ValueError(f"unknown maintenance job kind {job.kind!r}")
 
     def _run_job(self, job: Job) -> rewrite.Outcome | None:
-        """Plan, commit and publish one job under the L1 lock; None when it did nothing."""
+        """Plan and commit (and publish) one job under the L1 lock; None when it did nothing."""
         snap = self._snapshots.current
-        ids = _Ids(rewrite.next_bucket_id(self._io.kv, snap))
+        ids = _Ids(rewrite.next_bucket_id(self._store.kv, snap))
         plan = self._plan(snap, job, ids)
         if plan is None:
             return None
         params = self._config().params
         try:
-            outcome = rewrite.commit(
-                self._io, snap, plan, next_bucket=ids.next, rows_per_segment=params.rows_per_segment
+            return rewrite.commit(
+                self._store,
+                snap,
+                plan,
+                next_bucket=ids.next,
+                rows_per_segment=params.rows_per_segment,
+                lam=params.lam,
+                tau=params.tau,
             )
         except rewrite.PlanConflict as exc:
             log.info("maintenance %s of bucket %d abandoned: %s", job.kind, job.bucket, exc)
             return None
-        if outcome is not None:
-            rewrite.publish(self._snapshots, outcome, lam=params.lam, tau=params.tau)
-        return outcome
 
     def run(self, max_jobs: int | None = None) -> dict[str, Any]:
         """Run pending jobs now (most urgent first); returns what was done (see the module docstring)."""
@@ -230,3 +233,18 @@ class MaintenanceRunner:
     def run_one(self) -> bool:
         """One job (for the Maintainer): True when a job changed L1."""
         return self.run(max_jobs=1)["jobs"] > 0
+
+    def bucket_stats(self, snap: Snapshot) -> list[dict[str, Any]]:
+        """Per-bucket drift statistics of ``snap`` (``scheduler.bucket_stats``)."""
+        return bucket_stats(snap, self._config().params)
+
+    def stats(self, snap: Snapshot, last_error: str | None, *, with_buckets: bool) -> dict[str, Any]:
+        """The maintenance part of ``Collection.stats`` for ``snap`` (``scheduler.maintenance_stats``)."""
+        return maintenance_stats(
+            snap,
+            self._config().params,
+            self.totals,
+            last_error,
+            pending=len(self.pending()),
+            with_buckets=with_buckets,
+        )
