@@ -1,6 +1,6 @@
 """Compaction: rewriting live rows in place to shed dead rows, extents and small segments (DESIGN §9).
 
-Contract: both planners read one snapshot and return a ``rewrite.Plan`` whose rows all stay in their
+Contract: both planners read one snapshot and return an ``l1.rewrite.Plan`` whose rows all stay in their
 bucket (destination = source), so no centroid, count or drift statistic changes except that a compacted
 bucket's sums are re-derived exactly from its rows (``resync``).
 

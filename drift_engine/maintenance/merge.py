@@ -1,6 +1,6 @@
 """Scatter merge, DESIGN §9.
 
-Contract: ``plan_merge(snap, bucket, metric)`` reads one snapshot and returns a ``rewrite.Plan`` that moves
+Contract: ``plan_merge(snap, bucket, metric)`` reads one snapshot and returns an ``l1.rewrite.Plan`` that moves
 every live vector of the bucket to its best *other* bucket by the snapshot's own routing score (what a
 flush or a query would pick if the bucket did not exist) and drops the bucket; ``None`` when the bucket is
 the only one. An empty bucket is simply dropped. The receiving buckets keep their centroids; the moved

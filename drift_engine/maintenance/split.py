@@ -1,7 +1,7 @@
 """Split with neighbour stealing (SPFresh's LIRE), and re-centring, DESIGN §9.
 
-Contract: ``plan_split(snap, bucket, ...)`` reads one snapshot and returns a ``rewrite.Plan`` (or ``None`` when
-the bucket cannot be usefully split). It never writes; ``rewrite.commit`` applies the plan.
+Contract: ``plan_split(snap, bucket, ...)`` reads one snapshot and returns an ``l1.rewrite.Plan`` (or ``None`` when
+the bucket cannot be usefully split). It never writes; ``l1.rewrite.commit`` applies the plan.
 
 * The bucket's live vectors are clustered into ``k`` pieces: ``k = max(2, round(n / target_bucket_size))`` when
   the bucket is too large, ``max(1, round(n / target))`` when it is split for drift (``k = 1`` re-centres it:

@@ -15,7 +15,7 @@ from drift_engine import Engine
 
 @pytest.mark.parametrize("change", ["flush", "train"])
 def test_filtered_search_after_an_l1_change(tmp_path: Path, change: str) -> None:
-    """``Snapshot.filter_masks`` (engine/snapshot.py, ``field(default_factory=dict)``) is copied by reference by
+    """``Snapshot.filter_masks`` (l1/snapshot.py, ``field(default_factory=dict)``) is copied by reference by
     every ``dataclasses.replace(...)`` that publishes a snapshot, so the memo of ``Collection._allowed_masks``
     (engine/collection.py, keyed only by filter and payload-index version) is shared by all versions. After an
     L1 change that leaves the payload index alone (flush, train, maintenance) a filtered search reuses masks
