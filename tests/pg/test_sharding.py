@@ -370,6 +370,13 @@ def test_insert_and_copy_through_the_view_land_where_where_id_reads(sql: Any, sh
         assert len(got) == len(ids)
         np.testing.assert_array_equal(np.array([got[i] for i in ids], dtype=np.float32), vecs)
         assert sql.execute(f"SELECT count(*) FROM {name} WHERE tag = 'cp'").fetchone()[0] == len(by_copy)
+        sql.execute(
+            "CREATE OR REPLACE FUNCTION pg_temp.heavy() RETURNS text[] LANGUAGE plpython3u AS $$\n"
+            "import sys\n"
+            "return sorted(m for m in sys.modules if m.split('.')[0] in ('numba', 'hnswlib', 'lmdb', 'llvmlite'))\n"
+            "$$"
+        )
+        assert sql.execute("SELECT pg_temp.heavy()").fetchone()[0] == []  # the routing imports the thin client only
     finally:
         sql.execute(f"DELETE FROM {name} WHERE id = ANY(%s)", (by_insert + by_copy,))
     assert shard_ids(sharded, by_insert + by_copy) == [set(), set(), set()]
