@@ -143,3 +143,33 @@ def test_prepared_knn_keeps_the_generic_plan(
     if "query" in select:
         echoed = np.array(got[0][2], dtype=np.float32)
         assert np.array_equal(echoed, queries[-1].astype(np.float32))
+
+
+@pytest.mark.pg
+@pytest.mark.multicorn
+def test_list_rows_follow_dropped_and_added_columns(sql, knn_table, fdw_server, engine_server) -> None:
+    """Rows are read by position: a dropped column in the middle and one added at the end must not shift them."""
+    name, vecs = knn_table
+    table = f"{name}_alt"
+    sql.execute(
+        f"CREATE FOREIGN TABLE {table} (id bigint, gone int, query real[], distance real, tag text) "
+        f"SERVER {fdw_server} OPTIONS (collection '{name}')"
+    )
+    try:
+        q = vecs[7] + 0.02
+        stmt = f"SELECT id, distance, tag, query FROM {table} WHERE query = %s ORDER BY distance LIMIT 5"
+        before = sql.execute(stmt, (_lit(q),)).fetchall()
+        sql.execute(f"ALTER FOREIGN TABLE {table} DROP COLUMN gone")
+        sql.execute(f"ALTER FOREIGN TABLE {table} ADD COLUMN k int")
+        after = sql.execute(stmt, (_lit(q),)).fetchall()
+        with engine_server.client() as client:
+            want = client.collection(name).search(q, k=5)
+        for rows in (before, after):
+            assert [r[0] for r in rows] == want.ids.tolist()
+            np.testing.assert_allclose([r[1] for r in rows], want.distances, rtol=1e-6)
+            assert [r[2] for r in rows] == [f"t{i % 4}" for i in want.ids.tolist()]
+            assert all(np.array_equal(np.array(r[3], dtype=np.float32), q.astype(np.float32)) for r in rows)
+        assert sql.execute(f"SELECT k, tag FROM {table} WHERE query = %s AND k = 2 ORDER BY distance",
+                           (_lit(q),)).fetchall() == [(2, f"t{i % 4}") for i in want.ids.tolist()[:2]]  # fmt: skip
+    finally:
+        sql.execute(f"DROP FOREIGN TABLE IF EXISTS {table}")
