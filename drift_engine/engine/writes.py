@@ -56,10 +56,10 @@ import numpy as np
 
 from drift_engine import crashpoints
 from drift_engine.config import CollectionConfig, EngineSettings
-from drift_engine.engine import layout as L
 from drift_engine.engine.payload_index import PayloadIndex
-from drift_engine.engine.snapshot import SnapshotManager
 from drift_engine.errors import ConflictError, CorruptionError, DuplicateIdError, WritesStoppedError
+from drift_engine.l1 import layout as L
+from drift_engine.l1.snapshot import SnapshotManager
 from drift_engine.memtable.hnsw import MemTable
 from drift_engine.storage.kv import KV, encode_i64
 from drift_engine.wal import records

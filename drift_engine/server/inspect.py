@@ -48,8 +48,8 @@ def _try_lock(data: str) -> int | None:
 
 def inspect_collection(col_dir: str, *, verify_blocks: bool = True) -> dict[str, Any]:
     from drift_engine.config import CollectionConfig
-    from drift_engine.engine import layout as L
-    from drift_engine.engine.hydrate import load_snapshot, referenced_segments
+    from drift_engine.l1 import layout as L
+    from drift_engine.l1.hydrate import load_snapshot, referenced_segments
     from drift_engine.maintenance.verify import check_l1
     from drift_engine.storage.cache import S3FIFOCache
     from drift_engine.storage.kv import KV
