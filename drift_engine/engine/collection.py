@@ -498,7 +498,8 @@ class Collection(AsyncTwins):
         return out_ids, out_d
 
     def _payload_loader(self, ids: np.ndarray) -> list[dict | None]:
-        got = self.get(ids)
+        with self._snapshots.pin() as snap:
+            got = self._reads.get(snap, as_ids(ids, allow_duplicates=True), vectors=False)
         by_id = dict(zip(got.ids.tolist(), got.payloads, strict=True))
         return [by_id.get(i) for i in ids.tolist()]
 

@@ -47,12 +47,13 @@ class PointReads:
         self._write_lock = write_lock
 
     # ------------------------------------------------------------------ get
-    def get(self, snap: Snapshot, ids: np.ndarray) -> GetResult:
-        """Live ids of ``ids`` (request order, duplicates kept) with their vectors and payloads in ``snap``."""
+    def get(self, snap: Snapshot, ids: np.ndarray, *, vectors: bool = True) -> GetResult:
+        """Live ids of ``ids`` (request order, duplicates kept) with their vectors and payloads in ``snap``;
+        ``vectors=False`` reads no vector (the result's are zeros): what a search's payload loader needs."""
         id_arr = np.asarray(ids, dtype=np.int64).reshape(-1)
         n = id_arr.size
         found = np.zeros(n, dtype=bool)
-        vectors = np.zeros((n, self._dim), dtype=np.float32)
+        out_vec = np.zeros((n, self._dim), dtype=np.float32)
         payloads: list[bytes | None] = [None] * n
         todo = np.arange(n)
         for mt in snap.memtables:  # newest first
@@ -68,13 +69,13 @@ class PointReads:
                 r = row_of.get(int(id_arr[j]))
                 if r is not None:
                     found[j] = True
-                    vectors[j] = got_vecs[r]
+                    out_vec[j] = got_vecs[r]
                     payloads[j] = got_pay[r]
             todo = todo[~hidden]
         if todo.size:
-            self._get_l1(snap, id_arr, todo, found, vectors, payloads)
+            self._get_l1(snap, id_arr, todo, found, out_vec if vectors else None, payloads)
         keep = np.flatnonzero(found)
-        return GetResult(id_arr[keep], vectors[keep], [_decode(payloads[j]) for j in keep.tolist()])
+        return GetResult(id_arr[keep], out_vec[keep], [_decode(payloads[j]) for j in keep.tolist()])
 
     def _get_l1(
         self,
@@ -82,7 +83,7 @@ class PointReads:
         id_arr: np.ndarray,
         todo: np.ndarray,
         found: np.ndarray,
-        vectors: np.ndarray,
+        vectors: np.ndarray | None,
         payloads: list[bytes | None],
     ) -> None:
         want = id_arr[todo]
@@ -112,7 +113,8 @@ class PointReads:
         for k in np.flatnonzero(seg_of >= 0).tolist():
             j = int(todo[k])
             found[j] = True
-            vectors[j] = snap.segments[int(seg_of[k])].vectors()[row_of[k]]
+            if vectors is not None:
+                vectors[j] = snap.segments[int(seg_of[k])].vectors()[row_of[k]]
             payloads[j] = pays[k]
 
     def _priors(self, snap: Snapshot, ids: np.ndarray) -> list:
