@@ -60,7 +60,13 @@ def _vector(v: np.ndarray, pgvector: bool) -> str:
 
 
 def client_loop(
-    dsn: dict[str, Any], client: int, phase: int, seconds: float, queries: np.ndarray, out: Any, start: Any,
+    dsn: dict[str, Any],
+    client: int,
+    phase: int,
+    seconds: float,
+    queries: np.ndarray,
+    out: Any,
+    start: Any,
     pgvector: bool,
 ) -> None:
     """Connect, wait at ``start`` (a barrier shared with the parent), run the mix for ``seconds``; put

@@ -36,16 +36,13 @@ Contract:
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
 import secrets
 import socket
 import ssl
-import struct
 import threading
 import time
-from typing import Any
 
 from drift_engine.errors import (
     DriftError,
@@ -56,6 +53,16 @@ from drift_engine.errors import (
 from drift_engine.server import convert as cv
 from drift_engine.server import drift_pb2 as pb
 from drift_engine.server.core import ServiceCore
+from drift_engine.server.framing import (  # noqa: F401 - re-exported: the server's own address helpers
+    HEADER,
+    TCP_PREFIX,
+    TLS_PREFIX,
+    UNIX_PREFIX,
+    is_loopback,
+    parse_address,
+    recv_exact,
+    tcp_address,
+)
 from drift_engine.server.service import check_token, parse_request
 from drift_engine.server.stream import CursorTable, next_from_cursor, open_cursor
 
@@ -67,63 +74,8 @@ _TXN_CALLS = {
     "txn_commit": "commit_txn",
     "txn_abort": "abort_txn",
 }
-HEADER = struct.Struct("<I")
-UNIX_PREFIX = "fast+unix:"
-TCP_PREFIX = "fast+tcp:"
-TLS_PREFIX = "fast+tls:"
 HANDSHAKE_S = 10.0
 _TLS_HANDSHAKE_RECORD = 0x16
-
-
-def parse_address(address: str) -> tuple[int, Any]:
-    """``(socket family, bind/connect address)`` of a ``fast+unix:PATH`` or ``fast+tcp:HOST:PORT`` address."""
-    if address.startswith(UNIX_PREFIX):
-        path = address[len(UNIX_PREFIX) :]
-        if not path:
-            raise InvalidArgumentError(f"fast path address {address!r} names no socket path")
-        return socket.AF_UNIX, path
-    for prefix in (TCP_PREFIX, TLS_PREFIX):
-        if address.startswith(prefix):
-            host, sep, port = address[len(prefix) :].rpartition(":")
-            if not sep or not host or not port.isdigit():
-                raise InvalidArgumentError(f"fast path address {address!r} is not {prefix}HOST:PORT")
-            host = host.strip("[]")
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            return family, (host, int(port))
-    raise InvalidArgumentError(
-        f"fast path address must be fast+unix:PATH, fast+tcp:HOST:PORT or fast+tls:HOST:PORT, got {address!r}"
-    )
-
-
-def tcp_address(prefix: str, host: str, port: int) -> str:
-    """``fast+tcp:`` / ``fast+tls:`` address of a host (an IPv6 one in brackets) and port."""
-    return f"{prefix}[{host}]:{port}" if ":" in host else f"{prefix}{host}:{port}"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    """Exactly ``n`` bytes, or ``None`` when the peer closed before the first byte (EOF mid-frame raises)."""
-    if n == 0:
-        return b""
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        r = sock.recv_into(view[got:], n - got)
-        if r == 0:
-            if got == 0:
-                return None
-            raise ConnectionError(f"connection closed after {got} of {n} bytes")
-        got += r
-    return bytes(buf)
 
 
 def send_frame(sock: socket.socket, body: bytes) -> None:

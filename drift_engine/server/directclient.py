@@ -47,7 +47,7 @@ from drift_engine.errors import (
 )
 from drift_engine.server import convert as cv
 from drift_engine.server import drift_pb2 as pb
-from drift_engine.server.direct import HEADER, TLS_PREFIX, parse_address, recv_exact
+from drift_engine.server.framing import HEADER, TLS_PREFIX, parse_address, recv_exact
 from drift_engine.server.tls import ClientTLS
 
 SLICE_S = 0.05

@@ -144,7 +144,7 @@ def fast_address(listen: Listen, opts: ServeOptions) -> str:
     if opts.fast_path == "direct" and (opts.tls_cert or listen.loopback or opts.insecure_plaintext):
         if not 0 <= opts.fast_port < 65536:
             raise ServerStartupError(f"--fast-port {opts.fast_port}: out of range")
-        from drift_engine.server.direct import TCP_PREFIX, TLS_PREFIX, tcp_address
+        from drift_engine.server.framing import TCP_PREFIX, TLS_PREFIX, tcp_address
 
         return tcp_address(TLS_PREFIX if opts.tls_cert else TCP_PREFIX, listen.host, opts.fast_port)
     return ""
