@@ -166,3 +166,20 @@ def test_no_source_file_over_600_lines() -> None:
     assert len(sizes) > 50, "the source tree was not found"
     over = {name: n for name, n in sizes.items() if n > MAX_LINES}
     assert not over, f"files over {MAX_LINES} lines (split them by concern): {over}"
+
+
+def test_the_client_side_imports_no_engine_and_no_numba() -> None:
+    """What a PostgreSQL backend imports (the FDW, the clients, the fast path's client) stays thin."""
+    import subprocess
+    import sys
+
+    heavy = ("numba", "hnswlib", "lmdb", "drift_engine.l1", "drift_engine.index", "drift_engine.memtable",
+             "drift_engine.engine.collection", "drift_engine.server.core")  # fmt: skip
+    code = (
+        "import sys, drift_fdw.fdw, drift_fdw.sqlapi, drift_engine.server.client, drift_engine.server.directclient\n"
+        f"heavy = sorted(m for m in sys.modules if m.startswith({heavy!r}))\n"
+        "print(heavy)\n"
+        "sys.exit(1 if heavy else 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"the client side imports {proc.stdout.strip()} {proc.stderr[-500:]}"
