@@ -293,7 +293,8 @@ def _column(name: str, definition: Any) -> ColumnSpec:
 _ROLE_TYPES = {
     "id": (("int",), "bigint"),
     "embedding": (("vector", "array"), "real[] or vector(n)"),
-    "query": (("vector", "array"), "real[] or vector(n)"),
+    # text: the literal reaches the FDW as is and is echoed as is (no per-row vector_in / array_in)
+    "query": (("vector", "array", "text"), "real[], vector(n) or text"),
     "distance": (("float", "numeric"), "real or double precision"),
     "payload": (("json",), "jsonb"),
     **{knob: (("int",), "integer") for knob in KNOB_ROLES},
