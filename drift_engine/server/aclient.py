@@ -11,25 +11,46 @@ Same methods, arguments, results and errors as ``Client`` / ``RemoteCollection``
 
 Contract: one ``grpc.aio`` channel per ``AsyncClient``, bound to the event loop that first uses it (create
 the client inside that loop). Deadlines as in ``Client`` (``timeout``, ``admin_timeout``, ``stream_timeout``).
-Always gRPC (the ZeroMQ fast path is for the sync client, which PostgreSQL backends use). Leaving an
+Always gRPC (the fast paths are for the sync client, which PostgreSQL backends use). Leaving an
 ``async for`` over a stream early (``break``, an exception, or ``aclose()``) cancels the server's work.
+
+TLS takes the same addresses and arguments as ``Client`` (``server/tls.py`` ``client_settings``): an address
+``tls:HOST:PORT``, or ``HOST:PORT`` with ``tls_ca`` (the CA's PEM file or bytes) or ``tls`` (a ``ClientTLS``:
+CA, name to check, pin, client certificate); TLS on a Unix socket address is refused (``InvalidArgumentError``,
+as is an unreadable CA / certificate / key file, when the client is made). gRPC's channel credentials check
+the server's chain and name. gRPC cannot check a pin: with ``pin`` set, the client makes one probe handshake
+(``ClientTLS.probe``, on a worker thread so the event loop is not blocked) before its first call, and no call
+is sent until the server presented exactly the pinned certificate; a mismatch fails that call (and each later
+one, which probes again) with ``EngineUnavailableError`` saying so. A server certificate gRPC refuses (wrong
+CA, wrong name) is an ``EngineUnavailableError`` whose hint names the CA trusted and the name checked;
+another failed handshake (a plaintext listener, a client certificate the server wants) says that instead
+(``ClientTLS.grpc_hint``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 import numpy as np
 
+from drift_engine.errors import DriftError, EngineUnavailableError
 from drift_engine.results import GetResult, SearchResult, StreamBatch, StreamHit
 from drift_engine.server import convert as cv
 from drift_engine.server import drift_pb2 as pb
 from drift_engine.server import wire
 from drift_engine.server.drift_pb2_grpc import DriftServiceStub
+from drift_engine.server.tls import ClientTLS, client_settings
 
 _DEFAULT: Any = object()
+PROBE_TIMEOUT_S = 5.0  # the pin's probe handshake, as the sync Client's
+
+
+def _host_port(target: str) -> tuple[str, int]:
+    host, _, port = target.rpartition(":")
+    return host.strip("[]"), int(port) if port.isdigit() else 0
 
 
 class AsyncClient:
@@ -42,35 +63,63 @@ class AsyncClient:
         admin_timeout: float | None = None,
         stream_timeout: float | None = None,
         tls_ca: bytes | str | None = None,
+        tls: ClientTLS | None = None,
     ) -> None:
-        target, _ = wire.grpc_target(address)
-        creds = wire.credentials(tls_ca)
+        plain, tls = client_settings(address, tls_ca, tls)
+        target, _ = wire.grpc_target(plain)
         options = wire.channel_options()
         self.address = address
         self.timeout = timeout
         self.admin_timeout = admin_timeout
         self.stream_timeout = stream_timeout
+        self.tls = tls
+        self._target = target
         self._metadata = wire.auth_metadata(token)
-        if creds is None:
+        self._pin_checked = tls is None or tls.pin is None
+        self._pin_lock: asyncio.Lock | None = None
+        if tls is None:
             self._channel = grpc.aio.insecure_channel(target, options=options)
         else:
-            self._channel = grpc.aio.secure_channel(target, creds, options=options)
+            creds, extra = tls.grpc()
+            self._channel = grpc.aio.secure_channel(target, creds, options=options + extra)
         self.stub = DriftServiceStub(self._channel)
 
+    async def _check_pin(self) -> None:
+        """The pinned certificate's probe handshake, once per client before its first call (see the contract)."""
+        if self._pin_checked:
+            return
+        if self._pin_lock is None:
+            self._pin_lock = asyncio.Lock()
+        async with self._pin_lock:
+            if self._pin_checked:
+                return
+            assert self.tls is not None
+            host, port = _host_port(self._target)
+            await asyncio.to_thread(self.tls.probe, host, port, PROBE_TIMEOUT_S)
+            self._pin_checked = True
+
+    def _error(self, exc: grpc.RpcError) -> DriftError:
+        err = wire.rpc_error(exc)
+        if self.tls is not None and isinstance(err, EngineUnavailableError) and err.hint is None:
+            err.hint = self.tls.grpc_hint(_host_port(self._target)[0], err.message)
+        return err
+
     async def invoke(self, method: str, request: Any, timeout: Any = _DEFAULT) -> Any:
+        await self._check_pin()
         deadline = self.timeout if timeout is _DEFAULT else timeout
         try:
             return await getattr(self.stub, method)(request, timeout=deadline, metadata=self._metadata)
         except grpc.RpcError as exc:
-            raise wire.rpc_error(exc) from None
+            raise self._error(exc) from None
 
     async def stream(self, method: str, request: Any) -> AsyncIterator[Any]:
+        await self._check_pin()
         call = getattr(self.stub, method)(request, timeout=self.stream_timeout, metadata=self._metadata)
         try:
             async for msg in call:
                 yield msg
         except grpc.RpcError as exc:
-            raise wire.rpc_error(exc) from None
+            raise self._error(exc) from None
         finally:
             call.cancel()
 

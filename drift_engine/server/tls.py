@@ -14,7 +14,10 @@ Contract:
   timeout) and checks the pin; every failure raises ``EngineUnavailableError`` whose message says what
   failed (untrusted certificate, wrong name, pin mismatch, a plaintext or silent peer) with a hint, and
   the socket is closed. ``probe(host, port, timeout)`` does the same on a fresh connection (gRPC cannot
-  check a pin itself: a pinned ``Client`` probes once when it opens its channel).
+  check a pin itself: a pinned ``Client`` probes once when it opens its channel, a pinned ``AsyncClient``
+  once before its first call). ``untrusted_hint(host)`` is the hint of a refused certificate (the CA
+  trusted, the name checked); ``grpc_hint(host, message)`` picks it, or ``HANDSHAKE_HINT`` (a plaintext
+  listener, a missing client certificate), for a failure gRPC reported, and ``None`` for any other.
 * ``ClientTLS.grpc()`` gives gRPC's channel credentials and the extra channel options (the name
   override) for the same checks. An unreadable ``ca`` / ``cert`` / ``key`` file raises
   ``InvalidArgumentError`` naming it.
@@ -45,6 +48,12 @@ import grpc
 from drift_engine.errors import EngineUnavailableError, InvalidArgumentError
 
 TLS_ADDRESS_PREFIX = "tls:"
+HANDSHAKE_HINT = (
+    "is that port a TLS listener (started with --tls-cert / --tls-key)? A server that "
+    "asks for client certificates (--tls-client-ca) needs cert and key here"
+)
+_GRPC_REFUSED = ("certificate_verify_failed", "hostname verification check failed")  # gRPC's own wording
+_GRPC_HANDSHAKE = ("tls handshake failed", "ssl handshake failed")
 _contexts: dict[ClientTLS, ssl.SSLContext] = {}
 _contexts_lock = threading.Lock()
 
@@ -119,6 +128,23 @@ class ClientTLS:
     def _ca_name(self) -> str:
         return "given as PEM bytes" if isinstance(self.ca, bytes) else str(self.ca or "(system trust store)")
 
+    def untrusted_hint(self, host: str) -> str:
+        """The hint of a refused server certificate: which CA is trusted and which name is checked."""
+        return (
+            f"the CA to trust is {self._ca_name()}; the certificate must name {self.server_name or host!r} "
+            "(tls_server_name / server_name sets the name to check)"
+        )
+
+    def grpc_hint(self, host: str, message: str) -> str | None:
+        """The hint for a failed gRPC call's ``message`` over these settings: ``untrusted_hint`` when gRPC
+        refused the server's certificate, ``HANDSHAKE_HINT`` for another failed handshake, else ``None``."""
+        text = message.lower()
+        if any(mark in text for mark in _GRPC_REFUSED):
+            return self.untrusted_hint(host)
+        if any(mark in text for mark in _GRPC_HANDSHAKE):
+            return HANDSHAKE_HINT
+        return None
+
     def wrap(self, sock: socket.socket, host: str, what: str) -> ssl.SSLSocket:
         """Handshake on the connected ``sock`` and check the pin; see the module docstring."""
         name = self.server_name or host
@@ -133,15 +159,12 @@ class ClientTLS:
             sock.close()
             raise EngineUnavailableError(
                 f"TLS: {what} presented a certificate this client does not accept: {exc.verify_message}",
-                hint=f"the CA to trust is {self._ca_name()}; the certificate must name {name!r} "
-                "(tls_server_name / server_name sets the name to check)",
+                hint=self.untrusted_hint(host),
             ) from None
         except ssl.SSLError as exc:
             sock.close()
             raise EngineUnavailableError(
-                f"TLS handshake with {what} failed: {exc.reason or exc}",
-                hint="is that port a TLS listener (started with --tls-cert / --tls-key)? A server that "
-                "asks for client certificates (--tls-client-ca) needs cert and key here",
+                f"TLS handshake with {what} failed: {exc.reason or exc}", hint=HANDSHAKE_HINT
             ) from None
         except (TimeoutError, OSError) as exc:
             sock.close()
