@@ -106,8 +106,9 @@ class Via:
 
     def create_table(self, dim: int) -> str:
         vec = f"vector({dim})" if self.vector_columns else "real[]"
+        # query text: the literal is echoed into each row as is, no per-row vector_in (README, query column)
         return (
-            f"CREATE FOREIGN TABLE {TABLE} (id bigint, embedding {vec}, query {vec}, distance real, k int, "
+            f"CREATE FOREIGN TABLE {TABLE} (id bigint, embedding {vec}, query text, distance real, k int, "
             f"nprobe int, ef int, tag text) SERVER drift OPTIONS (collection '{TABLE}')"
         )
 
