@@ -9,6 +9,9 @@ Contract of ``import_tables(srv_options, options, restriction_type, restricts)``
   payloads (IMPORT option, default 200; ``0`` = none) typed from the values: ``bigint``, ``double
   precision``, ``boolean``, ``text`` or ``jsonb`` (mixed or nested values). The table option
   ``collection`` names the collection; ``dim`` and ``metric`` are recorded too.
+* The engine is reached with the foreign server's own TLS settings (``options.tls_settings``: an address
+  ``tls:HOST:PORT`` with its ``tls_ca``, ``tls_server_name``, ``tls_pin``, ``tls_cert`` / ``tls_key``), as a
+  table of that server would be; ``tls_*`` options on another address raise ``ConfigError``.
 * The remote schema name of the statement is not used (the engine has one namespace). Unknown IMPORT
   options raise ``ConfigError``. Payload keys that would clash with a role column are skipped.
 """
@@ -20,7 +23,7 @@ from typing import Any
 from multicorn import ColumnDefinition, TableDefinition
 
 from drift_fdw import connection as conn
-from drift_fdw.options import NAMED_ROLES, ConfigError
+from drift_fdw.options import NAMED_ROLES, ConfigError, tls_settings
 
 IMPORT_OPTIONS = ("vector", "sample")
 
@@ -76,7 +79,7 @@ def import_tables(
     if not address:
         raise ConfigError("drift: the foreign server has no 'address' option")
     timeout = float(srv_options.get("timeout", "30"))
-    cli = conn.client(address, srv_options.get("token") or None, timeout)
+    cli = conn.client(address, srv_options.get("token") or None, timeout, tls=tls_settings(srv_options))
     names = cli.list_collections()
     if restriction_type == "limit":
         names = [n for n in names if n in restricts]
