@@ -186,9 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         with stack.connect() as conn:
             stage(conn, "staging", base, tags)
             conn.execute(f"SELECT drift.create_collection('{TABLE}', {ds.dim}, 'l2', 'drift')")
-            col_type = f"vector({ds.dim})" if stack.pgvector else "real[]"  # vector(n) where pgvector exists
+            # embedding vector(n) where pgvector exists; query text (the README's table: no per-row re-parse)
+            col_type = f"vector({ds.dim})" if stack.pgvector else "real[]"
             conn.execute(
-                f"CREATE FOREIGN TABLE {TABLE} (id bigint, embedding {col_type}, query {col_type}, distance real, "
+                f"CREATE FOREIGN TABLE {TABLE} (id bigint, embedding {col_type}, query text, distance real, "
                 f"tag text) SERVER drift OPTIONS (collection '{TABLE}')"
             )
             embedding = f"embedding::vector({ds.dim})" if stack.pgvector else "embedding"
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 conn.execute(f"SELECT drift.train('{TABLE}', 'drift')")
         dsn = {"host": stack.cluster.host, "port": stack.cluster.port, "user": "postgres", "dbname": "postgres"}
         result["engine_rss_mib_before"] = engine_rss_mib(stack)
-        result["fdw_columns"] = "vector(n)" if stack.pgvector else "real[]"
+        result["fdw_columns"] = {"embedding": "vector(n)" if stack.pgvector else "real[]", "query": "text"}
         result["alone"] = run_clients(dsn, 1, 0, args.seconds / 4, ds.queries, stack.pgvector)
         result["together"] = run_clients(dsn, args.clients, 1, args.seconds, ds.queries, stack.pgvector)
         result["engine_rss_mib_after"] = engine_rss_mib(stack)
