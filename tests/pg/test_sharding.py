@@ -422,6 +422,28 @@ def test_rollback_and_savepoints_through_the_view(drift_sql: Any, sharded: dict[
     assert shard_ids(sharded, kept) == [set(), set(), set()]
 
 
+def test_an_exception_block_undoes_its_rows_through_the_view(sql: Any, sharded: dict[str, Any]):
+    name = sharded["name"]
+    vec = lit(np.full(DIM, 5.0))
+    block = list(range(3_100_000, 3_100_040))
+    sql.execute(f"""DO $$
+    BEGIN
+        INSERT INTO {name} (id, embedding, tag) VALUES (3099999, '{vec}', 'kept');
+        BEGIN
+            INSERT INTO {name} (id, embedding, tag) SELECT i, '{vec}', 'gone' FROM generate_series(3100000, 3100039) i;
+            INSERT INTO {name} (id, embedding, tag) VALUES (3100000, '{vec}', 'dup');  -- refused: the block rolls back
+        EXCEPTION WHEN unique_violation THEN
+            INSERT INTO {name} (id, embedding, tag) VALUES (3100100, '{vec}', 'handler');
+        END;
+        INSERT INTO {name} (id, embedding, tag) VALUES (3100101, '{vec}', 'after');
+    END $$""")
+    kept = [3099999, 3100100, 3100101]
+    try:
+        assert shard_ids(sharded, block + kept) == expected(kept)
+    finally:
+        sql.execute(f"DELETE FROM {name} WHERE id = ANY(%s)", (kept,))
+
+
 def test_updates_through_the_view_move_rows_that_change_shard(drift_sql: Any, sharded: dict[str, Any]):
     name = sharded["name"]
     ids = list(range(4_000_000, 4_000_120))
