@@ -25,6 +25,9 @@ recommends, and ``drift-fdw-vector`` / ``-array`` the same collection through a 
 5. **Filtered kNN** — ``tag`` has 100 values (1 % each): ``tag = 't7' ... LIMIT 10``: how many statements
    return exactly 10 rows, recall against brute force over the matching rows; pgvector HNSW with and without
    ``hnsw.iterative_scan``.
+6. **After a retrain** (last, ``--after-train-seconds``, default 60) — the Maintainer back at its default duty,
+   ``drift.train`` again, then the chosen points at recall >= 0.95 of every system interleaved for that long
+   while drift's background maintenance runs: p50 / p99 per system.
 
 Without Multicorn the FDW column is skipped (``drift.search`` and the loader ``drift.upsert`` still run);
 without pgvector its columns are skipped; each with a note. Writes ``bench/results/sql_<dataset>.json`` with
@@ -43,13 +46,15 @@ from typing import Any
 import numpy as np
 
 from bench.common import RESULTS_DIR, machine_info, write_json
-from bench.sql_systems import K, System, at_recall, concurrent, head_to_head, plot, summary, sweep
+from bench.sql_systems import K, System, after_train, at_recall, concurrent, head_to_head, plot, summary, sweep
+from drift_engine.config import CollectionParams
 from drift_engine.datasets import exact_top_k, recall_at_k
 
 NPROBES = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 EF_SEARCHES = (10, 16, 20, 24, 32, 40, 64, 100, 160, 256, 400)
 IVF_PROBES = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 TARGETS = (0.95, 0.99)
+DEFAULT_DUTY = CollectionParams().maintain_duty
 N_TAGS = 100
 
 
@@ -64,6 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--fdw-columns", choices=("auto", "vector", "real[]"), default="auto",
                     help="type of the foreign table's embedding and query columns; auto: vector(n) where pgvector "
                     "is installed (what the README recommends), else real[]")  # fmt: skip
+    ap.add_argument("--after-train-seconds", type=float, default=60.0,
+                    help="length of the phase right after a retrain, maintenance running (0: skip)")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="smoke test: bigann-10k, 200 queries, fewer points")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
     return ap.parse_args(argv)
@@ -273,6 +280,13 @@ def main(argv: list[str] | None = None) -> int:
                     dsn, conn, syss, chosen, server, clients=clients, rounds=args.rounds, round_s=args.round_seconds
                 )
             result["filtered"] = filtered(conn, stack, base, queries, server, vec_cols)
+            if args.after_train_seconds > 0:  # last: it changes the index the phases above measured
+                print(f"after a retrain: {args.after_train_seconds:.0f} s, maintenance running ...", flush=True)
+                duty = f"""'{{"maintain_duty": {DEFAULT_DUTY}}}'"""
+                retrain = f"SELECT drift.set_params('items', {server}, params => {duty}), drift.train('items', {server})"
+                result["after_train"] = after_train(
+                    conn, syss, chosen, server, retrain=retrain, seconds=args.after_train_seconds, nq=nq
+                )
     finally:
         stack.stop()
     result["ratios"] = ratios(result)
@@ -294,6 +308,11 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
             if name in rows:
                 out[f"{name}_p50_over_hnsw_at_{target}"] = round(rows[name]["p50_ms"] / ref["p50_ms"], 3)
                 out[f"{name}_p99_over_hnsw_at_{target}"] = round(rows[name]["p99_ms"] / ref["p99_ms"], 3)
+    after = result.get("after_train", {})
+    if "pgvector-hnsw" in after and "drift-fdw" in after:
+        out["drift-fdw_p99_over_hnsw_after_train"] = round(
+            after["drift-fdw"]["p99_ms"] / after["pgvector-hnsw"]["p99_ms"], 3
+        )
     for clients, rows in result.get("concurrent", {}).items():
         if "pgvector-hnsw" in rows and "drift-fdw" in rows:
             out[f"drift-fdw_qps_over_hnsw_{clients}_clients"] = round(
@@ -318,6 +337,12 @@ def print_table(result: dict[str, Any]) -> None:
             print(f"    {name:<18} {row['qps']:>9.1f} q/s  p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms")
     for key, value in result["ratios"].items():
         print(f"  {key} = {value}")
+    after = result.get("after_train")
+    if after:
+        print(f"  the first {after['seconds']:.0f} s after a retrain ({after['retrain_s']} s), maintenance running:")
+        for name, row in after.items():
+            if isinstance(row, dict):
+                print(f"    {name:<18} p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms  ({row['n']} statements)")
     print("filtered kNN (tag = 't7': 1 % of rows):")
     for name, row in result["filtered"].items():
         print(f"  {name:<24} filled LIMIT in {row['returned_limit_rows']}/{row['queries']}, "

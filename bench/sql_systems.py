@@ -178,3 +178,33 @@ def plot(result: dict[str, Any], path: Any) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def after_train(
+    conn: Any,
+    systems: dict[str, System],
+    chosen: dict[str, dict[str, Any]],
+    server: str,
+    *,
+    retrain: str,
+    seconds: float,
+    nq: int,
+) -> dict[str, Any]:
+    """The first ``seconds`` after a retrain: ``retrain`` (a statement: the Maintainer back at its default duty,
+    then ``drift.train``) runs, then the chosen points of every system run interleaved in blocks of BLOCK // 5
+    queries until ``seconds`` have passed, while drift's background maintenance does what the retrain left."""
+    t0 = time.perf_counter()
+    conn.execute(retrain)
+    train_s = time.perf_counter() - t0
+    lat: dict[str, list[np.ndarray]] = {name: [] for name in chosen}
+    order = np.random.default_rng(1).permutation(nq)
+    block, start, deadline = max(1, BLOCK // 5), 0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        idx = order[np.arange(start, start + block) % nq]
+        start += block
+        for name, point in chosen.items():
+            conn.execute(systems[name].knob_sql(point["value"], server))
+            lat[name].append(systems[name].run(conn, idx)[1])
+    out: dict[str, Any] = {"retrain_s": round(train_s, 2), "seconds": seconds}
+    out.update({name: summary(np.concatenate(parts)) for name, parts in lat.items()})
+    return out
