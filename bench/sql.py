@@ -283,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.after_train_seconds > 0:  # last: it changes the index the phases above measured
                 print(f"after a retrain: {args.after_train_seconds:.0f} s, maintenance running ...", flush=True)
                 duty = f"""'{{"maintain_duty": {DEFAULT_DUTY}}}'"""
-                retrain = f"SELECT drift.set_params('items', {server}, params => {duty}), drift.train('items', {server})"
+                retrain = (
+                    f"SELECT drift.set_params('items', {server}, params => {duty}), drift.train('items', {server})"
+                )
                 result["after_train"] = after_train(
                     conn, syss, chosen, server, retrain=retrain, seconds=args.after_train_seconds, nq=nq
                 )
