@@ -55,6 +55,7 @@ from drift_engine.errors import (
     CollectionNotFoundError,
     DirectoryLockedError,
     EngineClosedError,
+    WritesStoppedError,
 )
 from drift_engine.index import adc
 from drift_engine.maintenance.janitor import Janitor
@@ -182,7 +183,16 @@ class Engine:
         self._check_open()
         with self._lock:
             col = self.collection(name)
-            col.close()
+            col.close()  # waits for a commit applying to it; later ones fail on the closed collection
+            # every acknowledged transaction that wrote to it gets its TXN_DONE first: recovery must never
+            # apply an old transaction's part to a new collection of the same name
+            self.txns.finish_pending()
+            if self.txns.unfinished_touching(name):
+                raise WritesStoppedError(
+                    f"collection {name!r} is closed but not dropped: a committed transaction that wrote to it "
+                    "could not be finished (its WAL could not be synced)",
+                    hint="reopen the engine (recovery finishes the transaction), then drop the collection",
+                )
             del self._collections[name]
             doomed = os.path.join(self._root, f".{name}.dropped-{time.time_ns()}")
             os.rename(os.path.join(self._root, name), doomed)

@@ -15,7 +15,7 @@ Contract:
   *reserves* every id it writes: until it commits or aborts, any other write of those ids (transactional
   or not) raises ``ConflictError``. So a prepared transaction's commit cannot fail on validation. A
   transaction may be staged further after a prepare and prepared again.
-* ``commit`` validates (again) and reserves the transaction's ids, then appends ONE ``TXN_COMMIT``
+* ``commit`` validates (again) under the write locks of every collection it touches, then appends ONE ``TXN_COMMIT``
   record holding every collection's part to the engine's transaction log (``<data>/txnlog``, a
   ``WriteAheadLog``) and syncs it: **that is the commit point**. Then each collection logs and applies
   its part as one ``TXN_APPLY`` record, and the call returns (is acknowledged). Syncing the collections'
@@ -27,10 +27,11 @@ Contract:
 * ``abort`` drops a staged or prepared transaction and its reservations. A transaction idle longer than
   ``timeout`` seconds (no stage / prepare call) is aborted by a reaper thread (a vanished client), and
   nothing staged or prepared survives a restart: only committed transactions exist after one.
-* Only validation and the append of the commit record are serialised engine-wide (the commit lock);
-  the commit point's fsync is shared by the commits waiting on it (group commit), and applying runs
-  under each collection's own write lock. The reserved ids keep concurrent commits apart, so their
-  parts commute; sequence numbers follow the log order.
+* Locks: the touched collections' write locks are held from validation until the parts are applied in
+  memory (a concurrent write or validation of those collections waits, as for a plain write); the
+  engine-wide commit lock only covers validation and the append of the commit record (sequence order =
+  log order), so commits of other collections share the commit point's fsync (group commit). A commit
+  over several collections syncs its commit record whatever the durability mode (see ``_apply_committed``).
 
 Recovery rule (``TxnManager.recover``, run by ``Engine.open`` after every collection has replayed its
 WAL): every ``TXN_COMMIT`` in the transaction log without a ``TXN_DONE`` is finished: each collection
@@ -193,10 +194,13 @@ class TxnManager:
                 with writes.lock:
                     lsn = writes.apply_txn_locked(seq, up, vecs, pays, dels)
                 writes.wal.sync(lsn, "sync")
-                writes.txn_pins.discard(lsn)
             self.wal.sync(self.wal.append(records.TXN_DONE, records.encode_txn_done(seq)), "sync")
             finished += 1
             log.warning("transaction %d was committed but not wholly applied before a crash; finished it", seq)
+        for name in self._names():  # every TXN_DONE is durable now: no retained TXN_APPLY is needed any more
+            writes = self._collection(name)._writes
+            with writes.lock:
+                writes.txn_pins.clear()
         last = self.wal.stats()["last_lsn"]
         if last:
             self.wal.truncate_upto(last)
@@ -363,21 +367,30 @@ class TxnManager:
         if durability is not None and durability not in DURABILITY_MODES:
             raise InvalidArgumentError(f"durability must be one of {', '.join(DURABILITY_MODES)}, got {durability!r}")
         txn = self._take(txn_id)
+        commit_lock_held = self._commit_lock.acquire()
         try:
-            with self._commit_lock, self._locked(txn) as cols:
-                self._validate_locked(txn, cols)
-                logged = self._log_commit_locked(txn, cols)
-            if logged is None:
-                return {"written": 0, "deleted": 0, "seq": 0}
-            return self._apply_committed(txn, cols, logged, durability or self._durability)
+            # The touched collections' write locks are held from validation to the in-memory apply, so no
+            # other write or validation of these collections sees the transaction half done; the commit
+            # lock only orders the commit records (released once this one is appended).
+            with self._locked(txn) as cols:
+                try:
+                    self._validate_locked(txn, cols)
+                    logged = self._log_commit_locked(txn, cols)
+                finally:
+                    self._commit_lock.release()
+                    commit_lock_held = False
+                if logged is None:
+                    return {"written": 0, "deleted": 0, "seq": 0}
+                return self._apply_committed(txn, cols, logged, durability or self._durability)
         finally:
+            if commit_lock_held:
+                self._commit_lock.release()
             self._unreserve(txn)
             self._release(txn, drop=True)
 
     def _log_commit_locked(self, txn: _Txn, cols: dict[str, Any]) -> _Logged | None:
-        """Under the commit lock and every touched collection's write lock: reserve the transaction's ids
-        (so nothing else writes them until it is applied), assign its sequence number and append (not
-        sync) its ``TXN_COMMIT`` record. None when it writes nothing."""
+        """Under the commit lock and every touched collection's write lock: assign the sequence number and
+        append (not sync) the ``TXN_COMMIT`` record. None when the transaction writes nothing."""
         arrays: dict[str, tuple] = {}
         groups: list[tuple[str, bytes, bytes]] = []
         deleted = 0
@@ -393,12 +406,6 @@ class TxnManager:
             groups.append((name, up_body, records.encode_delete(present) if present.size else b""))
         if not groups:
             return None
-        for name, part in txn.parts.items():
-            reserved = cols[name]._writes.reserved
-            ids = [*part.rows, *part.deletes]
-            for ident in ids:
-                reserved[ident] = txn.txn_id
-            txn.reserved[name] = ids
         self._seq = max(self._seq + 1, time.time_ns())
         crashpoints.hit("txn.before_commit_record")
         self._finisher.begin()
@@ -406,15 +413,19 @@ class TxnManager:
         try:
             lsn = self.wal.append(records.TXN_COMMIT, records.encode_txn_commit(self._seq, groups))
         finally:
-            self._finisher.logged(lsn)
+            self._finisher.logged(lsn, frozenset(arrays))
         written = sum(len(txn.parts[n].rows) for n in arrays)
         return _Logged(self._seq, lsn, arrays, written, deleted)
 
     def _apply_committed(self, txn: _Txn, cols: dict[str, Any], logged: _Logged, mode: str) -> dict[str, int]:
-        """Outside the commit lock: make the commit record durable (the commit point; concurrent commits
-        share the fsync), apply each collection's part under its write lock, hand the rest to the finisher."""
+        """Still under the touched collections' write locks, not the commit lock: make the commit record
+        durable (the commit point; commits of other collections share the fsync), apply each collection's
+        part in memory, hand the rest to the finisher. A transaction over several collections always syncs
+        its commit record, whatever ``mode``: a collection's WAL may reach the disk first (its own batch
+        thread, a flush), and a ``TXN_APPLY`` that survives without its ``TXN_COMMIT`` would be a torn
+        transaction after a power loss."""
         try:
-            self.wal.sync(logged.lsn, mode)  # the commit point
+            self.wal.sync(logged.lsn, "sync" if len(logged.arrays) > 1 else mode)  # the commit point
         except BaseException:
             self._finisher.abandon(logged.lsn)
             raise
@@ -423,8 +434,7 @@ class TxnManager:
         try:
             for name, (up, vecs, pays, dels) in logged.arrays.items():
                 writes = cols[name]._writes
-                with writes.lock:
-                    applied.append((writes, writes.apply_txn_locked(logged.seq, up, vecs, pays, dels)))
+                applied.append((writes, writes.apply_txn_locked(logged.seq, up, vecs, pays, dels)))
                 crashpoints.hit("txn.after_apply")
         except BaseException as exc:
             raise WritesStoppedError(
@@ -438,6 +448,10 @@ class TxnManager:
     def finish_pending(self, timeout: float | None = None) -> bool:
         """Wait until every acknowledged transaction so far has its ``TXN_DONE`` (or was left for recovery)."""
         return self._finisher.drain(timeout)
+
+    def unfinished_touching(self, collection: str) -> bool:
+        """Whether a committed transaction that wrote to ``collection`` still lacks its ``TXN_DONE``."""
+        return self._finisher.unfinished_touching(collection)
 
     def abort(self, txn_id: str) -> bool:
         """Drop ``txn_id`` and its reservations; False when it was not known (already gone)."""

@@ -53,7 +53,7 @@ class TxnFinisher:
         self._hit = hit
         self._cond = threading.Condition(threading.Lock())
         self._pending: list[CommittedTxn] = []
-        self._unfinished: set[int] = set()  # commit lsns registered and not finished
+        self._unfinished: dict[int, frozenset[str]] = {}  # commit lsn -> its collections, not finished yet
         self._appending = 0  # commit records being appended, lsn not known yet
         self._busy = False
         self._stopping = False
@@ -67,17 +67,23 @@ class TxnFinisher:
         with self._cond:
             self._appending += 1
 
-    def logged(self, commit_lsn: int | None) -> None:
-        """The commit record announced by ``begin`` got ``commit_lsn`` (None: it was never appended)."""
+    def logged(self, commit_lsn: int | None, collections: frozenset[str] = frozenset()) -> None:
+        """The commit record announced by ``begin`` got ``commit_lsn`` (None: it was never appended); it
+        writes to ``collections``."""
         with self._cond:
             self._appending -= 1
             if commit_lsn is not None:
-                self._unfinished.add(commit_lsn)
+                self._unfinished[commit_lsn] = collections
+
+    def unfinished_touching(self, collection: str) -> bool:
+        """Whether a commit writing to ``collection`` has no ``TXN_DONE`` yet (``drain`` first)."""
+        with self._cond:
+            return any(collection in names for names in self._unfinished.values())
 
     def abandon(self, commit_lsn: int) -> None:
         """The commit record of ``commit_lsn`` could not be made durable: the log has failed; forget it."""
         with self._cond:
-            self._unfinished.discard(commit_lsn)
+            self._unfinished.pop(commit_lsn, None)
 
     def add(self, txn: CommittedTxn) -> None:
         """Queue an acknowledged transaction for its ``TXN_DONE``."""
@@ -136,7 +142,7 @@ class TxnFinisher:
             self._hit("txn.after_done")
         with self._cond:  # held across the truncation: no commit record can appear unregistered meanwhile
             for txn in done:
-                self._unfinished.discard(txn.commit_lsn)
+                self._unfinished.pop(txn.commit_lsn, None)
             if not self._appending:
                 keep_from = min(self._unfinished, default=None)
                 self._wal.truncate_upto(self._wal.stats()["last_lsn"] if keep_from is None else keep_from - 1)

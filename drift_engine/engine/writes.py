@@ -30,8 +30,10 @@ Contract:
   write; replay applies ``TXN_APPLY`` records like ``UPSERT`` + ``DELETE`` and collects their sequence
   numbers (``txn_seqs``, from every retained record) so the engine's recovery knows which committed
   transactions a collection already holds. ``txn_pins`` are the lsns of ``TXN_APPLY`` records whose
-  ``TXN_DONE`` is not durable yet: the WAL is never truncated past them. ``reserved`` maps ids to the
-  prepared transaction that holds them: any other write of a reserved id raises ``ConflictError``.
+  ``TXN_DONE`` is not durable yet: the WAL is never truncated past them (replay pins every retained
+  ``TXN_APPLY``; the engine's recovery drops those pins once every ``TXN_DONE`` is durable). ``reserved``
+  maps ids to the prepared transaction that holds them: any other write of a reserved id raises
+  ``ConflictError``.
 * **Versions**: ``versions(ids)`` gives, per id, whether it is live and the lsn of its current version
   (a memtable entry's own lsn; an L1 row's location lsn, or the train's ``KEY_TRAIN_LSN`` for rows a
   train rewrote). ``visible_lsn`` is an lsn such that every write at or below it is visible to a read
@@ -414,6 +416,7 @@ class WritePath:
                     del_ids = _decode_part(rec, dele, records.decode_delete)
                     self._apply_txn(up_ids, vectors, payloads, del_ids, rec.lsn)
                     self.txn_seqs.add(seq)
+                    self.txn_pins.add(rec.lsn)  # until the engine's recovery has made every TXN_DONE durable
                 elif rec.type == records.UPSERT:
                     ids, vectors, payloads, _replace = _decode(rec, records.decode_upsert)
                     exists, old = self.existing(ids)
@@ -436,6 +439,7 @@ class WritePath:
                 elif rec.type == records.ABORT:
                     aborted.add(_decode(rec, records.decode_abort))
             self.txn_seqs.update(seq for lsn, seq in old_seqs.items() if lsn not in aborted)
+            self.txn_pins.update(lsn for lsn in old_seqs if lsn not in aborted)
             self.visible_lsn = self.wal.stats()["last_lsn"]
         return replayed
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from drift_engine import Engine
-from drift_engine.errors import ConflictError
+from drift_engine.errors import ConflictError, WritesStoppedError
 from drift_engine.wal import records
 from drift_engine.wal.log import WriteAheadLog
 from tests.unit.threadcheck import ThreadGroup
@@ -39,13 +39,15 @@ def engine(tmp_path):
 def _commit_many(engine: Engine, worker: int, start: threading.Barrier) -> None:
     start.wait()
     for i in range(PER_THREAD):
-        base = (worker * PER_THREAD + i) * 10
+        base = i * 10
         with engine.transaction() as t:
-            t.insert("a", np.arange(base, base + 3), vecs(3, base))
-            t.insert("b", [base], vecs(1, base + 1))
+            t.insert(f"c{worker}", np.arange(base, base + 3), vecs(3, base))
 
 
 def test_concurrent_commits_share_fsyncs_and_all_land(engine, tmp_path) -> None:
+    """Commits to different collections share the commit point's fsync; TXN_DONE records are batched."""
+    for w in range(THREADS):
+        engine.create_collection(f"c{w}", dim=DIM)
     before = engine.txns.wal.stats()["fsyncs"]
     start = threading.Barrier(THREADS)
     group = ThreadGroup()
@@ -54,15 +56,15 @@ def test_concurrent_commits_share_fsyncs_and_all_land(engine, tmp_path) -> None:
     group.join()
     commits = THREADS * PER_THREAD
     assert engine.txns.finish_pending(timeout=30)
-    assert len(engine.collection("a")) == 3 * commits and len(engine.collection("b")) == commits
+    assert all(len(engine.collection(f"c{w}")) == 3 * PER_THREAD for w in range(THREADS))
     fsyncs = engine.txns.wal.stats()["fsyncs"] - before
     # one commit point and one TXN_DONE fsync each without sharing: 2 per commit
     assert fsyncs < commits, f"{fsyncs} transaction-log fsyncs for {commits} concurrent commits"
-    assert not engine.collection("a")._writes.txn_pins and not engine.collection("b")._writes.txn_pins
+    assert not any(engine.collection(f"c{w}")._writes.txn_pins for w in range(THREADS))
     engine.close()
     with Engine.open(tmp_path / "data") as again:
         assert not _unfinished(again)  # every commit was finished (TXN_DONE) before close
-        assert len(again.collection("a")) == 3 * commits and len(again.collection("b")) == commits
+        assert all(len(again.collection(f"c{w}")) == 3 * PER_THREAD for w in range(THREADS))
 
 
 CHILD = """
@@ -123,12 +125,103 @@ def _unfinished(engine: Engine) -> set[int]:
     return committed - done
 
 
-def test_a_commit_and_a_plain_write_of_a_reserved_id_conflict(engine) -> None:
-    """While a transaction is between its commit record and its apply, its ids are reserved."""
-    t = engine.transaction()
-    t.insert("a", [42], vecs(1))
-    t.prepare()
+@pytest.fixture
+def paused_commit(monkeypatch):
+    """Pause the commit running on thread "T1" right after its commit record is durable (before its apply)."""
+    import drift_engine.crashpoints as cp
+
+    reached, go = threading.Event(), threading.Event()
+    real = cp.hit
+
+    def hit(name: str) -> None:
+        if name == "txn.after_commit_record" and threading.current_thread().name == "T1":
+            reached.set()
+            go.wait(10)
+        real(name)
+
+    monkeypatch.setattr(cp, "hit", hit)
+    return reached, go
+
+
+def _in_thread(fn) -> tuple[threading.Thread, dict]:
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["result"] = fn()
+        except Exception as exc:  # inspected by the test
+            out["error"] = exc
+
+    th = threading.Thread(target=run, name="T1")
+    th.start()
+    return th, out
+
+
+def test_expect_still_detects_write_skew_with_a_commit_between_log_and_apply(engine, paused_commit) -> None:
+    """T1 read y and writes x; T2 read x and writes y. T2 must not validate x while T1 is half done."""
+    reached, go = paused_commit
+    a = engine.collection("a")
+    a.upsert([1, 2], vecs(2))
+    rx, ry = a.get([1]).read_lsn, a.get([2]).read_lsn
+
+    def t1() -> dict:
+        t = engine.transaction("T1")
+        t.expect("a", [2], [ry])
+        t.upsert("a", [1], vecs(1, 11))
+        return t.commit()
+
+    th, out = _in_thread(t1)
+    assert reached.wait(10)
+    threading.Timer(0.3, go.set).start()  # T2 below waits for T1's write lock, then validates
+    t = engine.transaction("T2")
+    t.expect("a", [1], [rx])
+    t.upsert("a", [2], vecs(1, 22))
     with pytest.raises(ConflictError):
-        engine.collection("a").insert([42], vecs(1, 1))
-    t.commit()
-    assert len(engine.collection("a")) == 1
+        t.commit()
+    th.join(10)
+    assert "result" in out, out
+    np.testing.assert_allclose(a.get([2]).vectors, vecs(2)[1:], rtol=1e-6)  # T2 wrote nothing
+
+
+def test_a_plain_write_of_an_id_being_committed_waits_for_the_commit(engine, paused_commit) -> None:
+    """A commit without a prepare reserves nothing: a plain write of its id waits for it, never fails."""
+    reached, go = paused_commit
+    a = engine.collection("a")
+
+    def t1() -> dict:
+        t = engine.transaction("T1")
+        t.upsert("a", [7], vecs(1, 1))
+        return t.commit()
+
+    th, out = _in_thread(t1)
+    assert reached.wait(10)
+    threading.Timer(0.3, go.set).start()
+    a.upsert([7], vecs(1, 2))  # no ConflictError: ordered after the commit
+    th.join(10)
+    assert "result" in out, out
+    np.testing.assert_allclose(a.get([7]).vectors, vecs(1, 2), rtol=1e-6)
+
+
+def test_drop_finishes_the_collections_transactions_first_or_refuses(engine, tmp_path, monkeypatch) -> None:
+    with engine.transaction() as t:
+        t.insert("a", [1, 2], vecs(2))
+        t.insert("b", [10], vecs(1))
+    engine.drop_collection("a")  # the finisher wrote its TXN_DONE before the drop
+    engine.create_collection("a", dim=4)
+    assert len(engine.collection("a")) == 0
+    held: list = []
+    monkeypatch.setattr(engine.txns._finisher, "add", held.append)  # a finisher that cannot finish it
+    with engine.transaction() as t:
+        t.insert("a", [5], np.ones((1, 4), np.float32))
+        t.insert("b", [11], vecs(1))
+    with pytest.raises(WritesStoppedError, match="could not be finished"):
+        engine.drop_collection("a")
+    monkeypatch.undo()
+    engine.close()
+    with Engine.open(tmp_path / "data") as again:  # recovery finished it into the same (not re-created) a
+        assert sorted(again.collection("b").get([10, 11]).ids.tolist()) == [10, 11]
+        assert again.collection("a").get([5]).ids.tolist() == [5]
+        again.drop_collection("a")
+        again.create_collection("a", dim=8)
+    with Engine.open(tmp_path / "data") as third:
+        assert len(third.collection("a")) == 0
