@@ -25,8 +25,10 @@ for writes through the view), and ``validate.check_row`` is the only check the v
 
 Hash (``remainder`` / ``remainders``): PostgreSQL's ``hashint8extended(id, HASH_PARTITION_SEED)`` (the
 int8 hash opclass's extended hash: Bob Jenkins' lookup3 ``hash_bytes_uint32_extended`` of the id folded
-into 32 bits), combined with ``hash_combine64(0, h)``, modulo the modulus. Pure Python and numpy; nothing
-here imports numba or hnswlib, and nothing but the trigger needs PostgreSQL.
+into 32 bits), combined with ``hash_combine64(0, h)``, modulo the modulus: the partition of a table
+``PARTITION BY HASH (id)`` with ``id bigint`` and the default hash operator class, as every sharded table
+has. Pure Python and numpy; nothing here imports numba or hnswlib, and nothing but the trigger needs
+PostgreSQL.
 """
 
 from __future__ import annotations
