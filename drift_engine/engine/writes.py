@@ -71,6 +71,7 @@ from drift_engine.wal.log import WriteAheadLog
 log = logging.getLogger(__name__)
 
 MAX_FROZEN = 4
+DEAD_ROTATE_MIN = 1024  # dead graph nodes before a mostly dead active memtable is rotated
 REPLAYED_TYPES = frozenset({records.UPSERT, records.DELETE, records.ABORT, records.TXN_APPLY})
 KEY_TRAIN_LSN = b"train_lsn"  # meta: applied_lsn when the last train rewrote L1 (its rows have location lsn 0)
 
@@ -383,9 +384,14 @@ class WritePath:
                     self._payloads.remove(ident, old)
 
     def _maybe_rotate_locked(self) -> None:
-        """Rotate a full memtable. Housekeeping after an applied write: a failure is logged, never raised
-        (the write it follows happened); the next write tries again."""
-        if self._snapshots.current.memtables[0].n_ops >= self._get_config().params.memtable_max_vectors:
+        """Rotate a full memtable, or one whose graph is mostly dead (at least ``DEAD_ROTATE_MIN`` replaced
+        or deleted vectors and no more live ones: hnswlib inserts into such a graph several times slower,
+        e.g. re-inserting ids deleted earlier). Housekeeping after an applied write: a failure is logged,
+        never raised (the write it follows happened); the next write tries again."""
+        mt = self._snapshots.current.memtables[0]
+        dead = mt.dead_labels
+        mostly_dead = dead >= DEAD_ROTATE_MIN and dead >= len(mt)
+        if mostly_dead or mt.n_ops >= self._get_config().params.memtable_max_vectors:
             try:
                 self.rotate_locked()
             except Exception:

@@ -178,6 +178,12 @@ class MemTable:
         return self._n + len(self._tomb)
 
     @property
+    def dead_labels(self) -> int:
+        """Graph nodes that are marked deleted (a replaced or deleted vector): hnswlib still walks them, so
+        inserting into a graph that is mostly dead is many times slower than into a fresh one."""
+        return self._n - self._live_count
+
+    @property
     def capacity(self) -> int:
         return self._cap
 
