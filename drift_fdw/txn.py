@@ -7,10 +7,11 @@ Contract (one backend; "server" = one engine address):
 * ``prepare(table)``, from each table's ``pre_commit`` (PostgreSQL's XACT_EVENT_PRE_COMMIT): stages the
   table's buffered writes (``writes.WriteBuffer.batches``) in chunks the server accepts (``StageTxn``),
   plus the versions its UPDATEs / DELETEs were based on (``expect`` ops: the ``read_lsn`` of each row's
-  read), then ``PrepareTxn``: the engine validates the whole transaction so far (duplicate ids, rows
-  changed or deleted since they were read, ids held by another prepared transaction) and reserves its
-  ids. Any failure raises, so PostgreSQL's COMMIT fails with an ERROR and rolls back (which aborts the
-  engine transaction): nothing was written. A write-write conflict is SQLSTATE 40001.
+  read), the last chunk with ``prepare`` set (so a small write costs one call before the commit): the
+  engine validates the whole transaction so far (duplicate ids, rows changed or deleted since they were
+  read, ids held by another prepared transaction) and reserves its ids. Any failure raises, so
+  PostgreSQL's COMMIT fails with an ERROR and rolls back (which aborts the engine transaction): nothing
+  was written. A write-write conflict is SQLSTATE 40001.
 * ``finish(address)``, from the first ``commit`` (XACT_EVENT_COMMIT, PostgreSQL has committed): ``CommitTxn``.
   It never raises (PostgreSQL cannot fail a committed transaction): when the engine does not confirm the
   commit, a WARNING says ``outcome unknown`` with what went wrong.
@@ -87,16 +88,23 @@ def prepare(table: Any) -> None:
     buf = table._writes
     try:
         with conn.engine_call(spec.address):
+            ops = []
             for batch in buf.batches(max_rows):
-                op = txn_op(col.name, batch.op, batch.ids, batch.vectors, batch.payloads, dim=col.dim)
-                state.rows += client.txn_stage(state.txn_id, [op])
+                ops.append(txn_op(col.name, batch.op, batch.ids, batch.vectors, batch.payloads, dim=col.dim))
+                state.rows += len(batch.ids)
             expect = buf.expectations()
             for start in range(0, len(expect), max_rows):
                 part = expect[start : start + max_rows]
-                op = txn_op(col.name, "expect", [i for i, _ in part], read_lsns=[b for _, b in part], dim=col.dim)
+                ops.append(
+                    txn_op(col.name, "expect", [i for i, _ in part], read_lsns=[b for _, b in part], dim=col.dim)
+                )
+            for op in ops[:-1]:
                 client.txn_stage(state.txn_id, [op])
-            try:
-                client.txn_prepare(state.txn_id)
+            try:  # the last chunk and the prepare in one call (a single-row INSERT: one round trip here)
+                if ops:
+                    client.txn_stage(state.txn_id, [ops[-1]], prepare=True)
+                else:
+                    client.txn_prepare(state.txn_id)
             except (ConflictError, TransactionNotFoundError) as exc:
                 _open.pop(spec.address, None)  # the engine dropped it
                 raise _conflict(exc) from None
