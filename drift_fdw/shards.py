@@ -3,7 +3,8 @@
 ``drift.create_sharded_table(name, dim, metric, servers => ARRAY['s1', 's2', ...])`` makes, for N servers:
 
 * ``<name>_shards``: a table ``PARTITION BY HASH (id)`` with the columns ``id bigint NOT NULL, embedding
-  real[], query real[], distance real, k, nprobe, ef, rerank integer`` and the ``fields`` given (payload
+  real[], query text, distance real, k, nprobe, ef, rerank integer`` (``query text``: each shard's rows
+  echo the literal without a per-row ``array_in``; README, query column) and the ``fields`` given (payload
   columns, e.g. ``'tag text, year integer'``); its partitions ``<name>_shard_<i>`` (``MODULUS N, REMAINDER
   i``) are drift foreign tables on the i-th server with the options ``collection`` (``collection``, default
   ``name``), ``dim``, ``metric``, ``shard_of`` (the public name, schema-qualified) and ``shard`` (the
@@ -59,7 +60,7 @@ from drift_engine.errors import CollectionNotFoundError
 from drift_fdw import sqlapi
 
 BASE_COLUMNS = (
-    "id bigint NOT NULL, embedding real[], query real[], distance real, k integer, nprobe integer, ef integer, "
+    "id bigint NOT NULL, embedding real[], query text, distance real, k integer, nprobe integer, ef integer, "
     "rerank integer"
 )
 
