@@ -27,10 +27,12 @@ Contract:
 * ``abort`` drops a staged or prepared transaction and its reservations. A transaction idle longer than
   ``timeout`` seconds (no stage / prepare call) is aborted by a reaper thread (a vanished client), and
   nothing staged or prepared survives a restart: only committed transactions exist after one.
-* Locks: the touched collections' write locks are held from validation until the parts are applied in
-  memory (a concurrent write or validation of those collections waits, as for a plain write); the
-  engine-wide commit lock only covers validation and the append of the commit record (sequence order =
-  log order), so commits of other collections share the commit point's fsync (group commit). A commit
+* Locks: the touched collections' write locks (sorted by name) are held from validation until the parts
+  are applied in memory (a concurrent write or validation of those collections waits, as for a plain
+  write); the engine-wide commit lock, taken after them, only covers the append of the commit record
+  (sequence order = log order), so commits of other collections share the commit point's fsync (group
+  commit). A part staged into a collection that was dropped (and maybe re-created) since fails the commit
+  with ``CollectionNotFoundError`` before anything is written. A commit
   over several collections syncs its commit record whatever the durability mode (see ``_apply_committed``).
 
 Recovery rule (``TxnManager.recover``, run by ``Engine.open`` after every collection has replayed its
@@ -61,6 +63,7 @@ from drift_engine.engine.txn_done import CommittedTxn, TxnFinisher
 from drift_engine.engine.validate import as_ids, as_payloads, as_vectors
 from drift_engine.engine.writes import refuse_existing
 from drift_engine.errors import (
+    CollectionNotFoundError,
     ConflictError,
     CorruptionError,
     EngineClosedError,
@@ -85,6 +88,7 @@ class _Part:
     rows: dict[int, tuple[np.ndarray, bytes | None, bool]] = field(default_factory=dict)  # id -> (vec, pay, insert)
     deletes: set[int] = field(default_factory=set)
     expect: dict[int, int] = field(default_factory=dict)  # id -> read_lsn
+    col: Any = None  # the Collection staged into: a dropped and re-created namesake is another one
 
     def arrays(self, dim: int) -> tuple[np.ndarray, np.ndarray, list[bytes | None], np.ndarray, np.ndarray]:
         up = np.fromiter(self.rows, dtype=np.int64, count=len(self.rows))
@@ -241,7 +245,9 @@ class TxnManager:
             if txn.busy:
                 raise InvalidArgumentError(f"transaction {txn_id!r} is being prepared or committed")
             txn.touched = time.monotonic()
-            part = txn.parts.setdefault(collection, _Part())
+            part = txn.parts.setdefault(collection, _Part(col=col))
+            if part.col is not col:
+                raise _dropped(collection)
             ident_list = id_arr.tolist()
             if op == "expect":
                 for ident, bound in zip(ident_list, bounds.tolist(), strict=True):
@@ -268,10 +274,12 @@ class TxnManager:
             col._writes.wait_for_room()
         held: list[Any] = []
         try:
-            for col in cols.values():
+            for name, col in cols.items():
                 col._writes.lock.acquire()
                 held.append(col._writes.lock)
                 col._check_open()
+                if txn.parts[name].col is not col:
+                    raise _dropped(name)
             yield cols
         finally:
             for lock in reversed(held):
@@ -367,24 +375,21 @@ class TxnManager:
         if durability is not None and durability not in DURABILITY_MODES:
             raise InvalidArgumentError(f"durability must be one of {', '.join(DURABILITY_MODES)}, got {durability!r}")
         txn = self._take(txn_id)
-        commit_lock_held = self._commit_lock.acquire()
         try:
             # The touched collections' write locks are held from validation to the in-memory apply, so no
             # other write or validation of these collections sees the transaction half done; the commit
-            # lock only orders the commit records (released once this one is appended).
+            # lock (taken after them: lock order write locks -> commit lock) only orders the commit records.
             with self._locked(txn) as cols:
                 try:
                     self._validate_locked(txn, cols)
-                    logged = self._log_commit_locked(txn, cols)
+                    with self._commit_lock:
+                        logged = self._log_commit_locked(txn, cols)
+                    if logged is None:
+                        return {"written": 0, "deleted": 0, "seq": 0}
+                    return self._apply_committed(txn, cols, logged, durability or self._durability)
                 finally:
-                    self._commit_lock.release()
-                    commit_lock_held = False
-                if logged is None:
-                    return {"written": 0, "deleted": 0, "seq": 0}
-                return self._apply_committed(txn, cols, logged, durability or self._durability)
+                    self._unreserve(txn)  # before the write locks go: a waiting writer never sees them
         finally:
-            if commit_lock_held:
-                self._commit_lock.release()
             self._unreserve(txn)
             self._release(txn, drop=True)
 
@@ -498,6 +503,14 @@ class TxnManager:
             self._reaper.join()
         self._finisher.close()
         self.wal.close()
+
+
+def _dropped(name: str) -> CollectionNotFoundError:
+    return CollectionNotFoundError(
+        f"collection {name!r} was dropped after this transaction staged into it (a collection of that name "
+        "now may be another one)",
+        hint="nothing of the transaction was written; run it again",
+    )
 
 
 def _counts(txn: _Txn) -> dict[str, int]:

@@ -55,7 +55,8 @@ class TxnFinisher:
         self._pending: list[CommittedTxn] = []
         self._unfinished: dict[int, frozenset[str]] = {}  # commit lsn -> its collections, not finished yet
         self._appending = 0  # commit records being appended, lsn not known yet
-        self._busy = False
+        self._added = 0  # transactions queued so far / handled so far (finished or left for recovery)
+        self._handled = 0
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="drift-txn-done", daemon=True)
         self._thread.start()
@@ -89,6 +90,7 @@ class TxnFinisher:
         """Queue an acknowledged transaction for its ``TXN_DONE``."""
         with self._cond:
             self._pending.append(txn)
+            self._added += 1
             self._cond.notify_all()
 
     # ------------------------------------------------------------------ the background side
@@ -100,14 +102,13 @@ class TxnFinisher:
                 if not self._pending:
                     return
                 batch, self._pending = self._pending, []
-                self._busy = True
             try:
                 self._finish(batch)
             except Exception:
                 log.exception("finishing %d committed transaction(s) failed; the next open finishes them", len(batch))
             finally:
                 with self._cond:
-                    self._busy = False
+                    self._handled += len(batch)
                     self._cond.notify_all()
 
     def _finish(self, batch: list[CommittedTxn]) -> None:
@@ -135,11 +136,14 @@ class TxnFinisher:
         if not done:
             return
         self._wal.sync(last, "sync")
+        unpin: dict[int, tuple[Any, list[int]]] = {}
         for txn in done:
             for writes, lsn in txn.parts:
-                with writes.lock:
-                    writes.txn_pins.discard(lsn)
+                unpin.setdefault(id(writes), (writes, []))[1].append(lsn)
             self._hit("txn.after_done")
+        for writes, lsns in unpin.values():  # once per collection and batch: committers hold these locks
+            with writes.lock:
+                writes.txn_pins.difference_update(lsns)
         with self._cond:  # held across the truncation: no commit record can appear unregistered meanwhile
             for txn in done:
                 self._unfinished.pop(txn.commit_lsn, None)
@@ -149,9 +153,13 @@ class TxnFinisher:
 
     # ------------------------------------------------------------------ lifecycle
     def drain(self, timeout: float | None = None) -> bool:
-        """Wait until everything queued so far is finished (or left for recovery); False on timeout."""
+        """Wait until every transaction queued before this call is handled (finished, or left for recovery);
+        later ones are not waited for. False on timeout or when the thread is gone."""
         with self._cond:
-            return self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
+            target = self._added
+            return self._cond.wait_for(lambda: self._handled >= target or not self._thread.is_alive(), timeout) and (
+                self._handled >= target
+            )
 
     def close(self) -> None:
         """Finish what is pending, then stop the thread."""

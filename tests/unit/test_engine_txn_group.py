@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from drift_engine import Engine
-from drift_engine.errors import ConflictError, WritesStoppedError
+from drift_engine.errors import CollectionNotFoundError, ConflictError, WritesStoppedError
 from drift_engine.wal import records
 from drift_engine.wal.log import WriteAheadLog
 from tests.unit.threadcheck import ThreadGroup
@@ -225,3 +225,60 @@ def test_drop_finishes_the_collections_transactions_first_or_refuses(engine, tmp
         again.create_collection("a", dim=8)
     with Engine.open(tmp_path / "data") as third:
         assert len(third.collection("a")) == 0
+
+
+def test_a_part_staged_before_a_drop_and_recreate_fails_the_commit(engine, tmp_path) -> None:
+    t = engine.transaction()
+    t.insert("a", [1], vecs(1))
+    t.insert("b", [2], vecs(1))
+    engine.drop_collection("a")
+    engine.create_collection("a", dim=4)
+    with pytest.raises(CollectionNotFoundError, match="dropped after this transaction staged"):
+        t.commit()
+    assert len(engine.collection("a")) == 0 and len(engine.collection("b")) == 0
+    engine.close()
+    with Engine.open(tmp_path / "data") as again:  # and the directory opens
+        assert len(again.collection("a")) == 0 and again.collection("a").dim == 4
+
+
+def test_a_commit_waiting_for_one_collection_never_holds_up_another(engine) -> None:
+    a_lock = engine.collection("a")._writes.lock
+    a_lock.acquire()  # as a long write to a would
+    try:
+        blocked = threading.Thread(target=_commit_one, args=(engine, "a", 1), daemon=True)
+        blocked.start()
+        done = threading.Event()
+        threading.Thread(target=lambda: (_commit_one(engine, "b", 2), done.set()), daemon=True).start()
+        assert done.wait(10), "a commit to b waited behind one that waits for a's write lock"
+    finally:
+        a_lock.release()
+    blocked.join(10)
+    assert len(engine.collection("a")) == 1 and len(engine.collection("b")) == 1
+
+
+def _commit_one(engine: Engine, name: str, ident: int) -> None:
+    with engine.transaction() as t:
+        t.upsert(name, [ident], vecs(1, ident))
+
+
+def test_drop_does_not_wait_for_commits_that_came_after_it(engine) -> None:
+    engine.create_collection("c", dim=DIM)
+    stop = threading.Event()
+
+    def load() -> None:
+        i = 0
+        while not stop.is_set():
+            _commit_one(engine, "c", i % 500)
+            i += 1
+
+    loaders = ThreadGroup()
+    for _ in range(4):
+        loaders.start(load)
+    try:
+        dropped = threading.Event()
+        threading.Thread(target=lambda: (engine.drop_collection("a"), dropped.set()), daemon=True).start()
+        assert dropped.wait(20), "drop_collection waited for the finisher to be idle under a steady load"
+    finally:
+        stop.set()
+        loaders.join()
+    assert "a" not in engine.list_collections()
