@@ -104,11 +104,11 @@ def load(conn: Any, stack: Any, base: np.ndarray, tags: list[str], out: dict[str
         col_type = f"vector({dim})" if vec_cols else "real[]"
         conn.execute(  # query text: what the README recommends (the literal is echoed without a parse per row)
             f"CREATE FOREIGN TABLE items (id bigint, embedding {col_type}, query text, distance real, "
-            "tag text) SERVER drift OPTIONS (collection 'items')"
+            "nprobe int, tag text) SERVER drift OPTIONS (collection 'items')"
         )
         conn.execute(  # the same collection with a typed query column, measured beside it
             f"CREATE FOREIGN TABLE items_typed (id bigint, embedding {col_type}, query {col_type}, distance real, "
-            "tag text) SERVER drift OPTIONS (collection 'items')"
+            "nprobe int, tag text) SERVER drift OPTIONS (collection 'items')"
         )
         embedding = f"embedding::vector({dim})" if vec_cols else "embedding"
         for s in range(0, n, 50_000):
@@ -176,13 +176,13 @@ def systems(stack: Any, queries: np.ndarray, quick: bool, vec_cols: bool) -> dic
     out = {}
     if stack.multicorn:
         fdw_lits = [lit(q, pgvector=True) for q in queries] if vec_cols else arr
-        sql = "SELECT id FROM items WHERE query = %s ORDER BY distance LIMIT 10"
+        sql = "SELECT id FROM items WHERE query = %s AND nprobe = {v} ORDER BY distance LIMIT 10"
         out["drift-fdw"] = System("drift-fdw", sql, fdw_lits, "nprobe", values(NPROBES))
         typed = "drift-fdw-vector" if vec_cols else "drift-fdw-array"
-        sql = "SELECT id FROM items_typed WHERE query = %s ORDER BY distance LIMIT 10"
+        sql = "SELECT id FROM items_typed WHERE query = %s AND nprobe = {v} ORDER BY distance LIMIT 10"
         out[typed] = System(typed, sql, fdw_lits, "nprobe", values(NPROBES))
     server = "'drift'" if stack.multicorn else f"'{stack.address}'"
-    sql = f"SELECT id FROM drift.search('items', %s, 10, {server}, payloads => false)"
+    sql = f"SELECT id FROM drift.search('items', %s, 10, {server}, nprobe => {{v}}, payloads => false)"
     out["drift.search"] = System("drift.search", sql, arr, "nprobe", values(NPROBES))
     if stack.pgvector:
         vec = [lit(q, pgvector=True) for q in queries]

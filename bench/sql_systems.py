@@ -3,8 +3,9 @@
 Contract:
 
 * ``System``: one SQL access path — its statement (one ``%s``: the query literal), its query literals, its
-  knob (``nprobe`` for drift, set with ``drift.set_params`` on the collection; ``hnsw.ef_search`` /
-  ``ivfflat.probes`` for pgvector, set per session) and the knob values its sweep walks.
+  knob (``nprobe`` for drift, given in the statement itself: ``AND nprobe = v`` on the foreign table,
+  ``nprobe => v`` for ``drift.search``, so switching systems changes no collection state;
+  ``hnsw.ef_search`` / ``ivfflat.probes`` for pgvector, set per session) and the knob values its sweep walks.
 * ``sweep`` walks the knob upward on one connection and records recall@10 (against the given exact ground
   truth) and p50 / p99 of whole statements; it stops once recall >= 0.995.
 * ``at_recall`` picks each system's fastest sweep point with recall >= a target.
@@ -31,20 +32,36 @@ STOP_AT_RECALL = 0.995
 
 
 class System:
+    """``sql`` may hold ``{v}``: the knob given in the statement itself (drift's per-query ``nprobe``: nothing
+    global changes between statements); otherwise ``knob`` is a session setting (pgvector's)."""
+
     def __init__(self, name: str, sql: str, params: list[str], knob: str, values: tuple[int, ...]) -> None:
         self.name, self.sql, self.params, self.knob, self.values = name, sql, params, knob, values
+        self.value: int | None = None
 
-    def knob_sql(self, value: int, server: str) -> str:
-        """The statement that sets this system's knob to ``value``."""
-        if self.knob == "nprobe":
-            return f"SELECT drift.set_params('items', {server}, nprobe => {int(value)})"
-        return f"SET {self.knob} = {int(value)}"
+    @property
+    def inline(self) -> bool:
+        return "{v}" in self.sql
+
+    def sql_at(self, value: int | None) -> str:
+        return self.sql.format(v=int(value)) if self.inline and value is not None else self.sql
+
+    def knob_sql(self, value: int) -> str:
+        """The session statement that sets this system's knob to ``value`` ("" for an inline knob)."""
+        return "" if self.inline else f"SET {self.knob} = {int(value)}"
+
+    def use(self, conn: Any, value: int) -> None:
+        """Run the next statements at knob ``value``."""
+        self.value = value
+        if not self.inline:
+            conn.execute(self.knob_sql(value))
 
     def run(self, conn: Any, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sql = self.sql_at(self.value)
         found, lat = [], np.empty(len(idx))
         for j, i in enumerate(idx.tolist()):
             t0 = time.perf_counter()
-            rows = conn.execute(self.sql, (self.params[i],)).fetchall()
+            rows = conn.execute(sql, (self.params[i],)).fetchall()
             lat[j] = time.perf_counter() - t0
             found.append([r[0] for r in rows])
         return pad_ids(found, K), lat
@@ -59,7 +76,7 @@ def sweep(conn: Any, sysm: System, gt: np.ndarray, server: str) -> list[dict[str
     idx = np.arange(len(gt))
     curve = []
     for value in sysm.values:
-        conn.execute(sysm.knob_sql(value, server))
+        sysm.use(conn, value)
         sysm.run(conn, idx[: min(20, len(idx))])  # warm-up (plans, caches)
         ids, lat = sysm.run(conn, idx)
         curve.append({"value": value, "recall": round(recall_at_k(ids, gt, K), 4), **summary(lat)})
@@ -90,7 +107,7 @@ def head_to_head(
     for start in range(0, nq, BLOCK):
         block = order[start : start + BLOCK]
         for name, point in chosen.items():
-            conn.execute(systems[name].knob_sql(point["value"], server))
+            systems[name].use(conn, point["value"])
             lat[name].append(systems[name].run(conn, block)[1])
     return {name: summary(np.concatenate(parts)) for name, parts in lat.items()}
 
@@ -135,11 +152,10 @@ def concurrent(
     for r in range(rounds):
         for name, point in chosen.items():
             sysm = systems[name]
-            setup = "" if sysm.knob == "nprobe" else sysm.knob_sql(point["value"], server)
-            if sysm.knob == "nprobe":
-                conn.execute(sysm.knob_sql(point["value"], server))
+            setup = sysm.knob_sql(point["value"])
+            sql = sysm.sql_at(point["value"])
             out = ctx.Queue()
-            args = [(dsn, sysm.sql, sysm.params, setup, round_s, r * 1000 + c, out) for c in range(clients)]
+            args = [(dsn, sql, sysm.params, setup, round_s, r * 1000 + c, out) for c in range(clients)]
             procs = [ctx.Process(target=_client, args=a) for a in args]
             for p in procs:
                 p.start()
@@ -203,7 +219,7 @@ def after_train(
         idx = order[np.arange(start, start + block) % nq]
         start += block
         for name, point in chosen.items():
-            conn.execute(systems[name].knob_sql(point["value"], server))
+            systems[name].use(conn, point["value"])
             lat[name].append(systems[name].run(conn, idx)[1])
     out: dict[str, Any] = {"retrain_s": round(train_s, 2), "seconds": seconds}
     out.update({name: summary(np.concatenate(parts)) for name, parts in lat.items()})
