@@ -18,7 +18,6 @@ prepared per snapshot and passes it in as ``ivf``; both give identical ids and d
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -199,12 +198,13 @@ def search_filtered(
 def _payload_matcher(mt, flt: dict[str, str]):
     """allow(id) for a memtable: its payload there has every filter key with the filter's value."""
 
+    items = list(flt.items())
+
     def allow(ident: int) -> bool:
-        raw = mt.payload(ident)
-        if raw is None:
+        fields = mt.filter_fields(ident, canonical_value)
+        if fields is None:
             return False
-        obj = json.loads(raw)
-        return all(key in obj and canonical_value(obj[key]) == value for key, value in flt.items())
+        return all(fields.get(key) == value for key, value in items)
 
     return allow
 

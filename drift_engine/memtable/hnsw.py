@@ -39,9 +39,11 @@ Contract
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import hnswlib
 import numpy as np
@@ -68,6 +70,7 @@ GRAPH_FILTER_MIN_SELECTIVITY = 0.05
 """Above ``EXACT_FILTER_CELLS``, a filter that accepts fewer than this fraction of a 64-entry sample is
 still answered by brute force (hnswlib's filter walk grows like 1/selectivity; see above)."""
 _SELECTIVITY_SAMPLE = 64
+_UNPARSED = object()
 _PARALLEL_MIN = 64  # batches smaller than this are inserted on the calling thread only
 _RETRIES = 3  # graph retries when concurrent inserts crowd the candidate pool before falling back to exact
 
@@ -154,6 +157,7 @@ class MemTable:
         self._lsns = np.zeros(self._cap, dtype=np.int64)
         self._live = np.zeros(self._cap, dtype=np.bool_)
         self._payloads: list[bytes | None] = []
+        self._decoded: dict[int, Any] = {}  # label -> filter_fields(), computed once
         self._payload_bytes = 0
         self._n = 0  # labels used and published; every label < _n is live or marked deleted in hnswlib
         self._live_count = 0
@@ -545,6 +549,22 @@ class MemTable:
         """The payload of live ``ident``; ``None`` when it has none or is not live here."""
         lab = self._where.get(ident)
         return None if lab is None else self._payloads[lab]
+
+    def filter_fields(self, ident: int, canon: Callable[[Any], str]) -> dict[str, str] | None:
+        """The payload of live ``ident`` as ``{key: canon(value)}`` for filter tests (``None`` when it has
+        none, is not a JSON object or is not live here). Computed once per label and kept (labels are never
+        reused and the one caller always passes the same ``canon``: ``validate.canonical_value``), so a
+        filtered search that tests the same entries again costs a dict lookup, not a JSON parse."""
+        lab = self._where.get(ident)
+        if lab is None:
+            return None
+        got = self._decoded.get(lab, _UNPARSED)
+        if got is _UNPARSED:
+            raw = self._payloads[lab]
+            obj = None if raw is None else json.loads(raw)
+            got = {key: canon(value) for key, value in obj.items()} if isinstance(obj, dict) else None
+            self._decoded[lab] = got
+        return got
 
     def items(
         self, *, with_lsns: bool = False
