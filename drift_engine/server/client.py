@@ -51,7 +51,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from drift_engine.errors import DriftError
+from drift_engine.errors import DriftError, EngineUnavailableError
 from drift_engine.results import GetResult, SearchResult, StreamBatch, StreamHit
 from drift_engine.server import convert as cv
 from drift_engine.server import drift_pb2 as pb
@@ -153,7 +153,15 @@ class Client:
                         future.cancel()
                         raise
         except grpc.RpcError as exc:
-            raise wire.rpc_error(exc) from None
+            raise self._rpc_error(exc) from None
+
+    def _rpc_error(self, exc: grpc.RpcError) -> DriftError:
+        """The DriftError of a failed call; over TLS an unavailable server's error says which CA and name
+        were checked, or that the handshake failed (``ClientTLS.grpc_hint``), as the async client does."""
+        err = wire.rpc_error(exc)
+        if self._tls is not None and isinstance(err, EngineUnavailableError) and err.hint is None:
+            err.hint = self._tls.grpc_hint(_host_port(self._key[0])[0], err.message)
+        return err
 
     def stream(self, method: str, request: Any) -> Any:
         return getattr(self.stub, method)(request, timeout=self.stream_timeout, metadata=self._metadata)

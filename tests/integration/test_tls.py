@@ -148,9 +148,10 @@ def test_a_wrong_ca_a_wrong_name_and_a_wrong_pin_are_refused(tls_server: TlsServ
     assert str(pki.other_ca) in (err.value.hint or "")
     with (
         tls_client(tls_server, pki, tls_ca=str(pki.other_ca)) as c,
-        pytest.raises(EngineUnavailableError, match="CERTIFICATE_VERIFY_FAILED"),
+        pytest.raises(EngineUnavailableError, match="CERTIFICATE_VERIFY_FAILED") as grpc_err,
     ):
         c.health()
+    assert str(pki.other_ca) in (grpc_err.value.hint or "")  # gRPC too says which CA was trusted
     wrong_name = ClientTLS(ca=str(pki.ca), server_name="not-this-server.example")
     with pytest.raises(EngineUnavailableError, match=r"does not accept.*(mismatch|match)"):
         fast_search(DirectClient(tls_server.fast_path, TOKEN, tls=wrong_name), QUERIES[0])
