@@ -213,16 +213,17 @@ _TRANSPORT = (de.EngineUnavailableError, de.DeadlineExceededError, de.CancelledE
 def _hint(exc: DriftError, address: str) -> str | None:
     if isinstance(exc, de.DuplicateIdError):
         return "INSERT refuses ids that exist; use UPDATE, or DELETE the row first (nothing was written)"
-    if exc.hint:
-        return exc.hint
     if isinstance(exc, de.EngineUnavailableError) and any(
         mark in exc.message for mark in ("CERTIFICATE_VERIFY_FAILED", "Tls handshake", "Ssl handshake")
     ):
-        return (
+        options = (
             f"the engine at {address} did not pass this server's TLS checks: set the foreign server options "
             "tls_ca (the CA that signed the engine's certificate) and, when the certificate names another "
             "host, tls_server_name"
         )
+        return f"{options} ({exc.hint})" if exc.hint else options
+    if exc.hint:
+        return exc.hint
     if isinstance(exc, de.EngineUnavailableError):
         return (
             f"is the drift engine running at {address}?  Start it with  "
