@@ -14,8 +14,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from tests.pg.engine import EngineError
-from tests.pg.tlsengine import TlsEngine
+from tests.pg.tlsengine import TlsEngine, running_tls_engine
 
 pytestmark = [pytest.mark.pg, pytest.mark.multicorn]
 N, DIM = 800, 12
@@ -29,15 +28,8 @@ def lit(v: Any) -> str:
 
 @pytest.fixture(scope="module")
 def tls_engine() -> Iterator[TlsEngine]:
-    eng = TlsEngine()
-    try:
-        eng.start()
-    except EngineError as exc:
-        pytest.fail(f"could not start the TLS engine: {exc}")
-    try:
+    with running_tls_engine() as eng:
         yield eng
-    finally:
-        eng.stop()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ Contract:
 - ``address`` is ``tls:localhost:PORT`` (what a foreign server's ``address`` option names), ``ca`` the CA
   file (its ``tls_ca`` option), ``token`` the token, ``fast_path`` the advertised ``fast+tls:`` address.
   ``client(**kw)`` is a ``Client`` with the token and the CA filled in.
-- Stopping and clean-up are ``EngineServer``'s.
+- Stopping and clean-up are ``EngineServer``'s; ``running_tls_engine()`` is the started-and-stopped form for fixtures.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import os
 import secrets
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tests import reaper
@@ -96,3 +98,19 @@ class TlsEngine(EngineServer):
         kwargs.setdefault("token", self.token)
         kwargs.setdefault("tls_ca", self.ca)
         return Client(self.address, **kwargs)
+
+
+@contextmanager
+def running_tls_engine() -> Iterator[TlsEngine]:
+    """A started ``TlsEngine`` for a test fixture (a start failure fails the test), stopped afterwards."""
+    import pytest
+
+    eng = TlsEngine()
+    try:
+        eng.start()
+    except EngineError as exc:
+        pytest.fail(f"could not start the TLS engine: {exc}")
+    try:
+        yield eng
+    finally:
+        eng.stop()
