@@ -207,7 +207,7 @@ class MemTable:
         upper = self._n * (m * 4 + 4) // max(m - 1, 1)  # expected upper-level link lists
         graph = cap * (level0 + 40 + 4 + 2) + upper + self._n * 40  # + mutex, level, visited; label map
         ours = cap * (d * 4 + 8 + 8 + 1) + self._n * 8 + self._payload_bytes
-        dicts = (len(self._where) + len(self._tomb)) * 100
+        dicts = (len(self._where) + len(self._tomb)) * 100 + len(self._decoded) * 300  # + parsed filter fields
         return int(graph + ours + dicts)
 
     # ------------------------------------------------------------------------------------------------
