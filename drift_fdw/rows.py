@@ -97,8 +97,29 @@ def vector_items(value: Any, col: ColumnSpec) -> list[Any]:
     )
 
 
+def _parse_literal(value: str, dim: int | None) -> np.ndarray | None:
+    """A ``'[..]'`` / ``'{..}'`` literal of exactly ``dim`` finite numbers, parsed by numpy's C text parser
+    in one call; None when it is anything else (the element-wise path then says what is wrong)."""
+    if dim is None or len(value) < 3 or value[0] not in "[{" or value[-1] not in "]}":
+        return None
+    body = value[1:-1]
+    if body.count(",") != dim - 1:
+        return None
+    try:  # a bad element raises ValueError (numpy 2); a parse that stops early is caught by the size check
+        arr = np.fromstring(body, dtype=np.float32, sep=",")
+    except ValueError:
+        return None
+    if arr.size != dim or not np.isfinite(arr).all():
+        return None
+    return arr
+
+
 def parse_vector(value: Any, col: ColumnSpec, dim: int | None) -> np.ndarray:
     """float32[dim] from a vector value; refuses NULL elements, NaN/Inf, nesting and a wrong length."""
+    if isinstance(value, str):
+        fast = _parse_literal(value, dim)
+        if fast is not None:
+            return fast
     items = vector_items(value, col)
     try:  # each element to a Python float, then float32 (a NULL element fails here too: checked below)
         arr = np.array(list(map(float, items)), dtype=np.float32)

@@ -7,7 +7,8 @@ Contract:
   written vectors are searchable as soon as it returns. A write that raises changed nothing, now or
   after a reopen (a failed apply is cancelled by a durable ``ABORT`` WAL record before the error is
   raised); only ``WritesStoppedError`` (the WAL itself failed) leaves the outcome to the next open.
-  Large batches (``bulk_min``) go WAL -> L1 directly, in one LMDB commit (``_bulk_write``).
+  Large batches (``bulk_min``), and large parts of engine transactions, go WAL -> L1 directly, in one LMDB
+  commit (``engine.bulk``).
 * **L1 changes** (Janitor flush, bulk write, ``train``, maintenance) run under the L1 lock, never the write
   lock, and all go through the one commit protocol of DESIGN §7 (``l1.commit``): segment files -> one LMDB
   transaction (commit point, with ``applied_lsn``) -> publish one snapshot (a flush publishes L1 + memtables
@@ -43,6 +44,7 @@ import numpy as np
 from drift_engine import crashpoints
 from drift_engine.config import DURABILITY_MODES, CollectionConfig, EngineSettings
 from drift_engine.engine.async_api import AsyncTwins
+from drift_engine.engine.bulk import L1DirectWrites
 from drift_engine.engine.background import BackgroundFactory, JanitorHandle, MaintainerHandle, MaintenanceHandle
 from drift_engine.engine.fastsearch import query_vector, search_fast
 from drift_engine.engine.payload_index import PayloadIndex
@@ -64,10 +66,13 @@ from drift_engine.storage.kv import KV, decode_i64
 from drift_engine.storage.pages import fsync_dir
 
 log = logging.getLogger(__name__)
-AUTO_TRAIN_IDLE = 1.0  # seconds without writes before an automatic train
+# Seconds without writes before an automatic train. SQL loads reach the engine once per statement (the FDW
+# buffers a transaction's rows until its commit): a pause of 1 s was the next 50,000-row statement being
+# parsed, and trained a load midway, so the rest of it went through inline splits.
+AUTO_TRAIN_IDLE = 5.0
 
 
-class Collection(AsyncTwins):
+class Collection(L1DirectWrites, AsyncTwins):
     """One collection of vectors, opened in-process. Use ``Engine`` to create or open it."""
 
     def __init__(
@@ -243,51 +248,6 @@ class Collection(AsyncTwins):
             lsn = self._writes.upsert_locked(id_arr, vec, pay, replace=replace)
         self._writes.wal.sync(lsn, durability)
         return int(id_arr.size)
-
-    def _bulk_write(self, ids: np.ndarray, vec: np.ndarray, pay: list[bytes | None], *, replace: bool) -> int:
-        """A large batch skips the memtable graph: WAL (fsynced), then straight into L1 in one commit.
-
-        Memtables are flushed first (under both locks) so no older version of an id can shadow the new
-        L1 rows; the write is searchable when this returns, like any other. If the L1 apply fails, the
-        logged record is aborted (``WritePath.bulk_locked``) and the error raised: nothing changed.
-        """
-        with self._writes.lock:
-            self._check_open()
-            self._writes.rotate_locked()
-            with self._l1_lock:
-                for mt in self._writes.frozen():
-                    self._flush_one(mt)
-
-                def apply(lsn: int) -> Callable[[], None]:
-                    params = self._config.params
-                    committed = commit_batch(
-                        self._l1,
-                        self._snapshots.current,
-                        ids,
-                        vec,
-                        pay,
-                        np.empty(0, dtype=np.int64),
-                        lsn,
-                        metric=self.metric,
-                        lam=params.lam,
-                        tau=params.tau,
-                        rows_per_segment=params.rows_per_segment,
-                        publish=False,  # once the write path has counted the write (``WritePath.bulk_locked``)
-                    )
-                    return committed.publish
-
-                lsn = self._writes.bulk_locked(ids, vec, pay, replace=replace, apply=apply)
-                self._after_commit(lsn)
-        return int(ids.size)
-
-    def _after_commit(self, lsn: int) -> None:
-        """Housekeeping after an acknowledged L1 commit: a failure here is logged, never raised (the write
-        happened); the Janitor and the Maintainer retry it later."""
-        try:
-            self._writes.wal.truncate_upto(self._truncatable_lsn(lsn))
-            self._maintenance.split_oversized()
-        except Exception:
-            log.exception("%s: housekeeping after the bulk write at lsn %d failed", self.name, lsn)
 
     def delete(self, ids: Any, *, durability: str | None = None) -> int:
         """Delete ids; ids that do not exist are ignored. Returns how many were deleted, once durable."""

@@ -36,6 +36,23 @@ class PayloadIndex:
                 self._postings.setdefault(key, {}).setdefault(value, set()).add(ident)
             self.version += 1
 
+    def add_many(self, idents: Iterable[int], payloads: Iterable[bytes | None]) -> None:
+        """``add`` of each (id, payload) pair, under one lock; equal payloads are parsed once."""
+        parsed: dict[bytes, list[set[int]]] = {}
+        with self._lock:
+            for ident, payload in zip(idents, payloads, strict=True):
+                if payload is None:
+                    continue
+                targets = parsed.get(payload)
+                if targets is None:
+                    targets = parsed[payload] = [
+                        self._postings.setdefault(key, {}).setdefault(value, set())
+                        for key, value in self._fields(payload)
+                    ]
+                for ids in targets:
+                    ids.add(ident)
+            self.version += 1
+
     def remove(self, ident: int, payload: bytes | None) -> None:
         with self._lock:
             for key, value in self._fields(payload):

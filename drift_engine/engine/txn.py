@@ -245,6 +245,8 @@ class TxnManager:
             if txn.busy:
                 raise InvalidArgumentError(f"transaction {txn_id!r} is being prepared or committed")
             txn.touched = time.monotonic()
+            if op != "expect":
+                col._writes.last_write = txn.touched  # a staged write is write activity (no auto-train yet)
             part = txn.parts.setdefault(collection, _Part(col=col))
             if part.col is not col:
                 raise _dropped(collection)
@@ -438,8 +440,8 @@ class TxnManager:
         applied: list[tuple[Any, int]] = []
         try:
             for name, (up, vecs, pays, dels) in logged.arrays.items():
-                writes = cols[name]._writes
-                applied.append((writes, writes.apply_txn_locked(logged.seq, up, vecs, pays, dels)))
+                col = cols[name]
+                applied.append((col._writes, col.apply_txn_part_locked(logged.seq, up, vecs, pays, dels)))
                 crashpoints.hit("txn.after_apply")
         except BaseException as exc:
             raise WritesStoppedError(

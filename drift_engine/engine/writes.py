@@ -33,7 +33,8 @@ Contract:
   ``TXN_DONE`` is not durable yet: the WAL is never truncated past them (replay pins every retained
   ``TXN_APPLY``; the engine's recovery drops those pins once every ``TXN_DONE`` is durable). ``reserved``
   maps ids to the prepared transaction that holds them: any other write of a reserved id raises
-  ``ConflictError``.
+  ``ConflictError``. ``apply_txn_bulk_locked`` logs a large upsert-only part the same way but applies it to
+  L1 directly, like a bulk write (``engine.bulk``).
 * **Versions**: ``versions(ids)`` gives, per id, whether it is live and the lsn of its current version
   (a memtable entry's own lsn; an L1 row's location lsn, or the train's ``KEY_TRAIN_LSN`` for rows a
   train rewrote). ``visible_lsn`` is an lsn such that every write at or below it is visible to a read
@@ -273,9 +274,7 @@ class WritePath:
                     self._payloads.remove(ident, old)
         if any(p is not None for p in payloads):
             self.has_payloads = True
-            for ident, new in zip(ids.tolist(), payloads, strict=True):
-                if new is not None:
-                    self._payloads.add(ident, new)
+            self._payloads.add_many(ids.tolist(), payloads)
 
     def _apply_upsert(
         self,
@@ -360,6 +359,38 @@ class WritePath:
         self.txn_seqs.add(seq)
         self.visible_lsn = lsn
         self._maybe_rotate_locked()
+        return lsn
+
+    def apply_txn_bulk_locked(
+        self,
+        seq: int,
+        up_ids: np.ndarray,
+        vectors: np.ndarray,
+        payloads: list[bytes | None],
+        *,
+        apply: Callable[[int], Callable[[], None]],
+    ) -> int:
+        """Log this collection's (upsert-only) part of committed transaction ``seq`` as one ``TXN_APPLY``
+        record, fdatasync it (LMDB must never claim an lsn the WAL could lose), then ``apply(lsn)`` it to L1
+        directly, as ``bulk_locked`` does; returns its lsn, pinned in ``txn_pins``. Memtables must hold no
+        version of these ids. If the apply fails, the record is aborted and the error raised."""
+        exists, old_payloads = self.existing(up_ids)
+        body = records.encode_upsert(up_ids, vectors, payloads, True)
+        lsn = self.wal.append(records.TXN_APPLY, records.encode_txn_apply(seq, body, b""))
+        self.txn_pins.add(lsn)
+        try:
+            self.wal.sync(lsn, "sync")
+            publish = apply(lsn)
+        except BaseException as exc:
+            self.txn_pins.discard(lsn)
+            self._abort_locked(lsn, exc)
+            raise
+        self.last_write = time.monotonic()
+        self.count += int(up_ids.size - np.count_nonzero(exists))
+        self._update_payload_index(up_ids, payloads, old_payloads)
+        publish()
+        self.txn_seqs.add(seq)
+        self.visible_lsn = lsn
         return lsn
 
     def _apply_txn(

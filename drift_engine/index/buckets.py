@@ -39,6 +39,7 @@ __all__ = ["FORMAT_VERSION", "BucketHeader", "Extent", "routing_table"]
 FORMAT_VERSION = 1
 _HEAD = struct.Struct("<BBHIqqqd")
 _EXTENT_DTYPE = np.dtype([("segment_id", "<i8"), ("start", "<i8"), ("count", "<i8")])
+_SUM_BLOCK = 4096  # rows per float64 block when summing a batch
 
 
 @dataclass(frozen=True)
@@ -95,15 +96,28 @@ class BucketHeader:
             v = v[None, :]
         if v.ndim != 2 or v.shape[1] != self.dim:
             raise DimensionMismatchError(f"vectors have shape {v.shape}, bucket dimension is {self.dim}")
-        return v.astype(np.float64, copy=False)
+        return v
+
+    @staticmethod
+    def _sums(v: np.ndarray) -> tuple[np.ndarray, float]:
+        """(sum of rows, sum of squared norms), accumulated in float64 a block of rows at a time (a large
+        batch is never copied to float64 whole)."""
+        total = np.zeros(v.shape[1], dtype=np.float64)
+        sq = 0.0
+        for start in range(0, v.shape[0], _SUM_BLOCK):
+            block = v[start : start + _SUM_BLOCK].astype(np.float64, copy=False)
+            total += block.sum(axis=0)
+            sq += float(np.einsum("ij,ij->", block, block))
+        return total, sq
 
     def add(self, vectors: np.ndarray) -> None:
         """Account for newly inserted ``vectors`` ((n, d) or (d,)): count, sums, inserts since centroid."""
         v = self._as_rows(vectors)
         if v.shape[0] == 0:
             return
-        self.running_sum = self.running_sum + v.sum(axis=0)
-        self.running_sq += float(np.einsum("ij,ij->", v, v))
+        total, sq = self._sums(v)
+        self.running_sum = self.running_sum + total
+        self.running_sq += sq
         self.count += v.shape[0]
         self.inserts_since_centroid += v.shape[0]
 
@@ -120,8 +134,9 @@ class BucketHeader:
             self.running_sum = np.zeros(self.dim, dtype=np.float64)
             self.running_sq = 0.0
         else:
-            self.running_sum = self.running_sum - v.sum(axis=0)
-            self.running_sq -= float(np.einsum("ij,ij->", v, v))
+            total, sq = self._sums(v)
+            self.running_sum = self.running_sum - total
+            self.running_sq -= sq
 
     def mean(self) -> np.ndarray:
         """μ = running_sum / n as float32 (a copy of the centroid when empty)."""

@@ -100,7 +100,10 @@ def train_sq8(sample: np.ndarray, clip_percentile: float = 0.1) -> SQ8Params:
         x = x.astype(np.float32)
     if not np.isfinite(x).all():
         raise InvalidArgumentError("SQ8: training sample contains NaN or Inf")
-    lo, hi = np.percentile(x, [clip, 100.0 - clip], axis=0).astype(np.float64)
+    if clip == 0.0:  # the plain range: no sort needed
+        lo, hi = x.min(axis=0).astype(np.float64), x.max(axis=0).astype(np.float64)
+    else:
+        lo, hi = np.percentile(x, [clip, 100.0 - clip], axis=0).astype(np.float64)
     hi = np.maximum(hi, lo)
     floor = np.maximum(np.maximum(np.abs(lo), np.abs(hi)), 1.0) * _CONST_REL_SCALE
     scales = np.maximum((hi - lo) / 255.0, floor)
