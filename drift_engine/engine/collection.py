@@ -44,8 +44,8 @@ import numpy as np
 from drift_engine import crashpoints
 from drift_engine.config import DURABILITY_MODES, CollectionConfig, EngineSettings
 from drift_engine.engine.async_api import AsyncTwins
-from drift_engine.engine.bulk import L1DirectWrites
 from drift_engine.engine.background import BackgroundFactory, JanitorHandle, MaintainerHandle, MaintenanceHandle
+from drift_engine.engine.bulk import L1DirectWrites
 from drift_engine.engine.fastsearch import query_vector, search_fast
 from drift_engine.engine.payload_index import PayloadIndex
 from drift_engine.engine.reads import PointReads

@@ -109,9 +109,8 @@ def test_a_failed_l1_apply_is_finished_by_the_next_open(tmp_path: Path, monkeypa
     eng, col = _open_with_rows(tmp_path / "d")
     vec = _vectors(6)
     monkeypatch.setattr(bulk, "commit_batch", broken)
-    with pytest.raises(WritesStoppedError, match="committed"):
-        with eng.transaction() as t:
-            t.upsert("a", np.arange(N), vec)
+    with pytest.raises(WritesStoppedError, match="committed"), eng.transaction() as t:
+        t.upsert("a", np.arange(N), vec)
     assert len(col) == 0  # nothing of it is visible in this process
     monkeypatch.undo()
     eng.close()
