@@ -120,6 +120,13 @@ def parse_vector(value: Any, col: ColumnSpec, dim: int | None) -> np.ndarray:
         fast = _parse_literal(value, dim)
         if fast is not None:
             return fast
+    elif isinstance(value, list) and dim is not None and len(value) == dim:
+        try:  # floats (PL/Python) or their texts (Multicorn): one numpy call; anything odd takes the slow path
+            arr = np.array(value, dtype=np.float32)
+        except (TypeError, ValueError):
+            arr = None
+        if arr is not None and arr.ndim == 1 and np.isfinite(arr).all():
+            return arr
     items = vector_items(value, col)
     try:  # each element to a Python float, then float32 (a NULL element fails here too: checked below)
         arr = np.array(list(map(float, items)), dtype=np.float32)

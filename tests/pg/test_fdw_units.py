@@ -90,7 +90,23 @@ def test_vectors_parse_and_print_exactly() -> None:
     ]:
         with pytest.raises(ValueProblem, match=message):
             parse_vector(bad, col, 2)
+    for bad, message in [  # the one-call parsers hand anything odd to the element-wise path and its errors
+        ("[1,abc]", "not a number"),
+        ("{1,}", "not a number"),
+        ("[1,nan]", "NaN"),
+        ("[1e50,2]", "NaN or Infinity"),
+        ("[1,2,3]", "3 dimensions"),
+        ([1.0, None], "NULL element"),
+        ([[1.0, 2.0], [3.0, 4.0]], "not a number"),
+        ([1.0, float("inf")], "NaN"),
+    ]:
+        with pytest.raises(ValueProblem, match=message):
+            parse_vector(bad, col, 2)
     rng = np.random.default_rng(3)
+    many = rng.standard_normal(384).astype(np.float32)
+    for value in (vector_literal(many, pgvector=True), vector_literal(many, pgvector=False), many.tolist()):
+        assert np.array_equal(parse_vector(value, col, 384), parse_vector(value, col, None))
+        assert np.array_equal(parse_vector(value, col, 384), many)
     v = (rng.standard_normal(300) * 10.0 ** rng.integers(-8, 8, 300)).astype(np.float32)
     text = vector_literal(v, pgvector=False)
     assert text.startswith("{") and np.array_equal(np.array(text[1:-1].split(","), dtype=np.float32), v)
