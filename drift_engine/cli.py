@@ -28,6 +28,7 @@ from typing import Any
 
 from drift_engine.config import DURABILITY_MODES
 from drift_engine.errors import DriftError
+from drift_engine.server.framing import DEFAULT_SPIN_US
 
 
 def _read_secret(path: str | None, what: str) -> bytes | None:
@@ -88,6 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             fast_path="off" if args.no_fast_path else args.fast_path,
             fast_port=args.fast_port,
             fast_workers=args.fast_workers,
+            spin_us=args.spin_us,
             cursor_idle_s=args.cursor_idle,
             max_cursors=args.max_cursors,
             max_cursors_per_client=args.max_cursors_per_client,
@@ -204,6 +206,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--fast-workers", type=int, default=4, help="fast-path requests served at once (default %(default)s)"
+    )
+    s.add_argument(
+        "--spin-us",
+        type=int,
+        default=DEFAULT_SPIN_US,
+        help="microseconds an idle server polls a fast-path connection for its next request before blocking (0: "
+        "never; default %(default)s): saves a thread wake-up per request, costs that much CPU while idle",
     )
     s.add_argument(
         "--cursor-idle", type=float, default=60.0, help="seconds an unread fast-path stream cursor is kept (default 60)"

@@ -112,6 +112,7 @@ class Client:
         tls: ClientTLS | None = None,
         fast_path: bool = True,
         cancel_check: Callable[[], None] | None = None,
+        fast_spin_us: int = 0,
     ) -> None:
         plain, tls = client_settings(address, tls_ca, tls)
         target, _ = wire.grpc_target(plain)
@@ -120,6 +121,7 @@ class Client:
         self.admin_timeout = admin_timeout
         self.stream_timeout = stream_timeout
         self.cancel_check = cancel_check
+        self.fast_spin_us = fast_spin_us  # DirectClient's busy-wait for replies (single-threaded callers only)
         self._token = token
         self._metadata = wire.auth_metadata(token)
         self._tls = tls
@@ -182,7 +184,13 @@ class Client:
                     address, self._token, max_message_bytes=limit, cancel_check=self.cancel_check
                 )
             elif address.startswith("fast+unix:"):
-                self._fast = DirectClient(address, self._token, max_message_bytes=limit, cancel_check=self.cancel_check)
+                self._fast = DirectClient(
+                    address,
+                    self._token,
+                    max_message_bytes=limit,
+                    cancel_check=self.cancel_check,
+                    spin_us=self.fast_spin_us,
+                )
             elif address.startswith(("fast+tcp:", "fast+tls:")):
                 self._fast = self._tcp_fast(address, limit)
         return self._fast or None
@@ -199,7 +207,14 @@ class Client:
             tls = self._tls or ClientTLS()
             tls = tls if tls.server_name else dataclasses.replace(tls, server_name=dialled)
         where = f"{scheme}:[{host}]:{port}" if ":" in host else f"{scheme}:{host}:{port}"
-        return DirectClient(where, self._token, max_message_bytes=limit, cancel_check=self.cancel_check, tls=tls)
+        return DirectClient(
+            where,
+            self._token,
+            max_message_bytes=limit,
+            cancel_check=self.cancel_check,
+            tls=tls,
+            spin_us=self.fast_spin_us,
+        )
 
     # ------------------------------------------------------------------ Engine's methods
     def health(self) -> dict[str, Any]:

@@ -28,6 +28,10 @@ Contract:
   with the connection as the client: its per-client and server-wide caps evict least recently used idle
   cursors instead of refusing, and a connection's cursors are all dropped when it closes. A plain search
   never takes a cursor, so one client with many streams cannot starve anyone else.
+* Busy-waiting (``spin_us`` > 0, ``server/spin.py``): while no request is in flight, one connection's thread
+  polls its socket for up to ``spin_us`` microseconds (off the GIL) before blocking in ``recv``, so the next
+  request does not pay a thread wake-up; any request that starts stops it. Every reply carries
+  ``others_busy``, the requests in flight besides it, so a client busy-waits only on an idle server.
 * Draining (``core.draining``): requests are answered ``UNAVAILABLE``. ``stop(grace)`` waits up to ``grace``
   seconds for requests being served, then closes the listener and every connection and removes the socket
   file. ``serving`` is False once the accept loop has ended (Health reports it).
@@ -64,6 +68,7 @@ from drift_engine.server.framing import (  # noqa: F401 - re-exported: the serve
     tcp_address,
 )
 from drift_engine.server.service import check_token, parse_request
+from drift_engine.server.spin import Spinner
 from drift_engine.server.stream import CursorTable, next_from_cursor, open_cursor
 
 log = logging.getLogger("drift_engine.server.direct")
@@ -105,6 +110,7 @@ class DirectServer:
         workers: int = 4,
         tls: ssl.SSLContext | None = None,
         allow_plaintext: bool = False,
+        spin_us: int = 0,
     ) -> None:
         self.family, self.bind_to = parse_address(address)
         if address.startswith(TLS_PREFIX) != (tls is not None):
@@ -138,6 +144,7 @@ class DirectServer:
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
         self._busy = 0
+        self._spinner = Spinner(spin_us)
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._stopping = False
@@ -274,6 +281,8 @@ class DirectServer:
             sock = conn.sock
             sock.settimeout(self._idle)
             while True:
+                if self._busy == 0:  # an idle server waits for this connection's next request awake
+                    self._spinner.spin(sock)
                 try:
                     header = recv_exact(sock, HEADER.size)
                 except (TimeoutError, OSError):
@@ -293,6 +302,7 @@ class DirectServer:
                     return
                 with self._workers:  # at most ``workers`` requests run at once; the others wait here, off the GIL
                     reply, close = self.dispatch(conn, body)
+                reply.others_busy = self._busy
                 send_frame(sock, reply.SerializeToString())
                 if close:
                     return
@@ -312,6 +322,7 @@ class DirectServer:
         counters.add("inflight", 1)
         with self._lock:
             self._busy += 1
+        self._spinner.interrupt()  # another connection's busy-wait gives its core back
         t0 = time.perf_counter()
         call = "?"
         try:

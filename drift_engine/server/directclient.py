@@ -16,6 +16,11 @@ Contract:
   a slice ends early when data arrives, so it adds no latency. After a timeout, an interruption or a broken
   connection the socket is discarded and a fresh one is used next time; so is a kept socket the server has
   closed meanwhile (seen before the request is sent).
+* Busy-waiting (``spin_us`` > 0, on a machine with more than one CPU): after sending, ``call`` polls the socket
+  with a zero timeout for up to ``spin_us`` microseconds before the blocking wait, so a quick reply costs no
+  wake-up of this process; only while the server's last reply said it had nothing else in flight
+  (``FastReply.others_busy`` 0), so a loaded server's clients do not spend its CPUs waiting. For
+  single-threaded callers (a PostgreSQL backend): the loop holds the GIL between polls.
 * A broken connection before the request was sent raises ``EngineUnavailableError``; after it was sent,
   also ``EngineUnavailableError`` (the calls on this path only read, so nothing is left half-done).
 * A reply carrying ``ErrorStatus`` raises the same ``DriftError`` subclass the server raised; an
@@ -63,6 +68,19 @@ def _read_frame(sock: socket.socket) -> bytes:
     return raw
 
 
+def _spin(sock: socket.socket, seconds: float) -> None:
+    """Poll ``sock`` with a zero timeout until it is readable or ``seconds`` pass (then the caller blocks as
+    usual): a reply that comes within that time costs no wake-up of this process. Single-threaded callers
+    only (a PostgreSQL backend): the loop holds the GIL between polls."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+    end = time.perf_counter() + seconds
+    while not poller.poll(0) and time.perf_counter() < end:
+        pass
+
+
 def _stale(sock: socket.socket) -> bool:
     """True when an idle connection has something to read: EOF or stray bytes (the server went away).
     On TLS only application data counts: a protocol record that carries none leaves the socket usable."""
@@ -103,6 +121,7 @@ class DirectClient:
         cancel_check: Callable[[], None] | None = None,
         connect_timeout: float = 5.0,
         tls: ClientTLS | None = None,
+        spin_us: int = 0,
     ) -> None:
         self.family, self.target = parse_address(address)
         if address.startswith(TLS_PREFIX):
@@ -116,6 +135,9 @@ class DirectClient:
         self.max_message_bytes = max_message_bytes
         self.cancel_check = cancel_check
         self.connect_timeout = connect_timeout
+        # busy-wait for a reply only with a spare CPU, and only while the server said it was otherwise idle
+        self.spin_s = max(0, int(spin_us)) / 1e6 if (os.cpu_count() or 1) > 1 else 0.0
+        self._server_idle = True
 
     def _connect(self) -> socket.socket:
         """A new connection to the server (TCP without Nagle), blocking once connected."""
@@ -171,6 +193,8 @@ class DirectClient:
             except OSError:
                 self._raise_parting_error(sock)  # a server that refused us may have said why before closing
                 raise
+            if self.spin_s and self._server_idle:
+                _spin(sock, self.spin_s)
             self._wait(sock, timeout)
             raw = _read_frame(sock)
         except OSError as exc:
@@ -180,7 +204,9 @@ class DirectClient:
             self._discard()
             raise
         try:
-            return _decode_reply(raw)
+            reply = _decode_reply(raw)
+            self._server_idle = reply.others_busy == 0
+            return reply
         except EngineUnavailableError:  # the server may close after saying so (draining, full, wants TLS)
             self._discard()
             raise
@@ -296,6 +322,8 @@ class DirectClient:
         if getattr(_state, "pipes", {}).get(self._key) is not sock:
             raise EngineUnavailableError(f"fast path {self.address}: the request was abandoned")
         try:
+            if self.spin_s and self._server_idle:
+                _spin(sock, self.spin_s)
             self._wait(sock, timeout)
             raw = _read_frame(sock)
         except OSError as exc:
@@ -305,7 +333,9 @@ class DirectClient:
             self._drop_pipe(sock)
             raise
         try:
-            return _decode_reply(raw)
+            reply = _decode_reply(raw)
+            self._server_idle = reply.others_busy == 0
+            return reply
         except EngineUnavailableError:
             self._drop_pipe(sock)
             raise

@@ -20,6 +20,10 @@ HEADER = struct.Struct("<I")
 UNIX_PREFIX = "fast+unix:"
 TCP_PREFIX = "fast+tcp:"
 TLS_PREFIX = "fast+tls:"
+# Busy-waits (server/spin.py, DirectClient.spin_us): how long an idle server polls a connection for its next
+# request, and how long a client polls for a reply, before blocking. Both stop when anything else is busy.
+DEFAULT_SPIN_US = 1000
+DEFAULT_CLIENT_SPIN_US = 500
 
 
 def parse_address(address: str) -> tuple[int, Any]:

@@ -51,6 +51,7 @@ from typing import Any
 import grpc
 
 from drift_engine.server.core import ServerLimits, ServiceCore
+from drift_engine.server.framing import DEFAULT_SPIN_US
 from drift_engine.server.service import DriftService
 
 log = logging.getLogger("drift_engine.server")
@@ -119,6 +120,7 @@ class ServeOptions:
     fast_path: str = "direct"  # "direct" | "zmq" | "off"
     fast_port: int = 0  # the direct fast path's TCP port beside a loopback TCP listener (0: any free port)
     fast_workers: int = 4
+    spin_us: int = DEFAULT_SPIN_US  # the direct fast path's busy-wait for a request while idle (server/spin.py)
     cursor_idle_s: float = 60.0
     max_cursors: int = 1024
     max_cursors_per_client: int = 64
@@ -272,6 +274,7 @@ def _start_fast_path(core: ServiceCore, address: str, opts: ServeOptions, tls: A
             workers=opts.fast_workers,
             tls=tls if address.startswith("fast+tls:") else None,
             allow_plaintext=opts.insecure_plaintext,
+            spin_us=opts.spin_us,
         )
     fast.start()
     return fast

@@ -19,6 +19,7 @@ from drift_engine.errors import (
     EngineUnavailableError,
     InvalidArgumentError,
 )
+from drift_engine.server import directclient
 from drift_engine.server import drift_pb2 as pb
 from drift_engine.server.core import ServerLimits, ServiceCore
 from drift_engine.server.direct import DirectServer
@@ -196,3 +197,49 @@ def test_deadline_and_cancel_check_against_a_silent_server(tmp_path: Path) -> No
             client.call(request, None)
     finally:
         silent.close()
+
+
+def test_busy_waits_change_no_answer_and_replies_say_what_else_was_in_flight(
+    core: ServiceCore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv = DirectServer(core, f"fast+unix:{tmp_path / 'spin.sock'}", token=None, spin_us=2000, workers=8)
+    srv.start()
+    try:
+        rng = np.random.default_rng(1)
+        queries = rng.random((20, DIM), dtype=np.float32)
+        want = [list(core.search(_search(q).search).ids) for q in queries]
+        client = DirectClient(srv.address, None, spin_us=2000)
+        spins: list[bool] = []
+        real_spin = directclient._spin
+        monkeypatch.setattr(directclient, "_spin", lambda sock, s: spins.append(True) or real_spin(sock, s))
+        for q, ids in zip(queries, want, strict=True):
+            reply = client.call(_search(q), 5)
+            assert list(reply.search.ids) == ids and reply.others_busy == 0
+        assert len(spins) == len(queries)  # a lone client on an idle server busy-waits every time
+        hold = threading.Event()
+        real_search = core.search
+
+        def slow_search(req: pb.SearchRequest) -> pb.SearchResponse:
+            if req.k == 7:
+                hold.wait(10)  # a request of another connection stays in flight
+            return real_search(req)
+
+        monkeypatch.setattr(core, "search", slow_search)
+        other = threading.Thread(target=lambda: DirectClient(srv.address, None).call(_search(queries[0], 7), 20))
+        other.start()
+        try:
+            for _ in range(200):
+                if srv._busy:
+                    break
+                threading.Event().wait(0.01)
+            spins.clear()
+            reply = client.call(_search(queries[1]), 5)
+            assert list(reply.search.ids) == want[1]
+            assert reply.others_busy == 1 and spins == [True]  # the server was idle when it answered last time
+            assert list(client.call(_search(queries[2]), 5).search.ids) == want[2]
+            assert len(spins) == 1  # ... but not after a reply that said another request was in flight
+        finally:
+            hold.set()
+            other.join(10)
+    finally:
+        srv.stop(1)

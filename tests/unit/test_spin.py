@@ -1,0 +1,76 @@
+"""The fast path's busy-waits (server/spin.py, DirectClient's reply spin): they return as soon as the socket is
+readable, give up after their budget, stop when interrupted, never spin twice at once, and change no answer."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from drift_engine.server import directclient
+from drift_engine.server.spin import Spinner
+
+needs_cpus = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="spinning is off on one CPU")
+
+
+def _ready(budget_us: int) -> Spinner:
+    spinner = Spinner(budget_us)
+    deadline = time.monotonic() + 60
+    while not spinner.ready and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert spinner.ready
+    return spinner
+
+
+@needs_cpus
+def test_the_server_spinner_returns_when_data_arrives_and_gives_up_after_its_budget() -> None:
+    spinner = _ready(20_000)
+    a, b = socket.socketpair()
+    with a, b:
+        t0 = time.perf_counter()
+        assert spinner.spin(a) is False  # nothing came: the whole budget, then the caller blocks as before
+        assert time.perf_counter() - t0 >= 0.019
+        threading.Timer(0.002, lambda: b.send(b"x")).start()
+        t0 = time.perf_counter()
+        assert spinner.spin(a) is True
+        assert time.perf_counter() - t0 < 0.019
+        assert a.recv(1) == b"x"  # the spin read nothing itself
+
+
+@needs_cpus
+def test_an_interrupt_stops_the_spin_and_only_one_thread_spins_at_once() -> None:
+    spinner = _ready(2_000_000)
+    a, b = socket.socketpair()
+    with a, b:
+        out: list[bool] = []
+        t = threading.Thread(target=lambda: out.append(spinner.spin(a)))
+        t0 = time.perf_counter()
+        t.start()
+        time.sleep(0.05)
+        assert spinner.spin(b) is False  # another thread spins: this one does not
+        spinner.interrupt()
+        t.join(5)
+        assert out == [False] and time.perf_counter() - t0 < 1.0
+
+
+def test_a_zero_budget_disables_the_spinner() -> None:
+    spinner = Spinner(0)
+    a, b = socket.socketpair()
+    with a, b:
+        b.send(b"x")
+        assert not spinner.enabled and spinner.spin(a) is False
+
+
+def test_the_client_spin_returns_when_readable_or_after_its_budget() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        t0 = time.perf_counter()
+        directclient._spin(a, 0.01)
+        assert time.perf_counter() - t0 >= 0.0095
+        b.send(b"x")
+        t0 = time.perf_counter()
+        directclient._spin(a, 5.0)
+        assert time.perf_counter() - t0 < 1.0 and a.recv(1) == b"x"
