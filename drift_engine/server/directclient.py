@@ -19,7 +19,8 @@ Contract:
 * Busy-waiting (``spin_us`` > 0, on a machine with more than one CPU): after sending, ``call`` polls the socket
   with a zero timeout for up to ``spin_us`` microseconds before the blocking wait, so a quick reply costs no
   wake-up of this process; only while the server's last reply said it had nothing else in flight
-  (``FastReply.others_busy`` 0), so a loaded server's clients do not spend its CPUs waiting. For
+  (``FastReply.others_busy`` 0) and this machine has a CPU to spare (``framing.cpu_to_spare``), so a loaded
+  server's clients do not spend its CPUs waiting. For
   single-threaded callers (a PostgreSQL backend): the loop holds the GIL between polls.
 * A broken connection before the request was sent raises ``EngineUnavailableError``; after it was sent,
   also ``EngineUnavailableError`` (the calls on this path only read, so nothing is left half-done).
@@ -52,7 +53,7 @@ from drift_engine.errors import (
 )
 from drift_engine.server import convert as cv
 from drift_engine.server import drift_pb2 as pb
-from drift_engine.server.framing import HEADER, TLS_PREFIX, parse_address, recv_exact
+from drift_engine.server.framing import HEADER, TLS_PREFIX, cpu_to_spare, parse_address, recv_exact
 from drift_engine.server.tls import ClientTLS
 
 SLICE_S = 0.05
@@ -193,7 +194,7 @@ class DirectClient:
             except OSError:
                 self._raise_parting_error(sock)  # a server that refused us may have said why before closing
                 raise
-            if self.spin_s and self._server_idle:
+            if self.spin_s and self._server_idle and cpu_to_spare():
                 _spin(sock, self.spin_s)
             self._wait(sock, timeout)
             raw = _read_frame(sock)
@@ -322,7 +323,7 @@ class DirectClient:
         if getattr(_state, "pipes", {}).get(self._key) is not sock:
             raise EngineUnavailableError(f"fast path {self.address}: the request was abandoned")
         try:
-            if self.spin_s and self._server_idle:
+            if self.spin_s and self._server_idle and cpu_to_spare():
                 _spin(sock, self.spin_s)
             self._wait(sock, timeout)
             raw = _read_frame(sock)

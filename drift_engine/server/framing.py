@@ -10,6 +10,7 @@ no numba.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import struct
 from typing import Any
@@ -24,6 +25,23 @@ TLS_PREFIX = "fast+tls:"
 # request, and how long a client polls for a reply, before blocking. Both stop when anything else is busy.
 DEFAULT_SPIN_US = 1000
 DEFAULT_CLIENT_SPIN_US = 500
+_CPUS = os.cpu_count() or 1
+_loadavg_fd: int | None = None
+
+
+def cpu_to_spare() -> bool:
+    """True when this machine has a CPU for a busy-wait: no more runnable threads than CPUs, the caller
+    included (``/proc/loadavg``'s instant count; False where it cannot be read, and on one CPU)."""
+    global _loadavg_fd
+    if _CPUS < 2:
+        return False
+    try:
+        if _loadavg_fd is None:
+            _loadavg_fd = os.open("/proc/loadavg", os.O_RDONLY)
+        running = int(os.pread(_loadavg_fd, 128, 0).split()[3].split(b"/")[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    return running <= _CPUS
 
 
 def parse_address(address: str) -> tuple[int, Any]:

@@ -11,9 +11,11 @@ Contract:
   with numba (``nogil``: other threads keep the GIL), until it is readable (True), ``budget_us``
   microseconds pass, or ``interrupt()`` is called (False). The caller then reads from the socket as
   before (blocking), so spinning changes latency only, never what is read.
-* At most one thread spins at a time (``spin`` returns False at once when another one does), and only
-  while the server has no request in flight: ``DirectServer`` calls ``interrupt()`` whenever a request
-  starts, so a busy server never spends a core on waiting. A TLS socket with decrypted bytes pending is
+* At most one thread spins at a time (``spin`` returns False at once when another one does), only when the
+  machine has no more runnable threads than CPUs (``framing.cpu_to_spare``: several engines on one host
+  do not spin each other's CPUs away), and only while the server has no request in flight:
+  ``DirectServer`` calls ``interrupt()`` whenever a request starts, so a busy server never spends a core
+  on waiting. A TLS socket with decrypted bytes pending is
   readable without polling.
 * Disabled (``enabled`` False, ``spin`` returns False at once) when ``budget_us`` is 0, on a machine with
   one CPU, or where the C library's ``poll`` / ``clock_gettime`` cannot be loaded. The loop compiles on a
@@ -31,6 +33,8 @@ import threading
 
 import numba
 import numpy as np
+
+from drift_engine.server.framing import cpu_to_spare
 
 log = logging.getLogger(__name__)
 POLLIN = 0x001
@@ -111,7 +115,7 @@ class Spinner:
             return False
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return True
-        if not self._lock.acquire(blocking=False):
+        if not cpu_to_spare() or not self._lock.acquire(blocking=False):
             return False
         try:
             self._stop[0] = 0

@@ -10,10 +10,16 @@ import time
 
 import pytest
 
-from drift_engine.server import directclient
+from drift_engine.server import directclient, spin
 from drift_engine.server.spin import Spinner
 
 needs_cpus = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="spinning is off on one CPU")
+
+
+@pytest.fixture(autouse=True)
+def idle_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spinner's own logic, whatever else runs on this machine meanwhile."""
+    monkeypatch.setattr(spin, "cpu_to_spare", lambda: True)
 
 
 def _ready(budget_us: int) -> Spinner:
@@ -54,6 +60,16 @@ def test_an_interrupt_stops_the_spin_and_only_one_thread_spins_at_once() -> None
         spinner.interrupt()
         t.join(5)
         assert out == [False] and time.perf_counter() - t0 < 1.0
+
+
+@needs_cpus
+def test_no_spin_without_a_cpu_to_spare(monkeypatch: pytest.MonkeyPatch) -> None:
+    spinner = _ready(2_000_000)
+    monkeypatch.setattr(spin, "cpu_to_spare", lambda: False)
+    a, b = socket.socketpair()
+    with a, b:
+        t0 = time.perf_counter()
+        assert spinner.spin(a) is False and time.perf_counter() - t0 < 0.5
 
 
 def test_a_zero_budget_disables_the_spinner() -> None:
