@@ -90,7 +90,9 @@ def as_vectors(vectors: Any, dim: int, metric: str, *, n_expected: int | None = 
     if arr.shape[0] and arr.shape[1] != dim:
         raise DimensionMismatchError(f"vector dimension {arr.shape[1]} does not match the collection's {dim}")
     arr = np.array(arr, dtype=np.float32, order="C", copy=True)
-    if arr.size and not np.all(np.isfinite(arr)):
+    # a NaN or an infinity makes the sum non-finite; a finite sum is the common, cheap case (a sum that
+    # overflows is checked element by element)
+    if arr.size and not math.isfinite(float(arr.sum(dtype=np.float64))) and not np.all(np.isfinite(arr)):
         bad_row = int(np.argwhere(~np.isfinite(arr))[0][0])
         raise InvalidVectorError(f"vector at row {bad_row} contains NaN or Inf")
     if metric == "cosine" and arr.shape[0]:

@@ -69,17 +69,20 @@ def _read_frame(sock: socket.socket) -> bytes:
     return raw
 
 
-def _spin(sock: socket.socket, seconds: float) -> None:
-    """Poll ``sock`` with a zero timeout until it is readable or ``seconds`` pass (then the caller blocks as
-    usual): a reply that comes within that time costs no wake-up of this process. Single-threaded callers
+def _spin(sock: socket.socket, seconds: float) -> bool:
+    """Poll ``sock`` with a zero timeout until it is readable (True) or ``seconds`` pass (False: the caller
+    blocks as usual): a reply that comes within that time costs no wake-up of this process. Single-threaded callers
     only (a PostgreSQL backend): the loop holds the GIL between polls."""
     if isinstance(sock, ssl.SSLSocket) and sock.pending():
-        return
+        return True
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
     end = time.perf_counter() + seconds
-    while not poller.poll(0) and time.perf_counter() < end:
-        pass
+    while True:
+        if poller.poll(0):
+            return True
+        if time.perf_counter() >= end:
+            return False
 
 
 def _stale(sock: socket.socket) -> bool:
@@ -194,9 +197,8 @@ class DirectClient:
             except OSError:
                 self._raise_parting_error(sock)  # a server that refused us may have said why before closing
                 raise
-            if self.spin_s and self._server_idle and cpu_to_spare():
-                _spin(sock, self.spin_s)
-            self._wait(sock, timeout)
+            if not (self.spin_s and self._server_idle and cpu_to_spare() and _spin(sock, self.spin_s)):
+                self._wait(sock, timeout)
             raw = _read_frame(sock)
         except OSError as exc:
             self._discard()
@@ -323,9 +325,8 @@ class DirectClient:
         if getattr(_state, "pipes", {}).get(self._key) is not sock:
             raise EngineUnavailableError(f"fast path {self.address}: the request was abandoned")
         try:
-            if self.spin_s and self._server_idle and cpu_to_spare():
-                _spin(sock, self.spin_s)
-            self._wait(sock, timeout)
+            if not (self.spin_s and self._server_idle and cpu_to_spare() and _spin(sock, self.spin_s)):
+                self._wait(sock, timeout)
             raw = _read_frame(sock)
         except OSError as exc:
             self._drop_pipe(sock)

@@ -212,7 +212,7 @@ def test_busy_waits_change_no_answer_and_replies_say_what_else_was_in_flight(
         spins: list[bool] = []
         real_spin = directclient._spin
         monkeypatch.setattr(directclient, "cpu_to_spare", lambda: True)  # whatever else runs on this machine
-        monkeypatch.setattr(directclient, "_spin", lambda sock, s: spins.append(True) or real_spin(sock, s))
+        monkeypatch.setattr(directclient, "_spin", lambda sock, s: bool(spins.append(True)) or real_spin(sock, s))
         for q, ids in zip(queries, want, strict=True):
             reply = client.call(_search(q), 5)
             assert list(reply.search.ids) == ids and reply.others_busy == 0
