@@ -238,6 +238,20 @@ class WritePath:
         if not replace:
             refuse_existing(ids, exists)
         lsn = self.wal.append(records.UPSERT, records.encode_upsert(ids, vectors, payloads, replace))
+        self._apply_l1_locked(lsn, ids, payloads, exists, old_payloads, apply)
+        return lsn
+
+    def _apply_l1_locked(
+        self,
+        lsn: int,
+        ids: np.ndarray,
+        payloads: list[bytes | None],
+        exists: np.ndarray,
+        old_payloads: list[bytes | None] | None,
+        apply: Callable[[int], Callable[[], None]],
+    ) -> None:
+        """The logged record ``lsn`` fdatasynced (LMDB must never claim an lsn the WAL could lose), then
+        ``apply(lsn)`` to L1 and the write counted and published; a failure aborts the record and raises."""
         try:
             self.wal.sync(lsn, "sync")
             publish = apply(lsn)
@@ -250,7 +264,6 @@ class WritePath:
         self._update_payload_index(ids, payloads, old_payloads)
         publish()
         self.visible_lsn = lsn
-        return lsn
 
     def _abort_locked(self, lsn: int, exc: BaseException) -> None:
         """Make "record ``lsn`` never happened" durable before its write's error reaches the caller."""
@@ -379,18 +392,11 @@ class WritePath:
         lsn = self.wal.append(records.TXN_APPLY, records.encode_txn_apply(seq, body, b""))
         self.txn_pins.add(lsn)
         try:
-            self.wal.sync(lsn, "sync")
-            publish = apply(lsn)
-        except BaseException as exc:
+            self._apply_l1_locked(lsn, up_ids, payloads, exists, old_payloads, apply)
+        except BaseException:
             self.txn_pins.discard(lsn)
-            self._abort_locked(lsn, exc)
             raise
-        self.last_write = time.monotonic()
-        self.count += int(up_ids.size - np.count_nonzero(exists))
-        self._update_payload_index(up_ids, payloads, old_payloads)
-        publish()
         self.txn_seqs.add(seq)
-        self.visible_lsn = lsn
         return lsn
 
     def _apply_txn(
