@@ -31,6 +31,17 @@ from drift_engine.errors import DriftError
 from drift_engine.server.framing import DEFAULT_SPIN_US
 
 
+def _microseconds(text: str) -> int:
+    """A whole number of microseconds, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of microseconds >= 0 (0: never)")
+    return value
+
+
 def _read_secret(path: str | None, what: str) -> bytes | None:
     if not path:
         return None
@@ -209,7 +220,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--spin-us",
-        type=int,
+        type=_microseconds,
         default=DEFAULT_SPIN_US,
         help="microseconds an idle server polls a fast-path connection for its next request before blocking (0: "
         "never; default %(default)s): saves a thread wake-up per request, costs that much CPU while idle",

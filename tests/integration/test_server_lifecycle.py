@@ -254,3 +254,12 @@ def test_bad_txn_timeout_is_refused_before_anything_opens(tmp_path):
     )
     assert out.returncode == 2 and "--txn-timeout" in out.stderr
     assert not (tmp_path / "d" / "collections").exists()
+
+
+@pytest.mark.parametrize("bad", ["-5", "abc"])
+def test_bad_spin_us_is_refused_before_anything_opens(tmp_path, bad):
+    out = subprocess.run(
+        serve_cmd(tmp_path / "d", f"--spin-us={bad}"), capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert out.returncode == 2 and "--spin-us" in out.stderr and "microseconds" in out.stderr
+    assert not (tmp_path / "d").exists()
