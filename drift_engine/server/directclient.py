@@ -20,7 +20,9 @@ Contract:
   with a zero timeout for up to ``spin_us`` microseconds before the blocking wait, so a quick reply costs no
   wake-up of this process; only while the server's last reply said it had nothing else in flight
   (``FastReply.others_busy`` 0) and this machine has a CPU to spare (``framing.cpu_to_spare``), so a loaded
-  server's clients do not spend its CPUs waiting. For
+  server's clients do not spend its CPUs waiting. A busy-wait that ends without the reply (a slow call, or a
+  server scheduled on this very CPU, which cannot run while we poll) makes the next 1, 2, 4 ...
+  ``SPIN_BACKOFF_MAX`` calls wait without one; a busy-wait that catches its reply ends the back-off. For
   single-threaded callers (a PostgreSQL backend): the loop holds the GIL between polls.
 * A broken connection before the request was sent raises ``EngineUnavailableError``; after it was sent,
   also ``EngineUnavailableError`` (the calls on this path only read, so nothing is left half-done).
@@ -58,6 +60,7 @@ from drift_engine.server.tls import ClientTLS
 
 SLICE_S = 0.05
 _state = threading.local()
+SPIN_BACKOFF_MAX = 64  # at most this many calls without a busy-wait after busy-waits that missed the reply
 
 
 def _read_frame(sock: socket.socket) -> bytes:
@@ -142,6 +145,26 @@ class DirectClient:
         # busy-wait for a reply only with a spare CPU, and only while the server said it was otherwise idle
         self.spin_s = max(0, int(spin_us)) / 1e6 if (os.cpu_count() or 1) > 1 else 0.0
         self._server_idle = True
+        self._spin_misses = 0  # busy-waits in a row that ended without the reply
+        self._spin_skips = 0  # calls left that wait without busy-waiting (the back-off after a miss)
+
+    def _spun(self, sock: socket.socket) -> bool:
+        """Busy-wait for the reply (see the contract): True when it arrived meanwhile. A busy-wait that ends
+        without it, because the call takes longer than ``spin_us`` or because the server shares this CPU and
+        cannot run while we poll, makes the next 1, 2, 4 ... ``SPIN_BACKOFF_MAX`` calls wait without one."""
+        if not self.spin_s or not self._server_idle:
+            return False
+        if self._spin_skips:
+            self._spin_skips -= 1
+            return False
+        if not cpu_to_spare():
+            return False
+        if _spin(sock, self.spin_s):
+            self._spin_misses = 0
+            return True
+        self._spin_skips = min(SPIN_BACKOFF_MAX, 1 << self._spin_misses)
+        self._spin_misses = min(self._spin_misses + 1, SPIN_BACKOFF_MAX.bit_length())
+        return False
 
     def _connect(self) -> socket.socket:
         """A new connection to the server (TCP without Nagle), blocking once connected."""
@@ -197,7 +220,7 @@ class DirectClient:
             except OSError:
                 self._raise_parting_error(sock)  # a server that refused us may have said why before closing
                 raise
-            if not (self.spin_s and self._server_idle and cpu_to_spare() and _spin(sock, self.spin_s)):
+            if not self._spun(sock):
                 self._wait(sock, timeout)
             raw = _read_frame(sock)
         except OSError as exc:
@@ -325,7 +348,7 @@ class DirectClient:
         if getattr(_state, "pipes", {}).get(self._key) is not sock:
             raise EngineUnavailableError(f"fast path {self.address}: the request was abandoned")
         try:
-            if not (self.spin_s and self._server_idle and cpu_to_spare() and _spin(sock, self.spin_s)):
+            if not self._spun(sock):
                 self._wait(sock, timeout)
             raw = _read_frame(sock)
         except OSError as exc:

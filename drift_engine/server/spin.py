@@ -10,7 +10,9 @@ Contract:
 * ``Spinner(budget_us)``: ``spin(sock) -> bool`` polls ``sock`` with a zero timeout in a loop compiled
   with numba (``nogil``: other threads keep the GIL), until it is readable (True), ``budget_us``
   microseconds pass, or ``interrupt()`` is called (False). The caller then reads from the socket as
-  before (blocking), so spinning changes latency only, never what is read.
+  before (blocking), so spinning changes latency only, never what is read. Each poll is followed by a
+  ``sched_yield``: a thread woken on the spinning CPU (often the very client whose request we wait for, after
+  an idle gap let the scheduler put both on one CPU) runs at once instead of after the budget.
 * At most one thread spins at a time (``spin`` returns False at once when another one does), only when the
   machine has no more runnable threads than CPUs (``framing.cpu_to_spare``: several engines on one host
   do not spin each other's CPUs away), and only while the server has no request in flight:
@@ -41,7 +43,7 @@ POLLIN = 0x001
 CLOCK_MONOTONIC = 1
 
 
-def _libc() -> tuple[object, object] | None:
+def _libc() -> tuple[object, object, object] | None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         poll = libc.poll
@@ -50,15 +52,18 @@ def _libc() -> tuple[object, object] | None:
         clock = libc.clock_gettime
         clock.argtypes = (ctypes.c_int, ctypes.c_void_p)
         clock.restype = ctypes.c_int
+        sched_yield = libc.sched_yield
+        sched_yield.argtypes = ()
+        sched_yield.restype = ctypes.c_int
     except (OSError, AttributeError):
         return None
-    return poll, clock
+    return poll, clock, sched_yield
 
 
 _FUNCS = _libc()
 
 
-def _compile(poll: object, clock: object):
+def _compile(poll: object, clock: object, sched_yield: object):
     @numba.njit(nogil=True, cache=False)
     def spin_readable(pollfd: np.ndarray, ts: np.ndarray, budget_ns: int, stop: np.ndarray) -> bool:
         clock(CLOCK_MONOTONIC, ts.ctypes.data)
@@ -72,6 +77,7 @@ def _compile(poll: object, clock: object):
             clock(CLOCK_MONOTONIC, ts.ctypes.data)
             if ts[0] * 1_000_000_000 + ts[1] >= end:
                 return False
+            sched_yield()  # a thread woken on this CPU (the client we wait for, often) runs now, not after the budget
 
     return spin_readable
 

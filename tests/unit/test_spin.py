@@ -90,3 +90,30 @@ def test_the_client_spin_returns_when_readable_or_after_its_budget() -> None:
         t0 = time.perf_counter()
         directclient._spin(a, 5.0)
         assert time.perf_counter() - t0 < 1.0 and a.recv(1) == b"x"
+
+
+def test_a_client_busy_wait_that_misses_the_reply_backs_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A miss (the reply took longer than the budget, or the server shares this CPU and could not run while we
+    polled) makes the next 1, 2, 4 ... calls wait without busy-waiting; a hit ends the back-off."""
+    monkeypatch.setattr(directclient, "cpu_to_spare", lambda: True)
+    outcomes: list[bool] = []
+    spun: list[int] = []
+    monkeypatch.setattr(directclient, "_spin", lambda sock, s: bool(spun.append(1)) or outcomes.pop(0))
+    client = directclient.DirectClient("fast+unix:/nonexistent", None, spin_us=100)
+    if not client.spin_s:
+        pytest.skip("spinning is off on one CPU")
+    a, b = socket.socketpair()
+    with a, b:
+        outcomes[:] = [False, False, False]
+        assert [client._spun(a) for _ in range(1 + 1 + 1 + 2 + 1)] == [False] * 6
+        assert len(spun) == 3  # miss, skip 1, miss, skip 2, miss: the third busy-wait came after two skipped calls
+        assert [client._spun(a) for _ in range(4)] == [False] * 4 and len(spun) == 3  # then 4 calls skip
+        outcomes[:] = [True, True]
+        assert client._spun(a) is True and client._spun(a) is True and len(spun) == 5  # a hit: every call spins again
+        outcomes[:] = [False] * 10
+        for _ in range(200):
+            client._spun(a)
+        assert client._spin_skips <= directclient.SPIN_BACKOFF_MAX  # the back-off is bounded
+        client._server_idle = False
+        before = len(spun)
+        assert client._spun(a) is False and len(spun) == before  # a busy server: no busy-wait at all
