@@ -127,7 +127,9 @@ def find_dataset(name: str, *, build: bool = True) -> Path:
         raise DatasetNotFoundError(f"building dataset {name!r} with {script} did not produce {out}")
     looked = "\n  ".join(str(r / name) for r in roots)
     hint = ""
-    if name in BUILDERS:
+    if script is not None:
+        hint = f"\n(not built yet: {script} builds it on demand, into {build_root()})"
+    elif name in BUILDERS:
         hint = f"\n(it is built on demand by {BUILDERS[name]}, which was not found in any shared folder)"
     raise DatasetNotFoundError(
         f"dataset {name!r} not found; looked in:\n  {looked}{hint}\n"
