@@ -31,7 +31,8 @@ Contract:
 * Busy-waiting (``spin_us`` > 0, ``server/spin.py``): while no request is in flight, one connection's thread
   polls its socket for up to ``spin_us`` microseconds (off the GIL) before blocking in ``recv``, so the next
   request does not pay a thread wake-up; any request that starts stops it. Every reply carries
-  ``others_busy``, the requests in flight besides it, so a client busy-waits only on an idle server.
+  ``others_busy``, the requests in flight besides it, so a client busy-waits only on an idle server, and
+  ``server_us``, the microseconds from reading the request to its reply.
 * Draining (``core.draining``): requests are answered ``UNAVAILABLE``. ``stop(grace)`` waits up to ``grace``
   seconds for requests being served, then closes the listener and every connection and removes the socket
   file. ``serving`` is False once the accept loop has ended (Health reports it).
@@ -289,6 +290,7 @@ class DirectServer:
                     return
                 if header is None:
                     return
+                t_read = time.perf_counter()
                 (length,) = HEADER.unpack(header)
                 if length > limit:
                     err = RequestTooLargeError(f"request of {length} bytes is over this server's {limit}-byte limit")
@@ -303,6 +305,7 @@ class DirectServer:
                 with self._workers:  # at most ``workers`` requests run at once; the others wait here, off the GIL
                     reply, close = self.dispatch(conn, body)
                 reply.others_busy = self._busy
+                reply.server_us = min(int((time.perf_counter() - t_read) * 1e6), 0xFFFFFFFF)
                 send_frame(sock, reply.SerializeToString())
                 if close:
                     return

@@ -20,9 +20,11 @@ Contract:
   with a zero timeout for up to ``spin_us`` microseconds before the blocking wait, so a quick reply costs no
   wake-up of this process; only while the server's last reply said it had nothing else in flight
   (``FastReply.others_busy`` 0) and this machine has a CPU to spare (``framing.cpu_to_spare``), so a loaded
-  server's clients do not spend its CPUs waiting. A busy-wait that ends without the reply (a slow call, or a
-  server scheduled on this very CPU, which cannot run while we poll) makes the next 1, 2, 4 ...
-  ``SPIN_BACKOFF_MAX`` calls wait without one; a busy-wait that catches its reply ends the back-off. For
+  server's clients do not spend its CPUs waiting. A busy-wait that ends without the reply although the
+  server spent less than half the budget on the request (``FastReply.server_us``: it could not run meanwhile,
+  e.g. scheduled on this very CPU, which the busy-wait holds) makes the next 1, 2, 4 ... ``SPIN_BACKOFF_MAX``
+  calls wait without one; a busy-wait that catches its reply ends the back-off, and one that missed a reply
+  the server was slow to make (cold caches after an idle spell, a large request) changes nothing. For
   single-threaded callers (a PostgreSQL backend): the loop holds the GIL between polls.
 * A broken connection before the request was sent raises ``EngineUnavailableError``; after it was sent,
   also ``EngineUnavailableError`` (the calls on this path only read, so nothing is left half-done).
@@ -55,7 +57,13 @@ from drift_engine.errors import (
 )
 from drift_engine.server import convert as cv
 from drift_engine.server import drift_pb2 as pb
-from drift_engine.server.framing import HEADER, TLS_PREFIX, cpu_to_spare, parse_address, recv_exact
+from drift_engine.server.framing import (
+    HEADER,
+    TLS_PREFIX,
+    cpu_to_spare,
+    parse_address,
+    recv_exact,
+)
 from drift_engine.server.tls import ClientTLS
 
 SLICE_S = 0.05
@@ -145,13 +153,13 @@ class DirectClient:
         # busy-wait for a reply only with a spare CPU, and only while the server said it was otherwise idle
         self.spin_s = max(0, int(spin_us)) / 1e6 if (os.cpu_count() or 1) > 1 else 0.0
         self._server_idle = True
-        self._spin_misses = 0  # busy-waits in a row that ended without the reply
+        self._spin_misses = 0  # busy-waits in a row that ended without the reply, the server not to blame
         self._spin_skips = 0  # calls left that wait without busy-waiting (the back-off after a miss)
+        self._spin_outcome: bool | None = None  # the last call's busy-wait: None (none), True (hit), False (miss)
 
     def _spun(self, sock: socket.socket) -> bool:
-        """Busy-wait for the reply (see the contract): True when it arrived meanwhile. A busy-wait that ends
-        without it, because the call takes longer than ``spin_us`` or because the server shares this CPU and
-        cannot run while we poll, makes the next 1, 2, 4 ... ``SPIN_BACKOFF_MAX`` calls wait without one."""
+        """Busy-wait for the reply if the contract says so: True when it arrived meanwhile."""
+        self._spin_outcome = None
         if not self.spin_s or not self._server_idle:
             return False
         if self._spin_skips:
@@ -159,12 +167,20 @@ class DirectClient:
             return False
         if not cpu_to_spare():
             return False
-        if _spin(sock, self.spin_s):
+        self._spin_outcome = _spin(sock, self.spin_s)
+        return self._spin_outcome
+
+    def _learn(self, reply: pb.FastReply) -> None:
+        """What the reply says for the next busy-waits: whether the server is idle, and the back-off."""
+        self._server_idle = reply.others_busy == 0
+        if self._spin_outcome is None:
+            return
+        if self._spin_outcome:
             self._spin_misses = 0
-            return True
-        self._spin_skips = min(SPIN_BACKOFF_MAX, 1 << self._spin_misses)
-        self._spin_misses = min(self._spin_misses + 1, SPIN_BACKOFF_MAX.bit_length())
-        return False
+        elif reply.server_us * 2e-6 < self.spin_s:  # a quick request whose reply we did not see: back off
+            self._spin_skips = min(SPIN_BACKOFF_MAX, 1 << self._spin_misses)
+            self._spin_misses = min(self._spin_misses + 1, SPIN_BACKOFF_MAX.bit_length())
+        self._spin_outcome = None
 
     def _connect(self) -> socket.socket:
         """A new connection to the server (TCP without Nagle), blocking once connected."""
@@ -231,7 +247,7 @@ class DirectClient:
             raise
         try:
             reply = _decode_reply(raw)
-            self._server_idle = reply.others_busy == 0
+            self._learn(reply)
             return reply
         except EngineUnavailableError:  # the server may close after saying so (draining, full, wants TLS)
             self._discard()
@@ -359,7 +375,7 @@ class DirectClient:
             raise
         try:
             reply = _decode_reply(raw)
-            self._server_idle = reply.others_busy == 0
+            self._learn(reply)
             return reply
         except EngineUnavailableError:
             self._drop_pipe(sock)
