@@ -329,10 +329,11 @@ def print_table(result: dict[str, Any]) -> None:
           f"load average {result['machine']['load_average_1_5_15']}:")  # fmt: skip
     for target, rows in result["at_recall"].items():
         print(f"  at recall >= {target} (1 client, systems interleaved):")
-        print(f"    {'system':<18} {'knob':<22} {'recall':>7} {'p50 ms':>8} {'p99 ms':>8}")
+        print(f"    {'system':<18} {'knob':<22} {'recall':>7} {'p50 ms':>8} {'p99 ms':>8} {'1st of block p50':>17}")
         for name, row in rows.items():
             knob = f"{result['knobs'][name]}={row['value']}"
-            print(f"    {name:<18} {knob:<22} {row['recall']:>7.4f} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f}")
+            print(f"    {name:<18} {knob:<22} {row['recall']:>7.4f} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f} "
+                  f"{row.get('first_p50_ms', float('nan')):>17.3f}")  # fmt: skip
     for clients, rows in result.get("concurrent", {}).items():
         print(f"  concurrent, {clients} client(s), at recall >= {TARGETS[0]}:")
         for name, row in rows.items():

@@ -10,7 +10,10 @@ Contract:
   truth) and p50 / p99 of whole statements; it stops once recall >= 0.995.
 * ``at_recall`` picks each system's fastest sweep point with recall >= a target.
 * ``head_to_head`` times the chosen points again with the systems interleaved in blocks of ``BLOCK`` queries
-  (a busy machine slows all alike).
+  (a busy machine slows all alike), the systems' order shuffled from block to block (``block_order``): the
+  first statement after another system's block runs with colder caches and, for drift, an engine that has
+  stopped busy-waiting; in a fixed (or merely rotated) order one system would always follow the same other
+  one, and pay that in every block while the system after it never does.
 * ``concurrent`` runs ``clients`` processes (one connection each) per system, systems rotating in rounds of
   ``round_s`` seconds, and reports q/s and p50 / p99 per system.
 Every statement's latency is wall time in the client, from ``execute`` to the last row fetched.
@@ -98,18 +101,32 @@ def at_recall(curves: dict[str, list[dict[str, Any]]], target: float) -> dict[st
     return out
 
 
+def block_order(names: list[str], rng: np.random.Generator) -> list[str]:
+    """The systems' order for the next block: a random permutation (each system follows each other alike)."""
+    return [names[i] for i in rng.permutation(len(names))]
+
+
 def head_to_head(
     conn: Any, systems: dict[str, System], chosen: dict[str, dict[str, Any]], nq: int, server: str
 ) -> dict[str, dict[str, float]]:
-    """The chosen points again, systems interleaved in blocks of BLOCK queries (random order, seed 0)."""
+    """The chosen points again, systems interleaved in blocks of BLOCK queries (random order, seed 0), their
+    order shuffled from block to block; ``first_p50_ms``: the p50 of each block's first statement (right
+    after another system's block: colder caches, a drift engine no longer busy-waiting)."""
     lat: dict[str, list[np.ndarray]] = {name: [] for name in chosen}
+    first: dict[str, list[float]] = {name: [] for name in chosen}
     order = np.random.default_rng(0).permutation(nq)
+    shuffle = np.random.default_rng(2)
     for start in range(0, nq, BLOCK):
         block = order[start : start + BLOCK]
-        for name, point in chosen.items():
+        for name in block_order(list(chosen), shuffle):
+            point = chosen[name]
             systems[name].use(conn, point["value"])
             lat[name].append(systems[name].run(conn, block)[1])
-    return {name: summary(np.concatenate(parts)) for name, parts in lat.items()}
+            first[name].append(float(lat[name][-1][0]))
+    return {
+        name: summary(np.concatenate(parts)) | {"first_p50_ms": round(float(np.median(first[name])) * 1e3, 4)}
+        for name, parts in lat.items()
+    }
 
 
 def _client(dsn: dict[str, Any], sql: str, params: list[str], setup: str, seconds: float, seed: int, out: Any) -> None:
@@ -208,17 +225,20 @@ def after_train(
 ) -> dict[str, Any]:
     """The first ``seconds`` after a retrain: ``retrain`` (a statement: the Maintainer back at its default duty,
     then ``drift.train``) runs, then the chosen points of every system run interleaved in blocks of BLOCK // 5
-    queries until ``seconds`` have passed, while drift's background maintenance does what the retrain left."""
+    queries (their order shuffled) until ``seconds`` have passed, while drift's background maintenance does
+    what the retrain left."""
     t0 = time.perf_counter()
     conn.execute(retrain)
     train_s = time.perf_counter() - t0
     lat: dict[str, list[np.ndarray]] = {name: [] for name in chosen}
     order = np.random.default_rng(1).permutation(nq)
     block, start, deadline = max(1, BLOCK // 5), 0, time.perf_counter() + seconds
+    shuffle = np.random.default_rng(3)
     while time.perf_counter() < deadline:
         idx = order[np.arange(start, start + block) % nq]
         start += block
-        for name, point in chosen.items():
+        for name in block_order(list(chosen), shuffle):
+            point = chosen[name]
             systems[name].use(conn, point["value"])
             lat[name].append(systems[name].run(conn, idx)[1])
     out: dict[str, Any] = {"retrain_s": round(train_s, 2), "seconds": seconds}
