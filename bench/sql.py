@@ -19,14 +19,16 @@ recommends, and ``drift-fdw-vector`` / ``-array`` the same collection through a 
    ``nprobe`` for drift (FDW and ``drift.search(..., payloads => false)``), ``hnsw.ef_search`` and
    ``ivfflat.probes`` for pgvector; one client; plotted as ``sql_<dataset>.png`` (p50 against recall).
 3. **Head to head at matched recall** — for each target (0.95, 0.99) each system's fastest sweep point with
-   at least that recall, timed again with the systems interleaved in blocks of 50 queries: p50, p99.
+   at least that recall, timed again with the systems interleaved in blocks of 50 queries, their order
+   shuffled per block: p50, p99, and the p50 of each block's first statement (after another system's block).
 4. **Concurrency** — at recall >= 0.95: 1 and ``--clients`` client processes per system, systems rotating in
    rounds: q/s, p50, p99.
 5. **Filtered kNN** — ``tag`` has 100 values (1 % each): ``tag = 't7' ... LIMIT 10``: how many statements
    return exactly 10 rows, recall against brute force over the matching rows; pgvector HNSW with and without
    ``hnsw.iterative_scan``.
 6. **After a retrain** (last, ``--after-train-seconds``, default 60) — the Maintainer back at its default duty,
-   ``drift.train`` again, then the chosen points at recall >= 0.95 of every system interleaved for that long
+   ``drift.train`` again, then the chosen points at recall >= 0.95 of every system interleaved (blocks of 10,
+   shuffled) for that long
    while drift's background maintenance runs: p50 / p99 per system.
 
 Without Multicorn the FDW column is skipped (``drift.search`` and the loader ``drift.upsert`` still run);
