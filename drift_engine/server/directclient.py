@@ -57,13 +57,7 @@ from drift_engine.errors import (
 )
 from drift_engine.server import convert as cv
 from drift_engine.server import drift_pb2 as pb
-from drift_engine.server.framing import (
-    HEADER,
-    TLS_PREFIX,
-    cpu_to_spare,
-    parse_address,
-    recv_exact,
-)
+from drift_engine.server.framing import HEADER, TLS_PREFIX, cpu_to_spare, parse_address, recv_exact
 from drift_engine.server.tls import ClientTLS
 
 SLICE_S = 0.05

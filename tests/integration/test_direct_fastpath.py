@@ -199,6 +199,30 @@ def test_deadline_and_cancel_check_against_a_silent_server(tmp_path: Path) -> No
         silent.close()
 
 
+def test_replies_say_how_long_the_server_took(
+    core: ServiceCore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``server_us``: from reading the request to its reply (what a client's busy-wait back-off reads)."""
+    srv = DirectServer(core, f"fast+unix:{tmp_path / 'took.sock'}", token=None, spin_us=0)
+    srv.start()
+    try:
+        client = DirectClient(srv.address, None)
+        q = np.random.default_rng(2).random(DIM, dtype=np.float32)
+        quick = client.call(_search(q), 5)
+        assert 0 < quick.server_us < 1_000_000
+        real_search = core.search
+
+        def slow_search(req: pb.SearchRequest) -> pb.SearchResponse:
+            threading.Event().wait(0.05)
+            return real_search(req)
+
+        monkeypatch.setattr(core, "search", slow_search)
+        slow = client.call(_search(q), 5)
+        assert list(slow.search.ids) == list(quick.search.ids) and slow.server_us >= 50_000
+    finally:
+        srv.stop(1)
+
+
 def test_busy_waits_change_no_answer_and_replies_say_what_else_was_in_flight(
     core: ServiceCore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
