@@ -174,7 +174,6 @@ class DirectClient:
         elif reply.server_us * 2e-6 < self.spin_s:  # a quick request whose reply we did not see: back off
             self._spin_skips = min(SPIN_BACKOFF_MAX, 1 << self._spin_misses)
             self._spin_misses = min(self._spin_misses + 1, SPIN_BACKOFF_MAX.bit_length())
-        self._spin_outcome = None
 
     def _connect(self) -> socket.socket:
         """A new connection to the server (TCP without Nagle), blocking once connected."""
