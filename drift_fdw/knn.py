@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from drift_engine.server import convert as cv
 from drift_fdw import connection as conn
 from drift_fdw.quals import ScanPlan
 
@@ -51,15 +52,28 @@ class Hit(NamedTuple):
     payload: dict[str, Any] | None
 
 
-def _vectors(col: Any, ids: np.ndarray) -> dict[int, np.ndarray]:
+def _vectors(col: Any, ids: list[int]) -> dict[int, np.ndarray]:
     got = col.get(ids)
     return dict(zip(got.ids.tolist(), got.vectors, strict=True))
 
 
-def _hits(col: Any, ids: np.ndarray, dists: np.ndarray, payloads: Any, want_vectors: bool) -> list[Hit]:
-    vectors = _vectors(col, ids) if want_vectors and len(ids) else {}
+def _hits(col: Any, ids: list[int], dists: list[float], payloads: Any, want_vectors: bool) -> list[Hit]:
+    vectors = _vectors(col, ids) if want_vectors and ids else {}
     pays = payloads if payloads is not None else [None] * len(ids)
-    return [Hit(i, d, vectors.get(i), p) for i, d, p in zip(ids.tolist(), dists.tolist(), pays, strict=True)]
+    return [Hit(i, d, vectors.get(i), p) for i, d, p in zip(ids, dists, pays, strict=True)]
+
+
+def _first_round(col: Any, plan: ScanPlan, k: int, want_payloads: bool, opts: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Phase 1's (ids, distances, payloads or None) as lists; a remote collection takes the plan's query
+    and knobs as they are (validated by ``plan_scan``), with no second check in the client."""
+    lean = getattr(col, "search_rows", None)
+    if lean is not None and plan.query is not None:
+        return lean(
+            plan.query, k, nprobe=opts["nprobe"], rerank=opts["rerank"], ef=opts["ef"],
+            filter_json=cv.filter_to_json(opts["filter"]), with_payloads=want_payloads,
+        )  # fmt: skip
+    res = col.search(plan.query, k=k, with_payloads=want_payloads, **opts)
+    return res.ids.tolist(), res.distances.tolist(), res.payloads if want_payloads else None
 
 
 def knn_hits(
@@ -84,8 +98,10 @@ def knn_hits(
     with conn.engine_call(address):
         res = first() if first is not None else None
         if res is None:
-            res = col.search(plan.query, k=first_k, with_payloads=want_payloads, **opts)
-        hits = _hits(col, res.ids, res.distances, res.payloads if want_payloads else None, want_vectors)
+            ids, dists, pays = _first_round(col, plan, first_k, want_payloads, opts)
+        else:
+            ids, dists, pays = res.ids.tolist(), res.distances.tolist(), res.payloads if want_payloads else None
+        hits = _hits(col, ids, dists, pays, want_vectors)
     conn.COUNTERS["engine_rows"] += len(hits)
     emitted: set[int] = set()
     last = -np.inf
@@ -130,7 +146,7 @@ def _more(
                 except StopIteration:
                     finished = True
                     return
-                hits = _hits(col, batch.ids, batch.distances, batch.payloads, want_vectors)
+                hits = _hits(col, batch.ids.tolist(), batch.distances.tolist(), batch.payloads, want_vectors)
             conn.COUNTERS["stream_batches"] += 1
             conn.COUNTERS["engine_rows"] += len(hits)
             for hit in hits:

@@ -323,7 +323,7 @@ class RowMaker:
         row = self.template.copy()
         for i in self.id_at:
             row[i] = ident
-        if distance is not None:
+        if distance is not None and self.distance_at:
             text = repr(float(distance))
             for i in self.distance_at:
                 row[i] = text

@@ -88,22 +88,20 @@ def prepare(table: Any) -> None:
     buf = table._writes
     try:
         with conn.engine_call(spec.address):
-            ops = []
+            jobs: list[tuple[str, Any, Any, Any, Any]] = []
             for batch in buf.batches(max_rows):
-                ops.append(txn_op(col.name, batch.op, batch.ids, batch.vectors, batch.payloads, dim=col.dim))
+                jobs.append((batch.op, batch.ids, batch.vectors, batch.payloads, None))
                 state.rows += len(batch.ids)
             expect = buf.expectations()
             for start in range(0, len(expect), max_rows):
                 part = expect[start : start + max_rows]
-                ops.append(
-                    txn_op(col.name, "expect", [i for i, _ in part], read_lsns=[b for _, b in part], dim=col.dim)
-                )
-            for op in ops[:-1]:
-                client.txn_stage(state.txn_id, [op])
-            try:  # the last chunk and the prepare in one call (a single-row INSERT: one round trip here)
-                if ops:
-                    client.txn_stage(state.txn_id, [ops[-1]], prepare=True)
-                else:
+                jobs.append(("expect", [i for i, _ in part], None, None, [b for _, b in part]))
+            try:  # the last chunk carries the prepare (a single-row INSERT: one round trip here)
+                for n, (op, ids, vectors, payloads, lsns) in enumerate(jobs):
+                    request, stage = client.stage_request(state.txn_id, prepare=n == len(jobs) - 1)
+                    txn_op(col.name, op, ids, vectors, payloads, lsns, dim=col.dim, into=stage.ops.add())
+                    client.send_stage(request)
+                if not jobs:
                     client.txn_prepare(state.txn_id)
             except (ConflictError, TransactionNotFoundError) as exc:
                 _open.pop(spec.address, None)  # the engine dropped it

@@ -59,14 +59,16 @@ class L1DirectWrites:
         vectors: np.ndarray,
         payloads: list[bytes | None],
         del_ids: np.ndarray,
+        up_body: bytes | None = None,
     ) -> int:
-        """Log and apply this collection's part of committed transaction ``seq``; returns its lsn."""
+        """Log and apply this collection's part of committed transaction ``seq``; returns its lsn.
+        ``up_body``: the upserts already encoded (``records.encode_upsert(..., True)``), or None."""
         if del_ids.size or up_ids.size < self._config.params.bulk_min:
-            return self._writes.apply_txn_locked(seq, up_ids, vectors, payloads, del_ids)
+            return self._writes.apply_txn_locked(seq, up_ids, vectors, payloads, del_ids, up_body)
         with self._l1_lock:
             self._flush_all_locked()
             lsn = self._writes.apply_txn_bulk_locked(
-                seq, up_ids, vectors, payloads, apply=self._l1_apply(up_ids, vectors, payloads)
+                seq, up_ids, vectors, payloads, apply=self._l1_apply(up_ids, vectors, payloads), up_body=up_body
             )
             self._after_commit(lsn)
         return lsn

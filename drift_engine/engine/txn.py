@@ -112,7 +112,8 @@ class _Txn:
 @dataclass
 class _Logged:
     """A transaction whose ``TXN_COMMIT`` record is appended: its sequence number, the record's lsn and the
-    per-collection arrays to apply."""
+    per-collection arrays to apply: (upsert ids, vectors, payloads, delete ids, the upserts' encoded body,
+    reused for the ``TXN_APPLY`` record)."""
 
     seq: int
     lsn: int
@@ -408,8 +409,8 @@ class TxnManager:
             up, vecs, pays, _inserts, dels = part.arrays(col.dim)
             present = dels[col._writes.existing(dels)[0]] if dels.size else dels
             deleted += int(present.size)
-            arrays[name] = (up, vecs, pays, present)
             up_body = records.encode_upsert(up, vecs, pays, True) if up.size else b""
+            arrays[name] = (up, vecs, pays, present, up_body)
             groups.append((name, up_body, records.encode_delete(present) if present.size else b""))
         if not groups:
             return None
@@ -439,9 +440,9 @@ class TxnManager:
         crashpoints.hit("txn.after_commit_record")
         applied: list[tuple[Any, int]] = []
         try:
-            for name, (up, vecs, pays, dels) in logged.arrays.items():
+            for name, (up, vecs, pays, dels, up_body) in logged.arrays.items():
                 col = cols[name]
-                applied.append((col._writes, col.apply_txn_part_locked(logged.seq, up, vecs, pays, dels)))
+                applied.append((col._writes, col.apply_txn_part_locked(logged.seq, up, vecs, pays, dels, up_body)))
                 crashpoints.hit("txn.after_apply")
         except BaseException as exc:
             raise WritesStoppedError(

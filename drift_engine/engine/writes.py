@@ -356,10 +356,14 @@ class WritePath:
         vectors: np.ndarray,
         payloads: list[bytes | None],
         del_ids: np.ndarray,
+        up_body: bytes | None = None,
     ) -> int:
         """Log and apply this collection's part of committed transaction ``seq`` (one ``TXN_APPLY``
-        record; the caller validated it and holds ``lock``); returns its lsn, pinned in ``txn_pins``."""
-        up_body = records.encode_upsert(up_ids, vectors, payloads, True) if up_ids.size else b""
+        record; the caller validated it and holds ``lock``); returns its lsn, pinned in ``txn_pins``.
+        ``up_body``: the upserts as ``records.encode_upsert(up_ids, vectors, payloads, True)`` gives them,
+        when the caller encoded them already (for the commit record)."""
+        if up_body is None:
+            up_body = records.encode_upsert(up_ids, vectors, payloads, True) if up_ids.size else b""
         del_body = records.encode_delete(del_ids) if del_ids.size else b""
         lsn = self.wal.append(records.TXN_APPLY, records.encode_txn_apply(seq, up_body, del_body))
         self.txn_pins.add(lsn)
@@ -382,13 +386,15 @@ class WritePath:
         payloads: list[bytes | None],
         *,
         apply: Callable[[int], Callable[[], None]],
+        up_body: bytes | None = None,
     ) -> int:
         """Log this collection's (upsert-only) part of committed transaction ``seq`` as one ``TXN_APPLY``
         record, fdatasync it (LMDB must never claim an lsn the WAL could lose), then ``apply(lsn)`` it to L1
         directly, as ``bulk_locked`` does; returns its lsn, pinned in ``txn_pins``. Memtables must hold no
-        version of these ids. If the apply fails, the record is aborted and the error raised."""
+        version of these ids. If the apply fails, the record is aborted and the error raised. ``up_body``: as for
+        ``apply_txn_locked``."""
         exists, old_payloads = self.existing(up_ids)
-        body = records.encode_upsert(up_ids, vectors, payloads, True)
+        body = records.encode_upsert(up_ids, vectors, payloads, True) if up_body is None else up_body
         lsn = self.wal.append(records.TXN_APPLY, records.encode_txn_apply(seq, body, b""))
         self.txn_pins.add(lsn)
         try:

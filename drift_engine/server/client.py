@@ -255,6 +255,28 @@ class Client:
         req = pb.StageTxnRequest(txn_id=txn_id, ops=ops, prepare=prepare)
         return int(self._txn("txn_stage", "StageTxn", req).rows)
 
+    def stage_request(self, txn_id: str, *, prepare: bool = False) -> tuple[Any, pb.StageTxnRequest]:
+        """(request, stage): an empty ``StageTxn`` to fill (``txn_op(..., into=stage.ops.add())``) and send
+        with ``send_stage(request)``. On the direct fast path it is built inside the frame's request, so
+        large vectors are not copied from message to message."""
+        if isinstance(self.fast(), DirectClient):
+            request = pb.FastRequest()
+            stage = request.txn_stage
+        else:
+            request = stage = pb.StageTxnRequest()
+        stage.txn_id = txn_id
+        stage.prepare = prepare
+        return request, stage
+
+    def send_stage(self, request: Any) -> int:
+        """Send a ``stage_request``; returns what ``txn_stage`` returns."""
+        if isinstance(request, pb.FastRequest):
+            fast = self.fast()
+            if isinstance(fast, DirectClient):
+                return int(fast.call(request, self.timeout).txn.rows)
+            request = request.txn_stage  # the fast path went away meanwhile: the same call over gRPC
+        return int(self.invoke("StageTxn", request).rows)
+
     def txn_prepare(self, txn_id: str) -> dict[str, int]:
         return {"rows": int(self._txn("txn_prepare", "PrepareTxn", pb.TxnRequest(txn_id=txn_id)).rows)}
 
@@ -376,6 +398,29 @@ class RemoteCollection:
         else:
             resp = self._client.invoke("Search", req)
         return cv.search_result(resp, self._payload_loader)
+
+    def search_rows(
+        self,
+        query: np.ndarray,
+        k: int,
+        *,
+        nprobe: int | None = None,
+        rerank: int | None = None,
+        ef: int | None = None,
+        filter_json: str = "",
+        with_payloads: bool = False,
+    ) -> tuple[list[int], list[float], list[Any] | None]:
+        """``search`` as plain lists (ids, distances, payloads or None) for callers that validated their
+        arguments (``wire.fast_search_request``; the server checks them again): the FDW's kNN scans."""
+        fast = self._client.fast()
+        if fast is None:
+            res = self.search(query, k, nprobe, rerank, cv.filter_from_json(filter_json), ef=ef,
+                              with_payloads=with_payloads)  # fmt: skip
+            return res.ids.tolist(), res.distances.tolist(), res.payloads if with_payloads else None
+        req = wire.fast_search_request(self.name, query, k, nprobe, rerank, ef, filter_json, with_payloads)
+        resp = fast.call(req, self._client.timeout).search
+        payloads = cv.payloads_from_json(resp.payload_json) if resp.has_payloads else None
+        return list(resp.ids), list(resp.distances), payloads
 
     def search_send(
         self,

@@ -20,13 +20,25 @@ OPS = ("insert", "upsert", "delete", "expect")
 
 
 def txn_op(
-    collection: str, op: str, ids: Any, vectors: Any = None, payloads: Any = None, read_lsns: Any = None, *, dim: int
+    collection: str,
+    op: str,
+    ids: Any,
+    vectors: Any = None,
+    payloads: Any = None,
+    read_lsns: Any = None,
+    *,
+    dim: int,
+    into: pb.TxnOp | None = None,
 ) -> pb.TxnOp:
-    """One validated ``TxnOp`` message."""
+    """One validated ``TxnOp`` message; with ``into`` (an empty one inside a request, e.g. from
+    ``Client.stage_request``) that message is filled and returned, so its vectors are never copied."""
     if op not in OPS:
         raise InvalidArgumentError(f"transaction op must be one of {', '.join(OPS)}, got {op!r}")
     id_arr = as_ids(ids)
-    msg = pb.TxnOp(collection=collection, op=op, ids=id_arr.tolist())
+    msg = pb.TxnOp() if into is None else into
+    msg.collection = collection
+    msg.op = op
+    msg.ids.extend(id_arr.tolist())
     if op in ("insert", "upsert"):
         vec = as_vectors(vectors, dim, "l2", n_expected=id_arr.size)
         if id_arr.size:

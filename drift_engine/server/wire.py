@@ -187,6 +187,37 @@ def search_request(
     )
 
 
+def fast_search_request(
+    name: str,
+    query: np.ndarray,
+    k: int,
+    nprobe: int | None,
+    rerank: int | None,
+    ef: int | None,
+    filter_json: str,
+    with_payloads: bool,
+) -> pb.FastRequest:
+    """A fast-path search built in place, with no client-side checks: for callers that validated every
+    argument already (the FDW's scan plan: a finite float32 query of the collection's dimension, knobs in
+    range, the filter as compact JSON). The server validates the request again, as it does every request."""
+    req = pb.FastRequest()
+    search = req.search
+    search.collection = name
+    search.query = query.tobytes()
+    search.k = k
+    if nprobe is not None:
+        search.nprobe = nprobe
+    if rerank is not None:
+        search.rerank = rerank
+    if ef is not None:
+        search.ef = ef
+    if filter_json:
+        search.filter_json = filter_json
+    if with_payloads:
+        search.with_payloads = True
+    return req
+
+
 def search_batch_request(
     name: str, dim: int, queries: Any, k: Any, nprobe: Any, rerank: Any, flt: Any, ef: Any
 ) -> pb.SearchBatchRequest:

@@ -4,6 +4,7 @@ transaction RPCs are never used when a fast path is offered."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,5 +102,56 @@ def test_the_client_sends_transactions_over_the_fast_path_when_offered(tmp_path:
             assert grpc_only.txn_stage("y", [txn_op("a", "insert", [3], vecs(1), dim=DIM)], prepare=True) == 1
             assert grpc_only.txn_commit("y")["written"] == 1
             assert len(grpc_only.collection("a")) == 3
+    finally:
+        srv.stop()
+
+
+def test_stage_requests_built_in_place_stage_the_same_rows_over_either_transport(tmp_path: Path) -> None:
+    srv = start_server(tmp_path / "data")
+    try:
+        payloads = [{"tag": "x"}, None, {"n": 3}]
+        for fast_path, name in ((True, "fast"), (False, "grpc")):
+            with srv.client(fast_path=fast_path) as client:
+                client.create_collection(name, dim=DIM)
+                request, stage = client.stage_request(f"t-{name}")
+                assert isinstance(request, pb.FastRequest) is fast_path
+                txn_op(name, "insert", [1, 2, 3], vecs(3, 7), payloads, dim=DIM, into=stage.ops.add())
+                assert client.send_stage(request) == 3
+                request, stage = client.stage_request(f"t-{name}", prepare=True)
+                txn_op(name, "delete", [9], dim=DIM, into=stage.ops.add())
+                assert client.send_stage(request) == 3  # with the prepare: the rows the transaction writes
+                assert client.txn_commit(f"t-{name}")["written"] == 3
+                got = client.collection(name).get([1, 2, 3])
+                np.testing.assert_array_equal(got.vectors, vecs(3, 7))
+                assert list(got.payloads) == payloads
+    finally:
+        srv.stop()
+
+
+def test_search_rows_answers_as_search_does_over_either_transport(tmp_path: Path) -> None:
+    srv = start_server(tmp_path / "data")
+    try:
+        data = vecs(300, 3)
+        payloads = [{"tag": f"t{i % 3}"} for i in range(300)]
+        query = vecs(1, 4)[0]
+        for fast_path in (True, False):
+            with srv.client(fast_path=fast_path) as client:
+                if fast_path:
+                    client.create_collection("s", dim=DIM).upsert(np.arange(300), data, payloads)
+                col = client.collection("s")
+                for flt, with_payloads, knobs in (
+                    (None, False, {}),
+                    ({"tag": "t1"}, True, {"nprobe": 2, "rerank": 3}),
+                    (None, True, {"ef": 40}),
+                ):
+                    want = col.search(query, k=7, filter=flt, with_payloads=with_payloads, **knobs)
+                    ids, dists, pays = col.search_rows(
+                        query, 7, filter_json=json.dumps(flt) if flt else "", with_payloads=with_payloads, **knobs
+                    )
+                    assert ids == want.ids.tolist() and dists == want.distances.tolist()
+                    assert pays == (list(want.payloads) if with_payloads else None)
+                    assert all(type(i) is int for i in ids) and all(type(d) is float for d in dists)
+                    if flt:
+                        assert {p["tag"] for p in pays} == {"t1"}
     finally:
         srv.stop()
