@@ -36,6 +36,7 @@ Contract (what PostgreSQL sees):
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import Iterator
 from typing import Any, NoReturn
@@ -44,9 +45,8 @@ import numpy as np
 from multicorn import ForeignDataWrapper, SortKey, TableDefinition
 
 from drift_engine.errors import CollectionNotFoundError
-from drift_fdw import batching, errcodes, explain_guard, fanout, overlay, txn
+from drift_fdw import batching, errcodes, explain_guard, fanout, knn, overlay, txn
 from drift_fdw import connection as conn
-from drift_fdw.knn import knn_hits
 from drift_fdw.options import ConfigError, TableSpec
 from drift_fdw.quals import ScanPlan, plan_scan
 from drift_fdw.rows import (
@@ -250,6 +250,8 @@ class DriftFDW(ForeignDataWrapper):
             )
         if plan.mode == "empty":
             return iter(())
+        if plan.mode == "knn" and limit is None and not offset and not self._writes and self.spec.shard_of is None:
+            return self._knn_at_once(col, plan, set(own))
         rows = self._rows(col, plan, set(own), bool(sortkeys))
         if limit is not None or offset is not None:
             rows = _window(rows, limit, offset or 0)
@@ -270,6 +272,30 @@ class DriftFDW(ForeignDataWrapper):
             if not fanout.skip_shard(self.spec, exc, plan.mode):
                 errcodes.fail(fanout.shard_problem(self.spec, exc))
 
+    def _knn_at_once(self, col: Any, plan: ScanPlan, columns: set[str]) -> Iterator[list[Any]]:
+        """A kNN scan with nothing buffered, not a shard: phase 1's rows built at once (a list), then phase 2
+        as ``_knn`` runs it, only if PostgreSQL pulls further; the same rows, without a generator per row."""
+        want_payloads, want_vectors = self._wants(columns)
+        make = RowMaker(self.spec, columns, plan.query_echo, plan.knobs).make
+        try:
+            hits, done = knn.settle(knn.first_round(col, plan, self.spec.address, want_payloads, want_vectors), plan)
+            rows = [make(h.id, h.distance, h.vector, h.payload) for h in hits]
+        except Exception as exc:
+            self._info = None  # describe the collection again next time (it may have been re-created)
+            _fail(exc, self.spec.address)
+        if done:
+            return iter(rows)
+        more = knn.after_first(col, plan, self.spec.address, want_payloads, want_vectors, self._streams, hits)
+        return itertools.chain(rows, self._guarded(make(h.id, h.distance, h.vector, h.payload) for h in more))
+
+    def _guarded(self, rows: Iterator[list[Any]]) -> Iterator[list[Any]]:
+        """``rows`` with the errors of a scan reported as ``_rows`` reports them."""
+        try:
+            yield from rows
+        except Exception as exc:
+            self._info = None
+            _fail(exc, self.spec.address)
+
     def _wants(self, columns: set[str]) -> tuple[bool, bool]:
         """(needs payloads, needs vectors) for these columns."""
         spec = self.spec
@@ -280,7 +306,7 @@ class DriftFDW(ForeignDataWrapper):
     def _knn(self, col: Any, plan: ScanPlan, columns: set[str]) -> Iterator[list[Any]]:
         want_payloads, want_vectors = self._wants(columns)
         first = fanout.first_answer(self, plan, want_payloads)  # siblings' searches sent at once (shards)
-        hits = knn_hits(col, plan, self.spec.address, want_payloads, want_vectors, self._streams, first)
+        hits = knn.knn_hits(col, plan, self.spec.address, want_payloads, want_vectors, self._streams, first)
         if len(self._writes):
             hits = overlay.knn(hits, self._writes, plan, lambda v: _distances(v, plan.query, col.metric))
         make = RowMaker(self.spec, columns, plan.query_echo, plan.knobs).make

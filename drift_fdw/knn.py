@@ -85,35 +85,60 @@ def knn_hits(
     streams: set[Any],
     first: Callable[[], Any] | None = None,
 ) -> Iterator[Hit]:
-    cap = plan.knobs.get("k")
-    first_k = cap or FIRST_K
-    bound = plan.max_distance
-    opts = {
+    hits, done = settle(first_round(col, plan, address, want_payloads, want_vectors, first), plan)
+    yield from hits
+    if not done:
+        yield from after_first(col, plan, address, want_payloads, want_vectors, streams, hits)
+
+
+def _opts(plan: ScanPlan) -> dict[str, Any]:
+    return {
         "nprobe": plan.knobs.get("nprobe"),
         "ef": plan.knobs.get("ef"),
         "rerank": plan.knobs.get("rerank"),
         "filter": plan.filter or None,
     }
+
+
+def first_round(
+    col: Any, plan: ScanPlan, address: str, want_payloads: bool, want_vectors: bool,
+    first: Callable[[], Any] | None = None,
+) -> list[Hit]:  # fmt: skip
+    """Phase 1's hits (one unary search; ``first`` as for ``knn_hits``), before any cut."""
     conn.COUNTERS["knn_queries"] += 1
     with conn.engine_call(address):
         res = first() if first is not None else None
         if res is None:
-            ids, dists, pays = _first_round(col, plan, first_k, want_payloads, opts)
+            ids, dists, pays = _first_round(col, plan, plan.knobs.get("k") or FIRST_K, want_payloads, _opts(plan))
         else:
             ids, dists, pays = res.ids.tolist(), res.distances.tolist(), res.payloads if want_payloads else None
         hits = _hits(col, ids, dists, pays, want_vectors)
     conn.COUNTERS["engine_rows"] += len(hits)
-    emitted: set[int] = set()
-    last = -np.inf
-    for hit in hits:
-        if bound is not None and hit.distance > bound:
-            return
-        yield hit
-        emitted.add(hit.id)
-        last = hit.distance
-        if cap is not None and len(emitted) >= cap:
-            return
-    yield from _more(col, plan, address, want_payloads, want_vectors, streams, emitted, last, opts)
+    return hits
+
+
+def settle(hits: list[Hit], plan: ScanPlan) -> tuple[list[Hit], bool]:
+    """(the phase-1 rows ``knn_hits`` yields, whether the scan ends with them: the distance bound or ``k``
+    stopped it; else phase 2, ``after_first``, follows when the consumer pulls further)."""
+    cap = plan.knobs.get("k")
+    bound = plan.max_distance
+    if bound is not None:
+        for n, hit in enumerate(hits):
+            if hit.distance > bound:
+                return hits[:n] if cap is None or n < cap else hits[:cap], True
+    if cap is not None and len(hits) >= cap:
+        return hits[:cap], True
+    return hits, False
+
+
+def after_first(
+    col: Any, plan: ScanPlan, address: str, want_payloads: bool, want_vectors: bool, streams: set[Any],
+    hits: list[Hit],
+) -> Iterator[Hit]:  # fmt: skip
+    """Phase 2 after the phase-1 rows ``hits`` (``settle`` said they do not end the scan)."""
+    last = hits[-1].distance if hits else -np.inf
+    emitted = {hit.id for hit in hits}
+    yield from _more(col, plan, address, want_payloads, want_vectors, streams, emitted, last, _opts(plan))
 
 
 def _more(
