@@ -129,7 +129,8 @@ def parse_vector(value: Any, col: ColumnSpec, dim: int | None) -> np.ndarray:
             return arr
     items = vector_items(value, col)
     try:  # each element to a Python float, then float32 (a NULL element fails here too: checked below)
-        arr = np.array(list(map(float, items)), dtype=np.float32)
+        with np.errstate(over="ignore"):  # beyond float32's range becomes Inf, refused below
+            arr = np.array(list(map(float, items)), dtype=np.float32)
     except (TypeError, ValueError):
         if any(v is None for v in items):
             raise ValueProblem(
