@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -24,11 +24,14 @@ from drift_engine.server import drift_pb2 as pb
 from drift_engine.server import wire
 from drift_engine.server.directclient import DirectClient
 
+if TYPE_CHECKING:  # client.py imports this module; the names are for type hints only
+    from drift_engine.server.client import Client, RemoteCollection
+
 
 class PendingSearch:
     """A search ``RemoteCollection.search_send`` sent: ``result()`` once, or ``abandon()``."""
 
-    def __init__(self, collection: Any, fast: DirectClient, ticket: Any) -> None:
+    def __init__(self, collection: RemoteCollection, fast: DirectClient, ticket: Any) -> None:
         self._collection, self._fast, self._ticket = collection, fast, ticket
 
     def result(self) -> SearchResult:
@@ -42,7 +45,7 @@ class PendingSearch:
 class RemoteSearchStream:
     """A lazy iterator of ``StreamHit`` over ``SearchStream`` (fast path cursor or gRPC stream)."""
 
-    def __init__(self, client: Any, request: pb.SearchStreamRequest) -> None:
+    def __init__(self, client: Client, request: pb.SearchStreamRequest) -> None:
         self._client = client
         self._request = request
         self._fast = client.fast()
