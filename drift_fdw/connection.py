@@ -36,8 +36,6 @@ import ctypes
 import socket
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from drift_engine import errors as de
@@ -275,16 +273,23 @@ def problem(exc: BaseException, address: str = "") -> SqlProblem:
     )
 
 
-@contextmanager
-def engine_call(address: str) -> Iterator[None]:
-    """Run engine calls; raise ``SqlProblem`` for any failure and forget the client on transport failures."""
-    try:
-        yield
-    except SqlProblem:
-        raise
-    except BaseException as exc:
+class engine_call:  # lower case: used like the context-manager function it replaced
+    """``with engine_call(address):`` run engine calls; any failure leaves as ``SqlProblem`` (transport
+    failures also forget the client). A class, not a generator: it is entered twice per kNN statement."""
+
+    __slots__ = ("address",)
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, SqlProblem):
+            return False
         if isinstance(exc, (*_TRANSPORT, QueryCancelled)) or type(exc).__name__ in ("ZMQError", "RpcError"):
-            forget(address)
+            forget(self.address)
         if isinstance(exc, GeneratorExit | KeyboardInterrupt | SystemExit):
-            raise
-        raise problem(exc, address) from None
+            return False
+        raise problem(exc, self.address) from None

@@ -45,12 +45,13 @@ import numpy as np
 from multicorn import ForeignDataWrapper, SortKey, TableDefinition
 
 from drift_engine.errors import CollectionNotFoundError
-from drift_fdw import batching, errcodes, explain_guard, fanout, knn, overlay, txn
+from drift_fdw import batching, errcodes, explain_guard, fanout, knn, overlay, scanrows, txn
 from drift_fdw import connection as conn
 from drift_fdw.options import ConfigError, TableSpec
 from drift_fdw.quals import ScanPlan, plan_scan
 from drift_fdw.rows import (
     NULL_VALUE,
+    RowLayout,
     RowMaker,
     ValueProblem,
     array_literal,
@@ -84,6 +85,7 @@ class DriftFDW(ForeignDataWrapper):
         self._info: tuple[float, int, str] | None = None  # (described at, dim, metric)
         self._writes = WriteBuffer()
         self._streams: set[Any] = set()
+        self._layouts: dict[frozenset[str], tuple[frozenset[str], RowLayout]] = {}
         self.inserting = False  # between PostgreSQL's INSERT set-up (modify_batch_size) and end_modify
         fanout.register(self)  # a shard of a sharded table (option shard_of): see fanout
 
@@ -236,9 +238,9 @@ class DriftFDW(ForeignDataWrapper):
                     return iter(())
                 exc = fanout.shard_problem(self.spec, exc)
             errcodes.fail(exc)
+        own, layout = self._read_columns(columns)
         query_col = self.spec.roles.get("query")
-        own = [c for c in columns if c in self.spec.columns]  # not ctid / tableoid (UPDATE via view or parent)
-        if plan.query_echo is None and query_col in own and set(own) != set(self.spec.columns):
+        if plan.query_echo is None and query_col in own and own != set(self.spec.columns):
             errcodes.fail(  # e.g. query IN (a, b) or query = a OR query = b: Multicorn does not pass those on
                 conn.SqlProblem(
                     f"drift: {query_col} only works as  {query_col} = <one vector>  (IN lists and OR of vectors "
@@ -251,10 +253,10 @@ class DriftFDW(ForeignDataWrapper):
         if plan.mode == "empty":
             return iter(())
         if plan.mode == "knn" and limit is None and not offset and not self._writes and self.spec.shard_of is None:
-            return self._knn_at_once(col, plan, set(own))
+            return self._knn_at_once(col, plan, own, layout)
         rows = self._rows(col, plan, set(own), bool(sortkeys))
         if limit is not None or offset is not None:
-            rows = _window(rows, limit, offset or 0)
+            rows = scanrows.window(rows, limit, offset or 0)
         return rows
 
     def _rows(self, col: Any, plan: ScanPlan, columns: set[str], sort: bool) -> Iterator[list[Any]]:
@@ -272,21 +274,24 @@ class DriftFDW(ForeignDataWrapper):
             if not fanout.skip_shard(self.spec, exc, plan.mode):
                 errcodes.fail(fanout.shard_problem(self.spec, exc))
 
-    def _knn_at_once(self, col: Any, plan: ScanPlan, columns: set[str]) -> Iterator[list[Any]]:
-        """A kNN scan with nothing buffered, not a shard: phase 1's rows built at once (a list), then phase 2
-        as ``_knn`` runs it, only if PostgreSQL pulls further; the same rows, without a generator per row."""
-        want_payloads, want_vectors = self._wants(columns)
-        make = RowMaker(self.spec, columns, plan.query_echo, plan.knobs).make
+    def _read_columns(self, columns: Any) -> tuple[frozenset[str], RowLayout]:
+        """(the table's columns among ``columns`` (not ctid / tableoid: UPDATE via a view or a parent), their
+        row layout), computed once per set of columns."""
+        key = columns if isinstance(columns, frozenset) else frozenset(columns)
+        got = self._layouts.get(key)
+        if got is None:
+            own = frozenset(c for c in key if c in self.spec.columns)
+            got = self._layouts[key] = (own, RowLayout(self.spec, own))
+        return got
+
+    def _knn_at_once(self, col: Any, plan: ScanPlan, columns: frozenset[str], layout: RowLayout) -> Iterator[list[Any]]:
+        """A kNN scan with nothing buffered, not a shard (``scanrows.knn_at_once``): the same rows as ``_knn``."""
         try:
-            hits, done = knn.settle(knn.first_round(col, plan, self.spec.address, want_payloads, want_vectors), plan)
-            rows = [make(h.id, h.distance, h.vector, h.payload) for h in hits]
+            rows, more = scanrows.knn_at_once(self.spec, col, plan, columns, layout, self._streams)
         except Exception as exc:
             self._info = None  # describe the collection again next time (it may have been re-created)
             _fail(exc, self.spec.address)
-        if done:
-            return iter(rows)
-        more = knn.after_first(col, plan, self.spec.address, want_payloads, want_vectors, self._streams, hits)
-        return itertools.chain(rows, self._guarded(make(h.id, h.distance, h.vector, h.payload) for h in more))
+        return iter(rows) if more is None else itertools.chain(rows, self._guarded(more))
 
     def _guarded(self, rows: Iterator[list[Any]]) -> Iterator[list[Any]]:
         """``rows`` with the errors of a scan reported as ``_rows`` reports them."""
@@ -308,7 +313,7 @@ class DriftFDW(ForeignDataWrapper):
         first = fanout.first_answer(self, plan, want_payloads)  # siblings' searches sent at once (shards)
         hits = knn.knn_hits(col, plan, self.spec.address, want_payloads, want_vectors, self._streams, first)
         if len(self._writes):
-            hits = overlay.knn(hits, self._writes, plan, lambda v: _distances(v, plan.query, col.metric))
+            hits = overlay.knn(hits, self._writes, plan, lambda v: scanrows.distances(v, plan.query, col.metric))
         make = RowMaker(self.spec, columns, plan.query_echo, plan.knobs).make
         for hit in hits:
             yield make(hit.id, hit.distance, hit.vector, hit.payload)
@@ -328,7 +333,7 @@ class DriftFDW(ForeignDataWrapper):
             return
         dists: list[float | None] = [None] * len(rows)
         if plan.query is not None:
-            d = _distances(np.stack([r[1] for r in rows]), plan.query, col.metric)
+            d = scanrows.distances(np.stack([r[1] for r in rows]), plan.query, col.metric)
             dists = d.tolist()
             if sort:
                 order = np.argsort(d, kind="stable").tolist()
@@ -571,28 +576,3 @@ def _mode(quals: list[Any], spec: TableSpec) -> str:
         return plan_scan(quals, spec, None, vectors=False).mode
     except Exception:
         return "scan"
-
-
-def _window(rows: Iterator[list[Any]], limit: int | None, offset: int) -> Iterator[list[Any]]:
-    """Apply an accepted LIMIT / OFFSET exactly (PostgreSQL will not apply it again)."""
-    if limit is not None and limit <= 0:
-        return
-    for n, row in enumerate(rows):
-        if n < offset:
-            continue
-        yield row
-        if limit is not None and n + 1 >= offset + limit:
-            return
-
-
-def _distances(vectors: np.ndarray, query: np.ndarray, metric: str) -> np.ndarray:
-    """Distances of stored vectors to ``query`` with the engine's definitions (pgvector semantics)."""
-    v = np.asarray(vectors, dtype=np.float32)
-    q = np.asarray(query, dtype=np.float32)
-    if metric == "ip":
-        return -(v @ q)
-    if metric == "cosine":
-        qn = q / max(float(np.linalg.norm(q)), 1e-30)
-        norms = np.maximum(np.linalg.norm(v, axis=1), 1e-30)
-        return 1.0 - (v @ qn) / norms
-    return np.sqrt(np.maximum(((v - q) ** 2).sum(axis=1), 0.0))

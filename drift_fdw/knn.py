@@ -117,18 +117,33 @@ def first_round(
     return hits
 
 
-def settle(hits: list[Hit], plan: ScanPlan) -> tuple[list[Hit], bool]:
-    """(the phase-1 rows ``knn_hits`` yields, whether the scan ends with them: the distance bound or ``k``
-    stopped it; else phase 2, ``after_first``, follows when the consumer pulls further)."""
+def first_lists(col: Any, plan: ScanPlan, address: str) -> tuple[list[int], list[float]]:
+    """Phase 1 as ``first_round`` without payloads or vectors: the (ids, distances) lists, before any cut."""
+    conn.COUNTERS["knn_queries"] += 1
+    with conn.engine_call(address):
+        ids, dists, _ = _first_round(col, plan, plan.knobs.get("k") or FIRST_K, False, _opts(plan))
+    conn.COUNTERS["engine_rows"] += len(ids)
+    return ids, dists
+
+
+def settle_count(distances: list[float], plan: ScanPlan) -> tuple[int, bool]:
+    """(how many of phase 1's rows (``distances``, in order) ``knn_hits`` yields, whether the scan ends with
+    them: the distance bound or ``k`` stopped it; else phase 2, ``after_first``, follows when pulled)."""
     cap = plan.knobs.get("k")
     bound = plan.max_distance
     if bound is not None:
-        for n, hit in enumerate(hits):
-            if hit.distance > bound:
-                return hits[:n] if cap is None or n < cap else hits[:cap], True
-    if cap is not None and len(hits) >= cap:
-        return hits[:cap], True
-    return hits, False
+        for n, distance in enumerate(distances):
+            if distance > bound:
+                return (n if cap is None or n < cap else cap), True
+    if cap is not None and len(distances) >= cap:
+        return cap, True
+    return len(distances), False
+
+
+def settle(hits: list[Hit], plan: ScanPlan) -> tuple[list[Hit], bool]:
+    """``settle_count`` for hits: (the phase-1 hits ``knn_hits`` yields, whether the scan ends with them)."""
+    n, done = settle_count([hit.distance for hit in hits], plan)
+    return (hits if n == len(hits) else hits[:n]), done
 
 
 def after_first(

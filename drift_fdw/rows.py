@@ -11,12 +11,14 @@ Contract:
   needed, ``22023`` for a value out of range (wrong dimension, NaN / Infinity, ...).
 * Vectors come out as C-contiguous float32 1-d arrays, finite, of the expected dimension.
 * Output: every value is returned in a form PostgreSQL's input function for the column accepts: ints,
-  floats (``repr``: round-trips exactly), ``'t'``/``'f'``, JSON text, and array literals (``'{1,2}'``;
-  ``'[1,2]'`` for pgvector). Never a numpy value or a Python list (a list is str()'d for partitions).
-* Rows: ``RowMaker(spec, columns, echo, knobs)`` builds a scan's rows as lists with one entry per column
-  of the table, in the table's column order (Multicorn then reads them by position instead of looking up
-  every column by name in a dict); columns the statement does not read are None, ``query`` and the knobs
-  are filled in once per scan.
+  Python floats (Multicorn prints them with ``str``, which round-trips exactly), ``'t'``/``'f'``, JSON
+  text, and array literals (``'{1,2}'``; ``'[1,2]'`` for pgvector). Never a numpy value or a Python list
+  (a list is str()'d for partitions).
+* Rows: ``RowMaker(spec, columns, echo, knobs, layout)`` builds a scan's rows as lists with one entry per
+  column of the table, in the table's column order (Multicorn then reads them by position instead of
+  looking up every column by name in a dict); columns the statement does not read are None, ``query`` and
+  the knobs are filled in once per scan; ``RowLayout`` (where each column goes) is computed once per set of
+  columns read.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -97,19 +100,29 @@ def vector_items(value: Any, col: ColumnSpec) -> list[Any]:
     )
 
 
+_F32 = np.float32
+_fromstring = np.fromstring
+# The finiteness test below squares the vector in float32: elements beyond ~1.8e19 overflow it, are then
+# checked exactly, and must not leave numpy's overflow warning in the server log.
+warnings.filterwarnings("ignore", "overflow encountered in dot", RuntimeWarning, __name__)
+
+
 def _parse_literal(value: str, dim: int | None) -> np.ndarray | None:
     """A ``'[..]'`` / ``'{..}'`` literal of exactly ``dim`` finite numbers, parsed by numpy's C text parser
-    in one call; None when it is anything else (the element-wise path then says what is wrong)."""
+    in one call; None when it is anything else (the element-wise path then says what is wrong). The
+    finiteness test is one dot product (ndarray's own method: a PostgreSQL backend runs this cold, once
+    per statement, where numpy's Python-level wrappers such as ``.all()`` or ``.sum()`` cost more than
+    the arithmetic); only a vector whose square overflows float32 takes the exact test."""
     if dim is None or len(value) < 3 or value[0] not in "[{" or value[-1] not in "]}":
         return None
     body = value[1:-1]
     if body.count(",") != dim - 1:
         return None
     try:  # a bad element raises ValueError (numpy 2); a parse that stops early is caught by the size check
-        arr = np.fromstring(body, dtype=np.float32, sep=",")
+        arr = _fromstring(body, _F32, -1, ",")
     except ValueError:
         return None
-    if arr.size != dim or (not math.isfinite(float(arr.sum(dtype=np.float64))) and not np.isfinite(arr).all()):
+    if arr.size != dim or (not math.isfinite(arr.dot(arr)) and not np.isfinite(arr).all()):
         return None
     return arr
 
@@ -294,40 +307,70 @@ def filter_value(value: Any, col: ColumnSpec) -> tuple[bool, Any]:
         return False, None
 
 
-class RowMaker:
-    """A scan's rows as lists in the table's column order (see the module docstring).
+class RowLayout:
+    """Where a scan's columns go in a row (one entry per table column, in table order): computed once per set
+    of columns read (``DriftFDW`` keeps one per set), shared by the ``RowMaker`` of every scan reading it."""
 
-    ``make(ident, distance, vector, payload)`` gives one row: ``distance`` None for scans without a query,
-    ``vector`` / ``payload`` None when the columns that show them are not read.
-    """
+    __slots__ = ("distance_at", "id_at", "knob_at", "others", "query_at", "size")
 
-    def __init__(self, spec: TableSpec, columns: set[str], echo: str | None, knobs: dict[str, int]) -> None:
-        self.template: list[Any] = [None] * len(spec.columns)
-        self.id_at: list[int] = []
-        self.distance_at: list[int] = []
-        self.others: list[tuple[int, ColumnSpec]] = []  # embedding, field and payload columns
+    def __init__(self, spec: TableSpec, columns: set[str] | frozenset[str]) -> None:
+        self.size = len(spec.columns)
+        self.id_at: tuple[int, ...] = ()
+        self.distance_at: tuple[int, ...] = ()
+        self.query_at: tuple[int, ...] = ()
+        self.knob_at: tuple[tuple[int, str], ...] = ()
+        self.others: tuple[tuple[int, ColumnSpec], ...] = ()  # embedding, field and payload columns
         for i, (name, c) in enumerate(spec.columns.items()):
             if name not in columns:
                 continue
             if c.role == "id":
-                self.id_at.append(i)
+                self.id_at += (i,)
             elif c.role == "distance":
-                self.distance_at.append(i)
+                self.distance_at += (i,)
             elif c.role == "query":
-                self.template[i] = echo
+                self.query_at += (i,)
             elif c.role in ("field", "embedding", "payload"):
-                self.others.append((i, c))
+                self.others += ((i, c),)
             else:  # knobs
-                self.template[i] = knobs.get(c.role)
+                self.knob_at += ((i, c.role),)
+
+
+class RowMaker:
+    """A scan's rows as lists in the table's column order (see the module docstring).
+
+    ``make(ident, distance, vector, payload)`` gives one row: ``distance`` None for scans without a query,
+    ``vector`` / ``payload`` None when the columns that show them are not read. ``rows(ids, distances)``
+    gives the rows of hits that need neither (``layout.others`` empty), in one loop.
+    """
+
+    def __init__(
+        self,
+        spec: TableSpec,
+        columns: set[str] | frozenset[str],
+        echo: str | None,
+        knobs: dict[str, int],
+        layout: RowLayout | None = None,
+    ) -> None:
+        lay = layout if layout is not None else RowLayout(spec, columns)
+        self.layout = lay
+        template: list[Any] = [None] * lay.size
+        for i in lay.query_at:
+            template[i] = echo
+        for i, role in lay.knob_at:
+            template[i] = knobs.get(role)
+        self.template = template
+        self.id_at = lay.id_at
+        self.distance_at = lay.distance_at
+        self.others = lay.others
 
     def make(self, ident: int, distance: float | None, vector: Any, payload: Any) -> list[Any]:
         row = self.template.copy()
         for i in self.id_at:
             row[i] = ident
         if distance is not None and self.distance_at:
-            text = repr(float(distance))
+            value = float(distance)
             for i in self.distance_at:
-                row[i] = text
+                row[i] = value
         for i, c in self.others:
             if c.role == "field":
                 row[i] = pg_value(payload.get(c.key), c, ident) if payload else None
@@ -336,3 +379,25 @@ class RowMaker:
             else:
                 row[i] = None if payload is None else pg_value(payload, c, ident)
         return row
+
+    def rows(self, ids: Sequence[int], distances: Sequence[float]) -> list[list[Any]]:
+        """``[make(i, d, None, None) for i, d in zip(ids, distances)]`` for floats ``distances``, with no
+        call per row (only for a layout without ``others``: the caller checks)."""
+        template = self.template
+        out = []
+        if len(self.id_at) == 1 and len(self.distance_at) == 1:  # the common shape: one id, one distance column
+            at_id, at_distance = self.id_at[0], self.distance_at[0]
+            for ident, distance in zip(ids, distances, strict=True):
+                row = template.copy()
+                row[at_id] = ident
+                row[at_distance] = distance
+                out.append(row)
+            return out
+        for ident, distance in zip(ids, distances, strict=True):
+            row = template.copy()
+            for i in self.id_at:
+                row[i] = ident
+            for i in self.distance_at:
+                row[i] = distance
+            out.append(row)
+        return out

@@ -61,17 +61,37 @@ from drift_engine.server.framing import HEADER, TLS_PREFIX, cpu_to_spare, parse_
 from drift_engine.server.tls import ClientTLS
 
 SLICE_S = 0.05
+READ_BUFFER = 16384  # bytes read at once for a reply (larger replies read the rest exactly)
 _state = threading.local()
+_FORKS = [0]  # forks of this process so far, as seen by the child: per-thread connections are per process
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _FORKS.__setitem__(0, _FORKS[0] + 1))
 SPIN_BACKOFF_MAX = 64  # at most this many calls without a busy-wait after busy-waits that missed the reply
 
 
 def _read_frame(sock: socket.socket) -> bytes:
-    """One length-prefixed reply frame; ``ConnectionError`` when the server closed the connection first."""
-    header = recv_exact(sock, HEADER.size)
-    raw = None if header is None else recv_exact(sock, HEADER.unpack(header)[0])
-    if raw is None:
+    """One length-prefixed reply frame; ``ConnectionError`` when the server closed the connection first, or
+    sent more than one frame (at most one request is outstanding per connection: the stream is then out of
+    step). Usually one ``recv``: header and body arrive together."""
+    buf = getattr(_state, "rbuf", None)
+    if buf is None:
+        buf = _state.rbuf = bytearray(READ_BUFFER)
+    view = memoryview(buf)
+    got = sock.recv_into(view)
+    while 0 < got < HEADER.size:
+        more = sock.recv_into(view[got:])
+        got = got + more if more else 0
+    if got == 0:
         raise ConnectionError("the server closed the connection")
-    return raw
+    total = HEADER.size + HEADER.unpack_from(buf)[0]
+    if got > total:
+        raise ConnectionError("the server sent more than one reply")
+    if got == total:
+        return bytes(view[HEADER.size : total])
+    rest = recv_exact(sock, total - got)
+    if rest is None:
+        raise ConnectionError("the server closed the connection")
+    return bytes(view[HEADER.size : got]) + rest
 
 
 def _spin(sock: socket.socket, seconds: float) -> bool:
@@ -93,7 +113,9 @@ def _spin(sock: socket.socket, seconds: float) -> bool:
 def _stale(sock: socket.socket) -> bool:
     """True when an idle connection has something to read: EOF or stray bytes (the server went away).
     On TLS only application data counts: a protocol record that carries none leaves the socket usable."""
-    if not select.select([sock], [], [], 0)[0]:
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+    if not poller.poll(0):
         return False
     if not isinstance(sock, ssl.SSLSocket):
         return True
@@ -193,9 +215,9 @@ class DirectClient:
 
     def _socket(self) -> socket.socket:
         socks = getattr(_state, "socks", None)
-        if socks is None or getattr(_state, "pid", None) != os.getpid():
+        if socks is None or _state.forks != _FORKS[0]:  # a forked child never shares its parent's connections
             socks = _state.socks = {}
-            _state.pid = os.getpid()
+            _state.forks = _FORKS[0]
         sock = socks.get(self._key)
         if sock is not None and _stale(sock):  # the server closed it meanwhile (idle timeout, a refusal, a restart)
             self._discard()
@@ -302,9 +324,9 @@ class DirectClient:
     # is outstanding abandons that one first.
     def _pipe(self) -> socket.socket:
         pipes = getattr(_state, "pipes", None)
-        if pipes is None or getattr(_state, "pipe_pid", None) != os.getpid():
+        if pipes is None or _state.pipe_forks != _FORKS[0]:
             pipes = _state.pipes = {}
-            _state.pipe_pid = os.getpid()
+            _state.pipe_forks = _FORKS[0]
         sock = pipes.get(self._key)
         if sock is not None and _stale(sock):
             self._drop_pipe(sock)

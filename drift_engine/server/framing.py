@@ -13,6 +13,7 @@ import ipaddress
 import os
 import socket
 import struct
+import time
 from typing import Any
 
 from drift_engine.errors import InvalidArgumentError
@@ -27,21 +28,31 @@ DEFAULT_SPIN_US = 1000
 DEFAULT_CLIENT_SPIN_US = 500
 _CPUS = os.cpu_count() or 1
 _loadavg_fd: int | None = None
+SPARE_CPU_TTL_S = 0.002
+_spare_until = 0.0
+_spare = False
 
 
 def cpu_to_spare() -> bool:
     """True when this machine has a CPU for a busy-wait: no more runnable threads than CPUs, the caller
-    included (``/proc/loadavg``'s instant count; False where it cannot be read, and on one CPU)."""
-    global _loadavg_fd
+    included (``/proc/loadavg``'s instant count; False where it cannot be read, and on one CPU). The answer
+    is kept for ``SPARE_CPU_TTL_S``: a busy-wait lasts about that long, and reading the file costs more than
+    the poll it guards."""
+    global _loadavg_fd, _spare_until, _spare
     if _CPUS < 2:
         return False
+    now = time.monotonic()
+    if now < _spare_until:
+        return _spare
     try:
         if _loadavg_fd is None:
             _loadavg_fd = os.open("/proc/loadavg", os.O_RDONLY)
         running = int(os.pread(_loadavg_fd, 128, 0).split()[3].split(b"/")[0])
     except (OSError, ValueError, IndexError):
-        return False
-    return running <= _CPUS
+        running = _CPUS + 1
+    _spare = running <= _CPUS
+    _spare_until = now + SPARE_CPU_TTL_S
+    return _spare
 
 
 def parse_address(address: str) -> tuple[int, Any]:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from drift_fdw.options import TableSpec
-from drift_fdw.rows import NULL_VALUE, RowMaker, ValueProblem, echo_vector, parse_vector, vector_literal
+from drift_fdw.rows import NULL_VALUE, RowLayout, RowMaker, ValueProblem, echo_vector, parse_vector, vector_literal
 
 
 @dataclass
@@ -49,14 +49,25 @@ def test_rows_are_lists_in_column_order() -> None:
     every = set(COLUMNS)
     row = RowMaker(spec, every, "{0.5,-2}", {"k": 5}).make(7, 0.25, vec, payload)
     want_extra = '{"tag": "a", "year": 2001, "n": 1}'
-    assert row == [7, vector_literal(vec, False), "{0.5,-2}", "0.25", 5, "a", 2001, want_extra]
+    assert row == [7, vector_literal(vec, False), "{0.5,-2}", 0.25, 5, "a", 2001, want_extra]
     knn = RowMaker(spec, {"id", "distance", "query"}, "{1,2}", {})
-    assert knn.make(3, 1.5, None, None) == [3, None, "{1,2}", "1.5", None, None, None, None]
-    assert knn.make(4, 2.5, None, None) == [4, None, "{1,2}", "2.5", None, None, None, None]  # template kept
+    assert knn.make(3, 1.5, None, None) == [3, None, "{1,2}", 1.5, None, None, None, None]
+    assert knn.make(4, 2.5, None, None) == [4, None, "{1,2}", 2.5, None, None, None, None]  # template kept
     scan = RowMaker(spec, {"id", "distance", "tag", "year", "query"}, None, {})
     assert scan.make(9, None, None, {"year": 3}) == [9, None, None, None, None, None, 3, None]
     assert scan.make(9, None, None, None) == [9, None, None, None, None, None, None, None]
     assert RowMaker(spec, {"id", "ctid"}, None, {}).make(1, None, None, None)[0] == 1  # not a table column: ignored
+
+
+def test_rows_in_one_loop_equal_make_per_row() -> None:
+    spec = _spec()
+    ids, dists = [5, 3, 9], [0.5, 1.25, 2.0]
+    for columns in ({"id", "distance", "query", "k"}, {"id", "query"}, {"distance"}, {"query", "k"}):
+        maker = RowMaker(spec, columns, "{1,2}", {"k": 3}, RowLayout(spec, frozenset(columns)))
+        assert not maker.layout.others
+        assert maker.rows(ids, dists) == [maker.make(i, d, None, None) for i, d in zip(ids, dists, strict=True)]
+    with pytest.raises(ValueError):  # lists of different lengths are a caller's bug, never a short result
+        RowMaker(spec, {"id", "distance"}, None, {}).rows(ids, dists[:2])
 
 
 def test_query_parse_keeps_its_checks_and_values() -> None:
