@@ -45,7 +45,7 @@ import numpy as np
 from multicorn import ForeignDataWrapper, SortKey, TableDefinition
 
 from drift_engine.errors import CollectionNotFoundError
-from drift_fdw import batching, errcodes, explain_guard, fanout, knn, overlay, scanrows, txn
+from drift_fdw import batching, errcodes, explain_guard, fanout, knn, multicorn_glue, overlay, scanrows, txn
 from drift_fdw import connection as conn
 from drift_fdw.options import ConfigError, TableSpec
 from drift_fdw.quals import ScanPlan, plan_scan
@@ -66,6 +66,7 @@ from drift_fdw.writes import WriteBuffer
 INFO_TTL_S = 30.0
 SCAN_BATCH = 1000
 LAST_PLANNED: Any = None  # the instance PostgreSQL planned a scan of most recently (see copyin)
+multicorn_glue.memoise_helper_classes()
 
 
 def _fail(exc: BaseException, address: str = "") -> NoReturn:

@@ -134,7 +134,13 @@ def filter_from_json(text: str) -> dict[str, Any] | None:
 
 # ------------------------------------------------------------------------------------------ results
 def search_response(result: SearchResult, with_payloads: bool) -> pb.SearchResponse:
-    resp = pb.SearchResponse(ids=result.ids.tolist(), distances=result.distances.tolist())
+    return fill_search_response(pb.SearchResponse(), result, with_payloads)
+
+
+def fill_search_response(resp: pb.SearchResponse, result: SearchResult, with_payloads: bool) -> pb.SearchResponse:
+    """``resp`` (empty; e.g. a reply's submessage, filled in place instead of copied) holding ``result``."""
+    resp.ids.extend(result.ids.tolist())
+    resp.distances.extend(result.distances.tolist())
     if with_payloads:
         resp.payload_json.extend(payload_to_json(p) for p in result.payloads)
         resp.has_payloads = True

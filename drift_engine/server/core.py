@@ -202,7 +202,9 @@ class ServiceCore:
         got = col.get(cv.ids_array(req.ids))
         return cv.get_response(got, skip_vectors=req.skip_vectors, skip_payloads=req.skip_payloads)
 
-    def search(self, req: pb.SearchRequest) -> pb.SearchResponse:
+    def search(self, req: pb.SearchRequest, out: pb.SearchResponse | None = None) -> pb.SearchResponse:
+        """The search ``req`` asks for; its response written into ``out`` (an empty message, e.g. the fast
+        path's reply field, so nothing is copied) when given."""
         col = self._col(req.collection)
         res = col.search(
             cv.decode_query(req.query),
@@ -212,7 +214,7 @@ class ServiceCore:
             filter=cv.filter_from_json(req.filter_json),
             ef=self._opt(req, "ef"),
         )
-        return cv.search_response(res, req.with_payloads)
+        return cv.fill_search_response(pb.SearchResponse() if out is None else out, res, req.with_payloads)
 
     def search_batch(self, req: pb.SearchBatchRequest) -> pb.SearchBatchResponse:
         col = self._col(req.collection)

@@ -63,6 +63,7 @@ from drift_engine.server.framing import (  # noqa: F401 - re-exported: the serve
     TCP_PREFIX,
     TLS_PREFIX,
     UNIX_PREFIX,
+    FrameReader,
     is_loopback,
     parse_address,
     recv_exact,
@@ -281,26 +282,24 @@ class DirectServer:
                 return
             sock = conn.sock
             sock.settimeout(self._idle)
+            reader = FrameReader(sock)
             while True:
-                if self._busy == 0:  # an idle server waits for this connection's next request awake
+                if self._busy == 0 and not reader.buffered:  # an idle server waits for the next request awake
                     self._spinner.spin(sock)
                 try:
-                    header = recv_exact(sock, HEADER.size)
+                    length = reader.header()
                 except (TimeoutError, OSError):
                     return
-                if header is None:
+                if length is None:
                     return
                 t_read = time.perf_counter()
-                (length,) = HEADER.unpack(header)
                 if length > limit:
                     err = RequestTooLargeError(f"request of {length} bytes is over this server's {limit}-byte limit")
                     send_frame(sock, pb.FastReply(error=cv.error_status(err)).SerializeToString())
                     return
                 try:
-                    body = recv_exact(sock, length)
+                    body = reader.body(length)
                 except (TimeoutError, OSError):
-                    return
-                if body is None:
                     return
                 with self._workers:  # at most ``workers`` requests run at once; the others wait here, off the GIL
                     reply, close = self.dispatch(conn, body)
@@ -338,7 +337,10 @@ class DirectServer:
             check_token(self._token, req.token)
             call = req.WhichOneof("call") or "?"
             if call == "search":
-                return pb.FastReply(search=self.core.search(req.search)), False
+                reply = pb.FastReply()
+                reply.search.SetInParent()  # an empty result still answers "search"
+                self.core.search(req.search, reply.search)
+                return reply, False
             if call == "get":
                 return pb.FastReply(get=self.core.get(req.get)), False
             if call == "stream_open":

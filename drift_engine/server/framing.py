@@ -104,3 +104,61 @@ def recv_exact(sock: socket.socket, n: int) -> bytes | None:
             raise ConnectionError(f"connection closed after {got} of {n} bytes")
         got += r
     return bytes(buf)
+
+
+class FrameReader:
+    """Frames from one stream socket with usually one ``recv`` per frame (a server's request stream).
+
+    Reads up to ``size`` bytes at a time and keeps whatever follows a frame (the start of the next one) for
+    the next call. ``header()`` is the next frame's length, or None when the peer closed before its first
+    byte; ``body(n)`` is its ``n`` bytes. A peer closing inside a frame raises ``ConnectionError``;
+    timeouts and socket errors propagate. ``buffered`` says how many bytes are already read."""
+
+    def __init__(self, sock: socket.socket, size: int = 16384) -> None:
+        self.sock = sock
+        self._buf = bytearray(size)
+        self._view = memoryview(self._buf)
+        self._lo = 0
+        self._hi = 0
+
+    @property
+    def buffered(self) -> int:
+        return self._hi - self._lo
+
+    def _fill(self, need: int) -> bool:
+        """At least ``need`` (<= the buffer's size) bytes buffered: False on EOF with nothing buffered."""
+        if self._hi - self._lo >= need:
+            return True
+        if self._lo:  # move the partial frame to the front
+            kept = self._hi - self._lo
+            self._buf[:kept] = self._view[self._lo : self._hi]
+            self._lo, self._hi = 0, kept
+        while self._hi < need:
+            got = self.sock.recv_into(self._view[self._hi :])
+            if got == 0:
+                if self._hi == 0:
+                    return False
+                raise ConnectionError(f"connection closed {self._hi} bytes into a frame")
+            self._hi += got
+        return True
+
+    def header(self) -> int | None:
+        if not self._fill(HEADER.size):
+            return None
+        (length,) = HEADER.unpack_from(self._buf, self._lo)
+        self._lo += HEADER.size
+        return int(length)
+
+    def body(self, n: int) -> bytes:
+        if n <= len(self._buf):
+            if not self._fill(n):
+                raise ConnectionError("connection closed before a frame's body")
+            out = bytes(self._view[self._lo : self._lo + n])
+            self._lo += n
+            return out
+        head = bytes(self._view[self._lo : self._hi])  # a large frame: what is buffered, then the rest exactly
+        self._lo = self._hi = 0
+        rest = recv_exact(self.sock, n - len(head))
+        if rest is None:
+            raise ConnectionError("connection closed before a frame's body")
+        return head + rest

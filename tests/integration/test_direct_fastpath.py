@@ -212,9 +212,9 @@ def test_replies_say_how_long_the_server_took(
         assert 0 < quick.server_us < 1_000_000
         real_search = core.search
 
-        def slow_search(req: pb.SearchRequest) -> pb.SearchResponse:
+        def slow_search(req: pb.SearchRequest, out: pb.SearchResponse | None = None) -> pb.SearchResponse:
             threading.Event().wait(0.05)
-            return real_search(req)
+            return real_search(req, out)
 
         monkeypatch.setattr(core, "search", slow_search)
         slow = client.call(_search(q), 5)
@@ -245,10 +245,10 @@ def test_busy_waits_change_no_answer_and_replies_say_what_else_was_in_flight(
         hold = threading.Event()
         real_search = core.search
 
-        def slow_search(req: pb.SearchRequest) -> pb.SearchResponse:
+        def slow_search(req: pb.SearchRequest, out: pb.SearchResponse | None = None) -> pb.SearchResponse:
             if req.k == 7:
                 hold.wait(10)  # a request of another connection stays in flight
-            return real_search(req)
+            return real_search(req, out)
 
         monkeypatch.setattr(core, "search", slow_search)
         other = threading.Thread(target=lambda: DirectClient(srv.address, None).call(_search(queries[0], 7), 20))
