@@ -48,7 +48,7 @@ from drift_engine.errors import CollectionNotFoundError
 from drift_fdw import batching, errcodes, explain_guard, fanout, knn, multicorn_glue, overlay, scanrows, txn
 from drift_fdw import connection as conn
 from drift_fdw.options import ConfigError, TableSpec
-from drift_fdw.quals import ScanPlan, plan_scan
+from drift_fdw.quals import ScanPlan, parse_query, plan_scan
 from drift_fdw.rows import (
     NULL_VALUE,
     RowLayout,
@@ -229,17 +229,20 @@ class DriftFDW(ForeignDataWrapper):
         if limit == 0:  # nothing to read (drift.enable_copy's triggers plan such a scan to find this instance)
             return iter(())
         address = self.spec.address
+        own, layout = self._read_columns(columns)
+        at_once = limit is None and not offset and not self._writes and self.spec.shard_of is None
         try:
             with conn.engine_call(address):
                 col = self._col_fresh()
-                plan = plan_scan(quals, self.spec, col.dim, executing=True)
+                plan = plan_scan(quals, self.spec, col.dim, vectors=False, executing=True)
+                if not (at_once and plan.mode == "knn" and not layout.others):
+                    parse_query(plan, col.dim)  # else the server parses the literal (knn.first_lists)
         except conn.SqlProblem as exc:
             if self.spec.shard_of is not None:  # name the shard; allow_partial may skip an unreachable one
                 if fanout.skip_shard(self.spec, exc, _mode(quals, self.spec)):
                     return iter(())
                 exc = fanout.shard_problem(self.spec, exc)
             errcodes.fail(exc)
-        own, layout = self._read_columns(columns)
         query_col = self.spec.roles.get("query")
         if plan.query_echo is None and query_col in own and own != set(self.spec.columns):
             errcodes.fail(  # e.g. query IN (a, b) or query = a OR query = b: Multicorn does not pass those on
@@ -253,7 +256,7 @@ class DriftFDW(ForeignDataWrapper):
             )
         if plan.mode == "empty":
             return iter(())
-        if plan.mode == "knn" and limit is None and not offset and not self._writes and self.spec.shard_of is None:
+        if plan.mode == "knn" and at_once:
             return self._knn_at_once(col, plan, own, layout)
         rows = self._rows(col, plan, set(own), bool(sortkeys))
         if limit is not None or offset is not None:

@@ -28,11 +28,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from drift_engine.errors import InvalidVectorError
 from drift_engine.server import convert as cv
 from drift_fdw import connection as conn
-from drift_fdw.quals import ScanPlan
+from drift_fdw.quals import ScanPlan, parse_query
 
 FIRST_K = 10
+TEXT_REFUSED: set[str] = set()  # addresses whose server refused a query literal that parses here (first_lists)
 
 
 class StreamCapReached(Exception):
@@ -67,9 +69,10 @@ def _first_round(col: Any, plan: ScanPlan, k: int, want_payloads: bool, opts: di
     """Phase 1's (ids, distances, payloads or None) as lists; a remote collection takes the plan's query
     and knobs as they are (validated by ``plan_scan``), with no second check in the client."""
     lean = getattr(col, "search_rows", None)
-    if lean is not None and plan.query is not None:
+    query = plan.query if plan.query is not None else plan.query_echo
+    if lean is not None and query is not None:
         return lean(
-            plan.query, k, nprobe=opts["nprobe"], rerank=opts["rerank"], ef=opts["ef"],
+            query, k, nprobe=opts["nprobe"], rerank=opts["rerank"], ef=opts["ef"],
             filter_json=cv.filter_to_json(opts["filter"]), with_payloads=want_payloads,
         )  # fmt: skip
     res = col.search(plan.query, k=k, with_payloads=want_payloads, **opts)
@@ -118,10 +121,23 @@ def first_round(
 
 
 def first_lists(col: Any, plan: ScanPlan, address: str) -> tuple[list[int], list[float]]:
-    """Phase 1 as ``first_round`` without payloads or vectors: the (ids, distances) lists, before any cut."""
+    """Phase 1 as ``first_round`` without payloads or vectors: the (ids, distances) lists, before any cut.
+    A plan whose query is not parsed yet (``quals.parse_query``) sends its literal for the server to parse
+    (``search_rows`` with a ``str``); a literal the server refuses is parsed here, which raises the error
+    ``plan_scan`` would have, and a server that cannot parse literals (older) gets the vector instead."""
     conn.COUNTERS["knn_queries"] += 1
+    k = plan.knobs.get("k") or FIRST_K
     with conn.engine_call(address):
-        ids, dists, _ = _first_round(col, plan, plan.knobs.get("k") or FIRST_K, False, _opts(plan))
+        if plan.query is None and (address in TEXT_REFUSED or not hasattr(col, "search_rows")):
+            parse_query(plan, col.dim)
+        try:
+            ids, dists, _ = _first_round(col, plan, k, False, _opts(plan))
+        except InvalidVectorError:  # the literal (or, from an older server, the missing vector)
+            if plan.query is not None:
+                raise
+            parse_query(plan, col.dim)  # raises the FDW's own error for a bad literal
+            TEXT_REFUSED.add(address)
+            ids, dists, _ = _first_round(col, plan, k, False, _opts(plan))
     conn.COUNTERS["engine_rows"] += len(ids)
     return ids, dists
 

@@ -13,6 +13,8 @@ Contract of ``plan_scan(quals, spec, dim)``:
   (two different values for one field match nothing). Everything else (other operators, IN lists,
   floats, jsonb, NULL tests) stays with PostgreSQL, which re-checks every qual anyway.
 * Values arrive as text or as Python values (see ``rows``); malformed ones raise ``ValueProblem``.
+  ``vectors=False`` keeps the query value unparsed (``query_echo`` is its literal); ``parse_query(plan,
+  dim)`` parses it later, with the same checks (the FDW's kNN scan may leave the parse to the server).
   During planning and EXPLAIN, parameters have no value yet (``None``): the plan then only describes
   itself. With ``executing=True`` (the scan itself) a NULL query or knob is an error (22004): ``query IS
   NULL``, ``query = $1`` or ``k = $1`` with a NULL parameter would otherwise return nothing, or the defaults,
@@ -45,6 +47,8 @@ _LIMITS = {"k": (1, 10_000), "nprobe": (1, 1_000_000), "ef": (1, 100_000), "rera
 class ScanPlan:
     query: np.ndarray | None = None
     query_echo: str | None = None
+    query_value: Any = None  # the query as Multicorn gave it, when the plan was made without parsing it
+    query_col: Any = None
     ids: list[int] | None = None
     max_distance: float | None = None
     filter: dict[str, Any] = field(default_factory=dict)
@@ -150,10 +154,19 @@ def _query(
         raise ValueProblem("drift: two different query vectors in one scan", hint="give one  query = ...  condition")
     plan.query_echo = echo
     if not parse:
+        plan.query_value, plan.query_col = qual.value, col
         plan.pushed.append("kNN stream: query = <vector>, rows in distance order")
         return
     plan.query = parse_vector(qual.value, col, dim)
     plan.pushed.append(f"kNN stream: query = <{plan.query.size}-d vector>, rows in distance order")
+
+
+def parse_query(plan: ScanPlan, dim: int | None) -> np.ndarray | None:
+    """``plan.query``, parsed (once) from the value a plan made with ``vectors=False`` kept; raises
+    ``ValueProblem`` as ``plan_scan`` would have."""
+    if plan.query is None and plan.query_value is not None:
+        plan.query = parse_vector(plan.query_value, plan.query_col, dim)
+    return plan.query
 
 
 def _distance(plan: ScanPlan, qual: Any, op: str, list_op: bool) -> None:

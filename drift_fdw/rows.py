@@ -26,12 +26,12 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from drift_engine.server.convert import vector_from_literal
 from drift_fdw.options import ColumnSpec, TableSpec
 
 
@@ -100,37 +100,10 @@ def vector_items(value: Any, col: ColumnSpec) -> list[Any]:
     )
 
 
-_F32 = np.float32
-_fromstring = np.fromstring
-# The finiteness test below squares the vector in float32: elements beyond ~1.8e19 overflow it, are then
-# checked exactly, and must not leave numpy's overflow warning in the server log.
-warnings.filterwarnings("ignore", "overflow encountered in dot", RuntimeWarning, __name__)
-
-
-def _parse_literal(value: str, dim: int | None) -> np.ndarray | None:
-    """A ``'[..]'`` / ``'{..}'`` literal of exactly ``dim`` finite numbers, parsed by numpy's C text parser
-    in one call; None when it is anything else (the element-wise path then says what is wrong). The
-    finiteness test is one dot product (ndarray's own method: a PostgreSQL backend runs this cold, once
-    per statement, where numpy's Python-level wrappers such as ``.all()`` or ``.sum()`` cost more than
-    the arithmetic); only a vector whose square overflows float32 takes the exact test."""
-    if dim is None or len(value) < 3 or value[0] not in "[{" or value[-1] not in "]}":
-        return None
-    body = value[1:-1]
-    if body.count(",") != dim - 1:
-        return None
-    try:  # a bad element raises ValueError (numpy 2); a parse that stops early is caught by the size check
-        arr = _fromstring(body, _F32, -1, ",")
-    except ValueError:
-        return None
-    if arr.size != dim or (not math.isfinite(arr.dot(arr)) and not np.isfinite(arr).all()):
-        return None
-    return arr
-
-
 def parse_vector(value: Any, col: ColumnSpec, dim: int | None) -> np.ndarray:
     """float32[dim] from a vector value; refuses NULL elements, NaN/Inf, nesting and a wrong length."""
     if isinstance(value, str):
-        fast = _parse_literal(value, dim)
+        fast = vector_from_literal(value, dim)
         if fast is not None:
             return fast
     elif isinstance(value, list) and dim is not None and len(value) == dim:

@@ -7,8 +7,9 @@ Contract:
   phase 2 (``knn.after_first``) as a generator ``more`` that only runs if PostgreSQL pulls past ``rows``
   (None when phase 1 ends the scan). When the columns read need neither vectors nor payloads
   (``layout.others`` empty: the usual ``SELECT id, distance``), the rows come straight from the engine's
-  id and distance lists, with no ``Hit`` and no call per row; otherwise through ``Hit`` and
-  ``RowMaker.make``. Errors propagate; the caller reports them.
+  id and distance lists, with no ``Hit`` and no call per row, and a query left unparsed by the plan goes to
+  the server as its literal (``knn.first_lists``); otherwise the query is parsed here and the rows come
+  through ``Hit`` and ``RowMaker.make``. Errors propagate; the caller reports them.
 * ``window(rows, limit, offset)`` applies an accepted LIMIT / OFFSET exactly (PostgreSQL will not again).
 * ``distances(vectors, query, metric)``: the engine's distance definitions (pgvector semantics), for rows
   the engine did not rank (buffered writes, point lookups with a query).
@@ -23,7 +24,7 @@ import numpy as np
 
 from drift_fdw import knn
 from drift_fdw.options import TableSpec
-from drift_fdw.quals import ScanPlan
+from drift_fdw.quals import ScanPlan, parse_query
 from drift_fdw.rows import RowLayout, RowMaker
 
 
@@ -42,8 +43,8 @@ def knn_at_once(
         if done:
             return rows, None
         hits = [knn.Hit(i, d, None, None) for i, d in zip(ids, dists, strict=True)]
-        more = knn.after_first(col, plan, address, False, False, streams, hits)
-        return rows, (maker.make(h.id, h.distance, None, None) for h in more)
+        return rows, _phase2(col, plan, address, streams, hits, maker)
+    parse_query(plan, col.dim)
     want_payloads = any(c.role in ("field", "payload") for _, c in layout.others)
     want_vectors = any(c.role == "embedding" for _, c in layout.others)
     hits, done = knn.settle(knn.first_round(col, plan, address, want_payloads, want_vectors), plan)
@@ -53,6 +54,15 @@ def knn_at_once(
         return rows, None
     more = knn.after_first(col, plan, address, want_payloads, want_vectors, streams, hits)
     return rows, (make(h.id, h.distance, h.vector, h.payload) for h in more)
+
+
+def _phase2(
+    col: Any, plan: ScanPlan, address: str, streams: set[Any], hits: list[knn.Hit], maker: RowMaker
+) -> Iterator[list[Any]]:
+    """Phase 2's rows, run only when pulled; the stream needs the query vector (phase 1 may have sent text)."""
+    parse_query(plan, col.dim)
+    for h in knn.after_first(col, plan, address, False, False, streams, hits):
+        yield maker.make(h.id, h.distance, None, None)
 
 
 def window(rows: Iterator[list[Any]], limit: int | None, offset: int) -> Iterator[list[Any]]:

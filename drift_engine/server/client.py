@@ -400,7 +400,7 @@ class RemoteCollection:
 
     def search_rows(
         self,
-        query: np.ndarray,
+        query: np.ndarray | str,
         k: int,
         *,
         nprobe: int | None = None,
@@ -410,14 +410,22 @@ class RemoteCollection:
         with_payloads: bool = False,
     ) -> tuple[list[int], list[float], list[Any] | None]:
         """``search`` as plain lists (ids, distances, payloads or None) for callers that validated their
-        arguments (``wire.fast_search_request``; the server checks them again): the FDW's kNN scans."""
+        arguments (``wire.fast_search_body`` / ``fast_search_request``; the server checks them again): the FDW's
+        kNN scans. ``query`` may be a literal (``str``, ``SearchRequest.query_text``): the server parses it, or,
+        without a fast path, this client does; one that does not parse raises ``InvalidVectorError``."""
         fast = self._client.fast()
         if fast is None:
+            if isinstance(query, str):
+                query = cv.query_of(pb.SearchRequest(query_text=query), self.dim)
             res = self.search(query, k, nprobe, rerank, cv.filter_from_json(filter_json), ef=ef,
                               with_payloads=with_payloads)  # fmt: skip
             return res.ids.tolist(), res.distances.tolist(), res.payloads if with_payloads else None
-        req = wire.fast_search_request(self.name, query, k, nprobe, rerank, ef, filter_json, with_payloads)
-        resp = fast.call(req, self._client.timeout).search
+        if isinstance(fast, DirectClient):
+            body = wire.fast_search_body(self.name, query, k, nprobe, rerank, ef, filter_json, with_payloads)
+            resp = fast.call_encoded(body, self._client.timeout).search
+        else:
+            req = wire.fast_search_request(self.name, query, k, nprobe, rerank, ef, filter_json, with_payloads)
+            resp = fast.call(req, self._client.timeout).search
         payloads = cv.payloads_from_json(resp.payload_json) if resp.has_payloads else None
         return list(resp.ids), list(resp.distances), payloads
 

@@ -15,6 +15,8 @@ Contract:
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -66,6 +68,45 @@ def decode_query(raw: bytes) -> np.ndarray:
     if not raw:
         raise InvalidVectorError("query: empty vector (dimension 0)")
     return decode_vectors(raw, 1, "query")[0]
+
+
+_F32 = np.float32
+_fromstring = np.fromstring
+# The finiteness test below squares the vector in float32: elements beyond ~1.8e19 overflow it, are then
+# checked exactly, and must not leave numpy's overflow warning in the server log.
+warnings.filterwarnings("ignore", "overflow encountered in dot", RuntimeWarning, __name__)
+
+
+def vector_from_literal(value: str, dim: int | None) -> np.ndarray | None:
+    """A ``'[..]'`` / ``'{..}'`` literal (PostgreSQL's ``real[]`` / pgvector's text) of exactly ``dim`` finite
+    numbers as float32, parsed by numpy's C text parser in one call; None when it is anything else (the
+    FDW's element-wise path then says what is wrong; the server refuses it). The
+    finiteness test is one dot product (ndarray's own method: a PostgreSQL backend runs this cold, once
+    per statement, where numpy's Python-level wrappers such as ``.all()`` or ``.sum()`` cost more than
+    the arithmetic); only a vector whose square overflows float32 takes the exact test."""
+    if dim is None or len(value) < 3 or value[0] not in "[{" or value[-1] not in "]}":
+        return None
+    body = value[1:-1]
+    if body.count(",") != dim - 1:
+        return None
+    try:  # a bad element raises ValueError (numpy 2); a parse that stops early is caught by the size check
+        arr = _fromstring(body, _F32, -1, ",")
+    except ValueError:
+        return None
+    if arr.size != dim or (not math.isfinite(arr.dot(arr)) and not np.isfinite(arr).all()):
+        return None
+    return arr
+
+
+def query_of(req: pb.SearchRequest, dim: int) -> np.ndarray:
+    """A ``SearchRequest``'s query: ``query_text`` parsed when given (``vector_from_literal``), else ``query``."""
+    if not req.query_text:
+        return decode_query(req.query)
+    q = vector_from_literal(req.query_text, dim)
+    if q is None:
+        shown = req.query_text if len(req.query_text) <= 40 else req.query_text[:37] + "..."
+        raise InvalidVectorError(f"query_text {shown!r} is not a literal of {dim} finite numbers")
+    return q
 
 
 def ids_array(values: Sequence[int]) -> np.ndarray:

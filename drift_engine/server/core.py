@@ -207,7 +207,7 @@ class ServiceCore:
         path's reply field, so nothing is copied) when given."""
         col = self._col(req.collection)
         res = col.search(
-            cv.decode_query(req.query),
+            cv.query_of(req, col.dim),
             k=self._check_k(req.k),
             nprobe=self._opt(req, "nprobe"),
             rerank=self._opt(req, "rerank"),

@@ -163,6 +163,7 @@ class DirectClient:
         self._key = (address, tls)
         self.address = address
         self.token = token or ""
+        self._token_field = pb.FastRequest(token=self.token).SerializeToString()  # b"" without a token
         self.max_message_bytes = max_message_bytes
         self.cancel_check = cancel_check
         self.connect_timeout = connect_timeout
@@ -239,7 +240,13 @@ class DirectClient:
 
     def call(self, request: pb.FastRequest, timeout: float | None) -> pb.FastReply:
         request.token = self.token
-        body = request.SerializeToString()
+        return self._exchange(request.SerializeToString(), timeout)
+
+    def call_encoded(self, body: bytes, timeout: float | None) -> pb.FastReply:
+        """``call`` of a ``FastRequest`` already encoded without its token (``wire.fast_search_body``)."""
+        return self._exchange(self._token_field + body, timeout)
+
+    def _exchange(self, body: bytes, timeout: float | None) -> pb.FastReply:
         if self.max_message_bytes and len(body) > self.max_message_bytes:
             raise RequestTooLargeError(
                 f"request of {len(body)} bytes is over the server's {self.max_message_bytes}-byte message limit"

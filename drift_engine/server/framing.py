@@ -30,29 +30,29 @@ _CPUS = os.cpu_count() or 1
 _loadavg_fd: int | None = None
 SPARE_CPU_TTL_S = 0.002
 _spare_until = 0.0
-_spare = False
 
 
 def cpu_to_spare() -> bool:
     """True when this machine has a CPU for a busy-wait: no more runnable threads than CPUs, the caller
-    included (``/proc/loadavg``'s instant count; False where it cannot be read, and on one CPU). The answer
-    is kept for ``SPARE_CPU_TTL_S``: a busy-wait lasts about that long, and reading the file costs more than
-    the poll it guards."""
-    global _loadavg_fd, _spare_until, _spare
+    included (``/proc/loadavg``'s instant count; False where it cannot be read, and on one CPU). A True is
+    kept for ``SPARE_CPU_TTL_S`` (reading the file costs more than the poll it guards); a False is not: the
+    count is a snapshot, and one busy instant must not cost the following calls their busy-wait."""
+    global _loadavg_fd, _spare_until
     if _CPUS < 2:
         return False
     now = time.monotonic()
     if now < _spare_until:
-        return _spare
+        return True
     try:
         if _loadavg_fd is None:
             _loadavg_fd = os.open("/proc/loadavg", os.O_RDONLY)
         running = int(os.pread(_loadavg_fd, 128, 0).split()[3].split(b"/")[0])
     except (OSError, ValueError, IndexError):
-        running = _CPUS + 1
-    _spare = running <= _CPUS
+        return False
+    if running > _CPUS:
+        return False
     _spare_until = now + SPARE_CPU_TTL_S
-    return _spare
+    return True
 
 
 def parse_address(address: str) -> tuple[int, Any]:

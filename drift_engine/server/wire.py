@@ -189,7 +189,7 @@ def search_request(
 
 def fast_search_request(
     name: str,
-    query: np.ndarray,
+    query: np.ndarray | str,
     k: int,
     nprobe: int | None,
     rerank: int | None,
@@ -199,11 +199,15 @@ def fast_search_request(
 ) -> pb.FastRequest:
     """A fast-path search built in place, with no client-side checks: for callers that validated every
     argument already (the FDW's scan plan: a finite float32 query of the collection's dimension, knobs in
-    range, the filter as compact JSON). The server validates the request again, as it does every request."""
+    range, the filter as compact JSON; or the query as a literal, ``str``, which the server parses). The server
+    validates the request again, as it does every request."""
     req = pb.FastRequest()
     search = req.search
     search.collection = name
-    search.query = query.tobytes()
+    if isinstance(query, str):
+        search.query_text = query
+    else:
+        search.query = query.tobytes()
     search.k = k
     if nprobe is not None:
         search.nprobe = nprobe
@@ -216,6 +220,56 @@ def fast_search_request(
     if with_payloads:
         search.with_payloads = True
     return req
+
+
+_SEARCH_FIXED: dict[tuple[Any, ...], bytes] = {}  # the encoded fixed fields of fast_search_body, per combination
+_SEARCH_FIXED_MAX = 256
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def fast_search_body(
+    name: str,
+    query: np.ndarray | str,
+    k: int,
+    nprobe: int | None,
+    rerank: int | None,
+    ef: int | None,
+    filter_json: str,
+    with_payloads: bool,
+) -> bytes:
+    """``fast_search_request(...)`` already encoded, without the token (``DirectClient.call_encoded`` adds
+    it): a message that parses equal to it. Every field but the query is encoded by protobuf once per
+    combination and kept; the query is appended as ``SearchRequest`` field 2 (protobuf reads a message's
+    fields in any order), or as ``query_text`` (field 9) when it is a literal (a ``str``). Same callers
+    and the same absence of checks as ``fast_search_request``."""
+    key = (name, k, nprobe, rerank, ef, filter_json, with_payloads)
+    fixed = _SEARCH_FIXED.get(key)
+    if fixed is None:
+        msg = pb.SearchRequest(collection=name, k=k, filter_json=filter_json, with_payloads=with_payloads)
+        if nprobe is not None:
+            msg.nprobe = nprobe
+        if rerank is not None:
+            msg.rerank = rerank
+        if ef is not None:
+            msg.ef = ef
+        if len(_SEARCH_FIXED) >= _SEARCH_FIXED_MAX:
+            _SEARCH_FIXED.clear()
+        fixed = _SEARCH_FIXED[key] = msg.SerializeToString()
+    if isinstance(query, str):  # SearchRequest.query_text: field 9, length-delimited
+        q = query.encode()
+        search = b"".join((fixed, b"\x4a", _varint(len(q)), q))
+    else:  # SearchRequest.query: field 2, length-delimited
+        q = query.tobytes()
+        search = b"".join((fixed, b"\x12", _varint(len(q)), q))
+    return b"".join((b"\x12", _varint(len(search)), search))  # FastRequest.search: field 2, length-delimited
 
 
 def search_batch_request(

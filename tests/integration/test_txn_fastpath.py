@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from drift_engine.api import Engine
-from drift_engine.errors import ConflictError, DuplicateIdError, TransactionNotFoundError
+from drift_engine.errors import ConflictError, DuplicateIdError, InvalidVectorError, TransactionNotFoundError
 from drift_engine.server import drift_pb2 as pb
 from drift_engine.server.core import ServerLimits, ServiceCore
 from drift_engine.server.direct import DirectServer
@@ -128,8 +128,9 @@ def test_stage_requests_built_in_place_stage_the_same_rows_over_either_transport
         srv.stop()
 
 
-def test_search_rows_answers_as_search_does_over_either_transport(tmp_path: Path) -> None:
-    srv = start_server(tmp_path / "data")
+@pytest.mark.parametrize("token", [None, "t0ken"])  # the hand-encoded request carries the token when there is one
+def test_search_rows_answers_as_search_does_over_either_transport(tmp_path: Path, token: str | None) -> None:
+    srv = start_server(tmp_path / "data", token=token)
     try:
         data = vecs(300, 3)
         payloads = [{"tag": f"t{i % 3}"} for i in range(300)]
@@ -153,5 +154,26 @@ def test_search_rows_answers_as_search_does_over_either_transport(tmp_path: Path
                     assert all(type(i) is int for i in ids) and all(type(d) is float for d in dists)
                     if flt:
                         assert {p["tag"] for p in pays} == {"t1"}
+    finally:
+        srv.stop()
+
+
+def test_search_rows_takes_the_query_as_a_literal_the_server_parses(tmp_path: Path) -> None:
+    srv = start_server(tmp_path / "data")
+    try:
+        data = vecs(200, 5)
+        query = vecs(1, 6)[0]
+        literal = "{" + ",".join(repr(float(x)) for x in query.tolist()) + "}"
+        for fast_path in (True, False):  # the server parses it, or (gRPC only) the client does
+            with srv.client(fast_path=fast_path) as client:
+                if fast_path:
+                    client.create_collection("t", dim=DIM).upsert(np.arange(200), data)
+                col = client.collection("t")
+                want = col.search_rows(query, 9, nprobe=3)
+                assert col.search_rows(literal, 9, nprobe=3) == want
+                assert col.search_rows("[" + literal[1:-1] + "]", 9, nprobe=3) == want
+                for bad in ("{1,2}", literal[:-1] + ",1}", literal.replace(literal[1:4], "nan", 1), "junk"):
+                    with pytest.raises(InvalidVectorError):
+                        col.search_rows(bad, 9)
     finally:
         srv.stop()
