@@ -416,7 +416,7 @@ class RemoteCollection:
         fast = self._client.fast()
         if fast is None:
             if isinstance(query, str):
-                query = cv.query_of(pb.SearchRequest(query_text=query), self.dim)
+                query = cv.query_from_text(query, self.dim)
             res = self.search(query, k, nprobe, rerank, cv.filter_from_json(filter_json), ef=ef,
                               with_payloads=with_payloads)  # fmt: skip
             return res.ids.tolist(), res.distances.tolist(), res.payloads if with_payloads else None

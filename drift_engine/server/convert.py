@@ -98,15 +98,18 @@ def vector_from_literal(value: str, dim: int | None) -> np.ndarray | None:
     return arr
 
 
-def query_of(req: pb.SearchRequest, dim: int) -> np.ndarray:
-    """A ``SearchRequest``'s query: ``query_text`` parsed when given (``vector_from_literal``), else ``query``."""
-    if not req.query_text:
-        return decode_query(req.query)
-    q = vector_from_literal(req.query_text, dim)
+def query_from_text(text: str, dim: int) -> np.ndarray:
+    """``vector_from_literal`` that raises ``InvalidVectorError`` (naming the literal) instead of giving None."""
+    q = vector_from_literal(text, dim)
     if q is None:
-        shown = req.query_text if len(req.query_text) <= 40 else req.query_text[:37] + "..."
+        shown = text if len(text) <= 40 else text[:37] + "..."
         raise InvalidVectorError(f"query_text {shown!r} is not a literal of {dim} finite numbers")
     return q
+
+
+def query_of(req: pb.SearchRequest, dim: int) -> np.ndarray:
+    """A ``SearchRequest``'s query: ``query_text`` parsed when given (``query_from_text``), else ``query``."""
+    return query_from_text(req.query_text, dim) if req.query_text else decode_query(req.query)
 
 
 def ids_array(values: Sequence[int]) -> np.ndarray:

@@ -202,12 +202,20 @@ def fast_search_request(
     range, the filter as compact JSON; or the query as a literal, ``str``, which the server parses). The server
     validates the request again, as it does every request."""
     req = pb.FastRequest()
-    search = req.search
-    search.collection = name
+    search = _search_fields(req.search, name, k, nprobe, rerank, ef, filter_json, with_payloads)
     if isinstance(query, str):
         search.query_text = query
     else:
         search.query = query.tobytes()
+    return req
+
+
+def _search_fields(
+    search: pb.SearchRequest, name: str, k: int, nprobe: int | None, rerank: int | None, ef: int | None,
+    filter_json: str, with_payloads: bool,
+) -> pb.SearchRequest:  # fmt: skip
+    """``search`` with every field but the query set (the optional knobs only when given)."""
+    search.collection = name
     search.k = k
     if nprobe is not None:
         search.nprobe = nprobe
@@ -219,7 +227,7 @@ def fast_search_request(
         search.filter_json = filter_json
     if with_payloads:
         search.with_payloads = True
-    return req
+    return search
 
 
 _SEARCH_FIXED: dict[tuple[Any, ...], bytes] = {}  # the encoded fixed fields of fast_search_body, per combination
@@ -253,13 +261,7 @@ def fast_search_body(
     key = (name, k, nprobe, rerank, ef, filter_json, with_payloads)
     fixed = _SEARCH_FIXED.get(key)
     if fixed is None:
-        msg = pb.SearchRequest(collection=name, k=k, filter_json=filter_json, with_payloads=with_payloads)
-        if nprobe is not None:
-            msg.nprobe = nprobe
-        if rerank is not None:
-            msg.rerank = rerank
-        if ef is not None:
-            msg.ef = ef
+        msg = _search_fields(pb.SearchRequest(), name, k, nprobe, rerank, ef, filter_json, with_payloads)
         if len(_SEARCH_FIXED) >= _SEARCH_FIXED_MAX:
             _SEARCH_FIXED.clear()
         fixed = _SEARCH_FIXED[key] = msg.SerializeToString()
